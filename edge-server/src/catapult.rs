@@ -1,0 +1,657 @@
+//! Handlers of the CATAPULT digital coupon API: parse and check the request (parameters
+//! from the query string first, then the JSON body), call the lane layer off the async
+//! executor, and shape the answer exactly as CATAPULT expects it.
+
+use crate::error::ApiError;
+use crate::lane::{self, AppliedCoupon, CommitInput, UpdateInput, UpdateOutcome};
+use crate::{json_money, State};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use shared::db::now_secs;
+use shared::domain::{CouponId, CustomerId, SiteId, TransactionId, Upc};
+use shared::engine::BasketLine;
+use shared::money::{Cents, MilliQty};
+use shared::repo::Customer;
+
+/// The request's query parameters (later duplicates win), decoded leniently.
+pub struct Query(pub Vec<(String, String)>);
+
+impl Query {
+    pub fn of(req: &HttpRequest) -> Query {
+        Query(serde_urlencoded::from_str(req.query_string()).unwrap_or_default())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads the body up to the configured limit.
+pub async fn read_body(state: &State, payload: web::Payload) -> Result<web::Bytes, ApiError> {
+    let limit = state.config.server.max_body_bytes;
+    match payload.to_bytes_limited(limit).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(ApiError::InvalidRequest(format!(
+            "the request body could not be read: {e}"
+        ))),
+        Err(_) => Err(ApiError::TooLarge(limit)),
+    }
+}
+
+/// Parses a JSON body; an empty body is `{}`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("the JSON body is invalid: {e}")))
+}
+
+/// `name` from the query string, else from the body's field of that name.
+fn param(query: &Query, body: Option<&Map<String, Value>>, name: &str) -> Option<String> {
+    query.get(name).map(str::to_owned).or_else(|| {
+        body.and_then(|b| b.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    })
+}
+
+pub fn site(state: &State, raw: Option<String>) -> Result<SiteId, ApiError> {
+    let raw = raw.ok_or_else(|| ApiError::InvalidSite("parameter `site` is missing".into()))?;
+    let site = SiteId::parse(&raw).map_err(|e| ApiError::InvalidSite(e.to_string()))?;
+    if !state.config.store.sites.iter().any(|s| s == site.as_str()) {
+        return Err(ApiError::InvalidSite(format!(
+            "site {site} is not served by this store"
+        )));
+    }
+    Ok(site)
+}
+
+fn customer(raw: Option<String>) -> Result<CustomerId, ApiError> {
+    let raw =
+        raw.ok_or_else(|| ApiError::InvalidCustomer("parameter `customer` is missing".into()))?;
+    CustomerId::parse(&raw).map_err(|e| ApiError::InvalidCustomer(e.to_string()))
+}
+
+pub fn transaction(raw: Option<String>) -> Result<TransactionId, ApiError> {
+    let raw = raw
+        .ok_or_else(|| ApiError::InvalidTransaction("parameter `transaction` is missing".into()))?;
+    TransactionId::parse(&raw).map_err(|e| ApiError::InvalidTransaction(e.to_string()))
+}
+
+fn coupon_ids(list: &[String], commit: bool) -> Result<Vec<String>, ApiError> {
+    list.iter()
+        .map(|id| {
+            let parsed = if commit {
+                CouponId::parse_for_commit(id)
+            } else {
+                CouponId::parse(id)
+            };
+            parsed
+                .map(|c| c.as_str().to_owned())
+                .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+        })
+        .collect()
+}
+
+fn json_ok(v: &Value) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(v.to_string())
+}
+
+/// Runs read-only work on a pooled read connection, off the executor.
+async fn read<R: Send + 'static>(
+    state: &State,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<R, lane::LaneError> + Send + 'static,
+) -> Result<R, ApiError> {
+    let db = state.db.clone();
+    web::block(move || {
+        let conn = db.read()?;
+        f(&conn).map_err(ApiError::from)
+    })
+    .await?
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn rfc3339_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+// ---------------------------------------------------------------- catalog
+
+pub async fn catalog(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
+    let query = Query::of(&req);
+    site(&state, param(&query, None, "site"))?;
+    let today = state.config.today();
+    let offers = read(&state, move |c| Ok(shared::repo::catalog_offers(c, today)?)).await?;
+    let coupons: Vec<Value> = offers.iter().map(coupon_json).collect();
+    Ok(json_ok(&json!({ "coupons": coupons })))
+}
+
+/// UPCs go out as JSON numbers, as in CATAPULT's examples, unless that would lose a
+/// leading zero or precision: then as strings.
+fn upc_json(u: &Upc) -> Value {
+    match u.as_str().parse::<u64>() {
+        Ok(n) if !u.as_str().starts_with('0') && n < (1 << 53) => json!(n),
+        _ => json!(u.as_str()),
+    }
+}
+
+fn coupon_json(o: &shared::domain::Offer) -> Value {
+    let reward = o
+        .rule
+        .reward
+        .as_ref()
+        .map(|r| r.upcs.iter().map(upc_json).collect::<Vec<_>>())
+        .unwrap_or_default();
+    json!({
+        "id": o.id,
+        "shortDescription": o.short_description,
+        "requirementDescription": o.requirement_description,
+        "longDescription": o.long_description,
+        "category": o.category,
+        "brand": o.brand,
+        "startDate": o.start_date.format("%Y-%m-%d").to_string(),
+        "endDate": o.end_date.format("%Y-%m-%d").to_string(),
+        "imageUrl": o.image_url.clone().unwrap_or_default(),
+        "targeted": o.targeted,
+        "enabled": o.enabled,
+        "featured": o.featured,
+        "requirementUpcs": o.rule.requirement.upcs.iter().map(upc_json).collect::<Vec<_>>(),
+        "rewardUpcs": reward,
+    })
+}
+
+// ---------------------------------------------------------------- customer coupons
+
+pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
+    let query = Query::of(&req);
+    site(&state, param(&query, None, "site"))?;
+    let customer = customer(param(&query, None, "customer"))?;
+    let today = state.config.today();
+    let m = read(&state, move |c| {
+        lane::metadata(c, customer.as_str(), today, now_secs())
+    })
+    .await?;
+    Ok(json_ok(&json!(m)))
+}
+
+// ---------------------------------------------------------------- clip
+
+#[derive(Deserialize)]
+struct ClipBody {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+pub async fn clip(
+    req: HttpRequest,
+    state: State,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let query = Query::of(&req);
+    let bytes = read_body(&state, payload).await?;
+    let raw: Map<String, Value> = parse_json(&bytes)?;
+    let body: ClipBody = serde_json::from_value(Value::Object(raw.clone()))
+        .map_err(|e| ApiError::InvalidRequest(format!("the JSON body is invalid: {e}")))?;
+    site(&state, param(&query, Some(&raw), "site"))?;
+    let customer = customer(param(&query, Some(&raw), "customer"))?;
+    let add = coupon_ids(&body.add, false)?;
+    let remove = coupon_ids(&body.remove, false)?;
+    let today = state.config.today();
+    let out = state
+        .db
+        .writer
+        .write(move |c| lane::clip(c, customer.as_str(), &add, &remove, today, now_secs()))
+        .await?;
+    let mut answer = json!({"added": out.added, "removed": out.removed});
+    if !out.refused.is_empty() {
+        answer["errors"] = out
+            .refused
+            .iter()
+            .map(|(_, id, details)| json!({"id": id, "details": details}))
+            .collect();
+    }
+    Ok(json_ok(&answer))
+}
+
+// ---------------------------------------------------------------- demographics
+
+#[derive(Deserialize)]
+struct DemographicsBody {
+    #[serde(default)]
+    phones: Vec<String>,
+    #[serde(default)]
+    emails: Vec<String>,
+}
+
+pub async fn demographics(
+    req: HttpRequest,
+    state: State,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let query = Query::of(&req);
+    let bytes = read_body(&state, payload).await?;
+    let raw: Map<String, Value> = parse_json(&bytes)?;
+    site(&state, param(&query, Some(&raw), "site"))?;
+    let body: DemographicsBody = serde_json::from_value(Value::Object(raw))
+        .map_err(|e| ApiError::InvalidRequest(format!("the JSON body is invalid: {e}")))?;
+    if body
+        .phones
+        .iter()
+        .any(|p| p.chars().count() > 10 || !p.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(ApiError::InvalidRequest(
+            "phones must be numeric, at most 10 digits".into(),
+        ));
+    }
+    if body
+        .emails
+        .iter()
+        .any(|e| e.is_empty() || e.chars().count() > 254)
+    {
+        return Err(ApiError::InvalidRequest(
+            "emails must be 1..254 characters".into(),
+        ));
+    }
+    let found = read(&state, move |c| {
+        for p in &body.phones {
+            if let Some(found) = shared::repo::customer_by_phone(c, p)? {
+                return Ok(Some(found));
+            }
+        }
+        for e in &body.emails {
+            if let Some(found) = shared::repo::customer_by_email(c, e)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    Ok(match found {
+        Some(c) => json_ok(&demographics_json(&c)),
+        None => json_ok(&crate::error::error_body(
+            "CUSTOMER_NOT_FOUND",
+            "no customer matches these phones or e-mails",
+        )),
+    })
+}
+
+/// CustomerDemographics, truncated to CATAPULT's limits.
+fn demographics_json(c: &Customer) -> Value {
+    let mut v = Map::new();
+    v.insert("id".into(), json!(truncate(&c.id, 16)));
+    let fields = [
+        ("firstName", &c.first_name, 25),
+        ("lastName", &c.last_name, 25),
+        ("email", &c.email, 254),
+        ("phone", &c.phone, 14),
+    ];
+    for (name, value, max) in fields {
+        if let Some(s) = value.as_deref().filter(|s| !s.is_empty()) {
+            v.insert(name.into(), json!(truncate(s, max)));
+        }
+    }
+    Value::Object(v)
+}
+
+// ---------------------------------------------------------------- update
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateBody {
+    #[serde(default)]
+    cashier: Option<i64>,
+    #[serde(default)]
+    terminal: Option<i64>,
+    #[serde(default)]
+    time: Option<String>,
+    #[serde(default)]
+    transient_request: bool,
+    #[serde(default)]
+    items: Vec<ItemBody>,
+    #[serde(default)]
+    sub_total: Option<Decimal>,
+    #[serde(default)]
+    tax_total: Option<Decimal>,
+    #[serde(default)]
+    gross_total: Option<Decimal>,
+    #[serde(default)]
+    phones: Vec<String>,
+    #[serde(default)]
+    emails: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemBody {
+    id: i64,
+    #[serde(default = "one")]
+    quantity: Decimal,
+    #[serde(default)]
+    upc: Option<UpcValue>,
+    #[serde(default)]
+    price: Option<Decimal>,
+    #[serde(default)]
+    discount_price: Option<Decimal>,
+    #[serde(default)]
+    dept: Option<i64>,
+}
+
+fn one() -> Decimal {
+    Decimal::ONE
+}
+
+/// CATAPULT sends UPCs as JSON numbers; strings are accepted too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UpcValue {
+    Number(serde_json::Number),
+    Text(String),
+}
+
+impl UpcValue {
+    fn normalised(&self) -> Upc {
+        match self {
+            UpcValue::Number(n) => Upc::normalise(&n.to_string()),
+            UpcValue::Text(s) => Upc::normalise(s),
+        }
+    }
+}
+
+fn money(d: Decimal, field: &str) -> Result<Cents, ApiError> {
+    Cents::from_decimal(d)
+        .ok_or_else(|| ApiError::InvalidRequest(format!("`{field}` is out of range")))
+}
+
+fn basket(items: &[ItemBody]) -> Result<Vec<BasketLine>, ApiError> {
+    items
+        .iter()
+        .map(|i| {
+            let price = money(i.price.unwrap_or_default(), "items[].price")?;
+            let discount_price = match i.discount_price {
+                Some(d) => money(d, "items[].discountPrice")?,
+                None => price,
+            };
+            Ok(BasketLine {
+                line_id: i.id,
+                upc: i
+                    .upc
+                    .as_ref()
+                    .map(UpcValue::normalised)
+                    .unwrap_or_else(|| Upc::normalise("")),
+                dept: i.dept,
+                quantity: MilliQty::from_decimal(i.quantity).ok_or_else(|| {
+                    ApiError::InvalidRequest("`items[].quantity` is out of range".into())
+                })?,
+                unit_price: price,
+                unit_discount_price: discount_price,
+            })
+        })
+        .collect()
+}
+
+pub async fn update(
+    req: HttpRequest,
+    state: State,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let query = Query::of(&req);
+    let bytes = read_body(&state, payload).await?;
+    let raw: Map<String, Value> = parse_json(&bytes)?;
+    let site = site(&state, param(&query, Some(&raw), "site"))?;
+    let customer = customer(param(&query, Some(&raw), "customer"))?;
+    let txn = transaction(param(&query, Some(&raw), "transaction"))?;
+    let body: UpdateBody = serde_json::from_value(Value::Object(raw.clone()))
+        .map_err(|e| ApiError::InvalidRequest(format!("the JSON body is invalid: {e}")))?;
+    if body.phones.iter().any(|p| p.chars().count() > 10)
+        || body.emails.iter().any(|e| e.chars().count() > 254)
+    {
+        return Err(ApiError::InvalidRequest(
+            "phones are at most 10 characters, emails at most 254".into(),
+        ));
+    }
+    let _ = (&body.time, body.sub_total, body.tax_total, body.gross_total);
+    let input = UpdateInput {
+        site: site.as_str().to_owned(),
+        customer: customer.as_str().to_owned(),
+        txn: txn.as_str().to_owned(),
+        terminal: body.terminal,
+        cashier: body.cashier,
+        basket: basket(&body.items)?,
+        summary: json!({
+            "items": raw.get("items").cloned().unwrap_or(Value::Null),
+            "subTotal": raw.get("subTotal").cloned().unwrap_or(Value::Null),
+            "taxTotal": raw.get("taxTotal").cloned().unwrap_or(Value::Null),
+            "grossTotal": raw.get("grossTotal").cloned().unwrap_or(Value::Null),
+            "terminal": body.terminal,
+            "cashier": body.cashier,
+            "time": body.time,
+        }),
+    };
+    let policy = state.policy.clone();
+    let today = state.config.today();
+    let outcome = if body.transient_request {
+        // Transient updates never create or move holds: a read-only preview.
+        read(&state, move |c| {
+            lane::evaluate(c, &policy, &input, today, now_secs())
+        })
+        .await?
+    } else {
+        state
+            .db
+            .writer
+            .write(move |c| lane::update(c, &policy, &input, today, now_secs()))
+            .await?
+    };
+    Ok(json_ok(&update_json(&state, &outcome)))
+}
+
+fn update_json(state: &State, out: &UpdateOutcome) -> Value {
+    let applied: Vec<Value> = out.applied.iter().map(|a| applied_json(state, a)).collect();
+    let mut answer = json!({ "applied": applied });
+    let mut lines = Vec::new();
+    if !out.applied.is_empty() && !state.policy.receipt_footer.is_empty() {
+        lines.push(json!({"type": "TEXT", "content": state.policy.receipt_footer.replace("{total}", &out.total.to_string())}));
+    }
+    answer["receiptLines"] = Value::Array(lines);
+    if let Some(c) = out.customer.as_ref().filter(|c| {
+        c.first_name.is_some() || c.last_name.is_some() || c.email.is_some() || c.phone.is_some()
+    }) {
+        answer["customer"] = demographics_json(c);
+    }
+    if let Some(l) = &out.loyalty {
+        answer["loyaltyBalances"] = json!([{ "id": l.id, "balance": l.balance }]);
+    }
+    answer
+}
+
+fn applied_json(state: &State, a: &AppliedCoupon) -> Value {
+    let alias = if a.offer.receipt_alias.is_empty() {
+        &a.offer.short_description
+    } else {
+        &a.offer.receipt_alias
+    };
+    let kind = if a.offer.coupon_type.is_empty() {
+        &state.policy.default_coupon_type
+    } else {
+        &a.offer.coupon_type
+    };
+    let mut v = json!({
+        "couponId": a.offer.id,
+        "externalId": a.offer.external_id,
+        "receiptAlias": truncate(alias, 40),
+        "reducesTax": a.offer.reduces_tax,
+        "type": kind,
+        "items": a.applied.lines.iter().map(|l| json!({"lineId": l.line_id, "discount": json_money(l.discount)})).collect::<Vec<_>>(),
+        "totalDiscount": json_money(a.applied.total),
+    });
+    if let Some(opt) = &a.applied.optional {
+        v["optional"] = json!({
+            "prompt": format!("Would you like to use your {} coupon for {} points?", truncate(alias, 40), opt.cost),
+            "loyaltyId": opt.loyalty_id,
+            "loyaltyCost": opt.cost,
+        });
+    }
+    v
+}
+
+// ---------------------------------------------------------------- cancel
+
+pub async fn cancel(
+    req: HttpRequest,
+    state: State,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let query = Query::of(&req);
+    let bytes = read_body(&state, payload).await?;
+    // The POST body is not documented: any JSON object (or none) is accepted and only its
+    // parameters are read.
+    let raw: Option<Map<String, Value>> = serde_json::from_slice(&bytes).ok();
+    let site = site(&state, param(&query, raw.as_ref(), "site"))?;
+    let customer = customer(param(&query, raw.as_ref(), "customer"))?;
+    let txn = transaction(param(&query, raw.as_ref(), "transaction"))?;
+    state
+        .db
+        .writer
+        .write(move |c| {
+            lane::cancel(
+                c,
+                site.as_str(),
+                customer.as_str(),
+                txn.as_str(),
+                now_secs(),
+            )
+        })
+        .await?;
+    Ok(json_ok(&json!({})))
+}
+
+// ---------------------------------------------------------------- commit
+
+#[derive(Deserialize)]
+struct CommitBody {
+    #[serde(default)]
+    coupons: Vec<String>,
+    #[serde(default)]
+    tenders: Vec<Tender>,
+}
+
+#[derive(Deserialize)]
+struct Tender {
+    #[serde(rename = "type", default)]
+    _kind: Option<String>,
+    #[serde(default)]
+    _amount: Option<Decimal>,
+}
+
+pub async fn commit(
+    req: HttpRequest,
+    state: State,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let query = Query::of(&req);
+    let bytes = read_body(&state, payload).await?;
+    let raw: Map<String, Value> = parse_json(&bytes)?;
+    let site = site(&state, param(&query, Some(&raw), "site"))?;
+    let customer = customer(param(&query, Some(&raw), "customer"))?;
+    let txn = transaction(param(&query, Some(&raw), "transaction"))?;
+    let body: CommitBody = serde_json::from_value(Value::Object(raw.clone()))
+        .map_err(|e| ApiError::InvalidRequest(format!("the JSON body is invalid: {e}")))?;
+    let _ = body.tenders.len();
+    let input = CommitInput {
+        site: site.as_str().to_owned(),
+        customer: customer.as_str().to_owned(),
+        txn: txn.as_str().to_owned(),
+        coupons: coupon_ids(&body.coupons, true)?,
+        request: Value::Object(raw),
+    };
+    let stamp = rfc3339_now();
+    let response = state
+        .db
+        .writer
+        .write(move |c| lane::commit(c, &input, now_secs(), &stamp))
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(response))
+}
+
+// ---------------------------------------------------------------- images, health
+
+pub async fn image(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let name = path.into_inner();
+    let not_found = || ApiError::NotFound {
+        method: "GET".into(),
+        path: format!("/images/{name}"),
+    };
+    let content_type = match name
+        .rsplit('.')
+        .next()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        _ => return Err(not_found()),
+    };
+    if name.contains('/') || name.contains("..") || name.starts_with('.') {
+        return Err(not_found());
+    }
+    let file = state.config.server.image_dir.join(&name);
+    let bytes = web::block(move || std::fs::read(file))
+        .await?
+        .map_err(|_| not_found())?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .insert_header((header::CACHE_CONTROL, "max-age=3600"))
+        .body(bytes))
+}
+
+pub async fn healthz() -> HttpResponse {
+    json_ok(&json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: State) -> HttpResponse {
+    let db = state.db.clone();
+    let result = web::block(move || -> Result<Value, shared::db::DbError> {
+        let conn = db.read()?;
+        let version = shared::db::current_version(&conn)?;
+        let now = now_secs();
+        let syncs: Vec<Value> = shared::repo::sync_ages(&conn)?
+            .into_iter()
+            .map(|(p, last, err)| json!({"provider": p, "lastSuccessAgeSecs": last.map(|t| now - t), "lastError": err}))
+            .collect();
+        Ok(json!({"schemaVersion": version, "schemaCurrent": version == shared::db::schema_version(), "providers": syncs}))
+    })
+    .await;
+    match result {
+        Ok(Ok(v)) if v["schemaCurrent"] == json!(true) => {
+            json_ok(&json!({"status": "ready", "database": v}))
+        }
+        Ok(Ok(v)) => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "schema not current", "database": v})),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "database unavailable", "error": e.to_string()})),
+        Err(_) => {
+            HttpResponse::ServiceUnavailable().json(json!({"status": "database unavailable"}))
+        }
+    }
+}

@@ -1,0 +1,793 @@
+//! What the lanes' requests do to the store's state, free of HTTP: metadata, clip, the
+//! transaction update with its holds, cancel, commit and vouchers. Each write function runs
+//! inside the writer's transaction it is given, so the state change and the outbox rows
+//! it implies are committed together before the lane hears back.
+
+use chrono::NaiveDate;
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use shared::domain::{CouponState, Offer};
+use shared::engine::{self, Applied, BasketLine, Candidate, Context, Holding, LoyaltyAccount};
+use shared::money::Cents;
+use shared::outbox::{self, CouponEvent};
+use shared::repo::{self, CouponRow, Customer};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Errors of the lane layer. Per-id problems are not errors: they are reported inside
+/// the otherwise successful answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("voucher {0} is not known at this store")]
+    VoucherNotFound(String),
+    #[error("{0}")]
+    VoucherConflict(String),
+    #[error("{0}")]
+    VoucherInvalid(String),
+}
+
+/// Lane policy taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub hold_ttl_secs: i64,
+    pub self_stacking: bool,
+    pub default_coupon_type: String,
+    pub receipt_footer: String,
+}
+
+/// Days of history the metadata lists keep (CATAPULT: last 30 days).
+const HISTORY_SECS: i64 = 30 * 24 * 3600;
+
+// ------------------------------------------------------------------ metadata
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Metadata {
+    pub available: Vec<String>,
+    pub clipped: Vec<String>,
+    pub redeemed: Vec<String>,
+    pub expired: Vec<String>,
+    pub pending: Vec<String>,
+}
+
+/// The customer's coupons by list; every id appears in at most one list.
+pub fn metadata(
+    conn: &Connection,
+    customer: &str,
+    today: NaiveDate,
+    now: i64,
+) -> Result<Metadata, LaneError> {
+    let mut m = Metadata::default();
+    let mut seen = BTreeSet::new();
+    for (row, start, end) in repo::customer_coupon_states(conn, customer)? {
+        seen.insert(row.offer_id.clone());
+        let recent = now - row.state_at <= HISTORY_SECS;
+        let live = start <= today && today <= end;
+        let ended = end < today;
+        let list = match row.effective_state(now) {
+            CouponState::Pending => Some(&mut m.pending),
+            CouponState::Clipped if ended => {
+                // Expired on the day after its end date; keep it listed for 30 days.
+                let days = (today - end).num_days();
+                (days <= 30).then_some(&mut m.expired)
+            }
+            CouponState::Clipped if live => Some(&mut m.clipped),
+            CouponState::Available if live => Some(&mut m.available),
+            CouponState::Redeemed if recent => Some(&mut m.redeemed),
+            CouponState::Expired if recent => Some(&mut m.expired),
+            _ => None,
+        };
+        if let Some(list) = list {
+            list.push(row.offer_id);
+        }
+    }
+    for id in repo::open_offer_ids(conn, today)? {
+        if !seen.contains(&id) {
+            m.available.push(id);
+        }
+    }
+    m.available.sort();
+    Ok(m)
+}
+
+// ------------------------------------------------------------------ clip
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ClipOutcome {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// (coupon id, error id, details) for ids that could not be changed.
+    pub refused: Vec<(String, &'static str, String)>,
+}
+
+pub fn clip(
+    conn: &Connection,
+    customer: &str,
+    add: &[String],
+    remove: &[String],
+    today: NaiveDate,
+    now: i64,
+) -> Result<ClipOutcome, LaneError> {
+    repo::ensure_customer(conn, customer, now)?;
+    let customer_ref = repo::customer(conn, customer)?.and_then(|c| c.provider_ref);
+    let mut out = ClipOutcome::default();
+    for id in add {
+        let Some(offer) = repo::offer(conn, id)? else {
+            out.refused.push((
+                id.clone(),
+                "COUPON_NOT_FOUND",
+                format!("coupon {id} is not in the catalog"),
+            ));
+            continue;
+        };
+        let row = repo::coupon_row(conn, customer, id)?;
+        let state = row.as_ref().map(|r| r.effective_state(now));
+        let live = offer.enabled && offer.start_date <= today && today <= offer.end_date;
+        match state {
+            Some(CouponState::Clipped | CouponState::Pending) => out.added.push(id.clone()),
+            Some(CouponState::Redeemed) => out.refused.push((
+                id.clone(),
+                "COUPON_UNAVAILABLE",
+                format!("coupon {id} was already redeemed"),
+            )),
+            _ if !live => out.refused.push((
+                id.clone(),
+                "COUPON_UNAVAILABLE",
+                format!("coupon {id} is not valid today"),
+            )),
+            None if offer.targeted => out.refused.push((
+                id.clone(),
+                "COUPON_UNAVAILABLE",
+                format!("coupon {id} is not offered to this customer"),
+            )),
+            _ => {
+                repo::set_coupon_state(conn, customer, id, CouponState::Clipped, now, true)?;
+                enqueue_all(
+                    conn,
+                    outbox::for_activation(
+                        event(&offer, customer, customer_ref.as_deref()),
+                        true,
+                        now,
+                    ),
+                    now,
+                )?;
+                out.added.push(id.clone());
+            }
+        }
+    }
+    for id in remove {
+        let Some(offer) = repo::offer(conn, id)? else {
+            out.refused.push((
+                id.clone(),
+                "COUPON_NOT_FOUND",
+                format!("coupon {id} is not in the catalog"),
+            ));
+            continue;
+        };
+        match repo::coupon_row(conn, customer, id)?.map(|r| r.effective_state(now)) {
+            Some(CouponState::Clipped) => {
+                repo::set_coupon_state(conn, customer, id, CouponState::Available, now, true)?;
+                enqueue_all(
+                    conn,
+                    outbox::for_activation(
+                        event(&offer, customer, customer_ref.as_deref()),
+                        false,
+                        now,
+                    ),
+                    now,
+                )?;
+                out.removed.push(id.clone());
+            }
+            Some(CouponState::Pending) => out.refused.push((
+                id.clone(),
+                "COUPON_UNAVAILABLE",
+                format!("coupon {id} is in use on an open sale"),
+            )),
+            Some(CouponState::Redeemed | CouponState::Expired) => out.refused.push((
+                id.clone(),
+                "COUPON_UNAVAILABLE",
+                format!("coupon {id} can no longer be unclipped"),
+            )),
+            Some(CouponState::Available) | None => out.removed.push(id.clone()),
+        }
+    }
+    Ok(out)
+}
+
+fn event<'a>(
+    offer: &'a Offer,
+    customer: &'a str,
+    customer_ref: Option<&'a str>,
+) -> CouponEvent<'a> {
+    CouponEvent {
+        provider: &offer.provider,
+        provider_ref: &offer.provider_ref,
+        offer_id: &offer.id,
+        external_id: &offer.external_id,
+        customer_id: customer,
+        customer_ref,
+    }
+}
+
+fn enqueue_all(conn: &Connection, items: Vec<outbox::NewItem>, now: i64) -> rusqlite::Result<()> {
+    items
+        .iter()
+        .try_for_each(|i| outbox::enqueue(conn, i, now).map(|_| ()))
+}
+
+// ------------------------------------------------------------------ update
+
+pub struct UpdateInput {
+    pub site: String,
+    pub customer: String,
+    pub txn: String,
+    pub terminal: Option<i64>,
+    pub cashier: Option<i64>,
+    pub basket: Vec<BasketLine>,
+    /// The sale as received (for the transaction post to analytics providers).
+    pub summary: Value,
+}
+
+/// One coupon to send back, with the offer's display data.
+pub struct AppliedCoupon {
+    pub applied: Applied,
+    pub offer: Offer,
+}
+
+pub struct UpdateOutcome {
+    pub applied: Vec<AppliedCoupon>,
+    pub customer: Option<Customer>,
+    pub loyalty: Option<LoyaltyAccount>,
+    pub total: Cents,
+}
+
+/// What was stored of the latest non-transient update: used by commit.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoredUpdate {
+    applied: BTreeMap<String, i64>,
+    #[serde(default)]
+    sale: Value,
+}
+
+fn holding(row: Option<&CouponRow>, site: &str, txn: &str, now: i64) -> Holding {
+    let Some(row) = row else { return Holding::None };
+    match row.effective_state(now) {
+        CouponState::Pending if row.is_held_by(site, txn) => Holding::PendingHere,
+        CouponState::Pending => Holding::PendingElsewhere,
+        CouponState::Clipped => Holding::Clipped,
+        CouponState::Available => Holding::Available,
+        CouponState::Redeemed => Holding::Redeemed,
+        CouponState::Expired => Holding::Expired,
+    }
+}
+
+/// Evaluates the sale for the customer. Reads only: used as is for transient updates.
+pub fn evaluate(
+    conn: &Connection,
+    policy: &Policy,
+    input: &UpdateInput,
+    today: NaiveDate,
+    now: i64,
+) -> Result<UpdateOutcome, LaneError> {
+    let customer = repo::customer(conn, &input.customer)?;
+    let mut offers: Vec<(Offer, Option<CouponRow>)> =
+        repo::customer_coupons_with_offers(conn, &input.customer)?
+            .into_iter()
+            .map(|(row, offer)| (offer, Some(row)))
+            .collect();
+    let known: BTreeSet<String> = offers.iter().map(|(o, _)| o.id.clone()).collect();
+    for o in repo::auto_offers(conn, today)? {
+        if !known.contains(&o.id) {
+            offers.push((o, None));
+        }
+    }
+    let mut globals = Vec::with_capacity(offers.len());
+    for (o, _) in &offers {
+        globals.push(match o.global_limit {
+            Some(_) => repo::global_usage(conn, &o.id, &input.site, &input.txn, now)?,
+            None => 0,
+        });
+    }
+    let candidates: Vec<Candidate<'_>> = offers
+        .iter()
+        .zip(&globals)
+        .map(|((offer, row), global)| Candidate {
+            offer,
+            holding: holding(row.as_ref(), &input.site, &input.txn, now),
+            customer_redemptions: row.as_ref().map_or(0, |r| r.redemptions),
+            global_redemptions: *global,
+        })
+        .collect();
+    let loyalty = customer.as_ref().and_then(|c| {
+        c.loyalty_id.clone().map(|id| LoyaltyAccount {
+            id,
+            balance: c.points_balance,
+        })
+    });
+    let ctx = Context {
+        today,
+        self_stacking: policy.self_stacking,
+        loyalty: loyalty.clone(),
+    };
+    let evaluation = engine::evaluate(&input.basket, &candidates, &ctx);
+    drop(candidates);
+    let mut by_id: BTreeMap<String, Offer> =
+        offers.into_iter().map(|(o, _)| (o.id.clone(), o)).collect();
+    let applied: Vec<AppliedCoupon> = evaluation
+        .applied
+        .into_iter()
+        .filter_map(|a| {
+            by_id
+                .remove(&a.coupon_id)
+                .map(|offer| AppliedCoupon { applied: a, offer })
+        })
+        .collect();
+    let total = applied.iter().map(|a| a.applied.total).sum();
+    Ok(UpdateOutcome {
+        applied,
+        customer,
+        loyalty,
+        total,
+    })
+}
+
+/// A non-transient update: evaluates, then makes the holds match the answer exactly:
+/// applied coupons become pending on this transaction, coupons this transaction held
+/// before but no longer uses return to clipped.
+pub fn update(
+    conn: &Connection,
+    policy: &Policy,
+    input: &UpdateInput,
+    today: NaiveDate,
+    now: i64,
+) -> Result<UpdateOutcome, LaneError> {
+    repo::ensure_customer(conn, &input.customer, now)?;
+    if let Some(previous) = repo::transaction(conn, &input.site, &input.txn)? {
+        if previous.state == "committed" {
+            // The sale is finished; answer, but never hold anything for it again.
+            log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(); "update for an already committed transaction: answered without holds");
+            return evaluate(conn, policy, input, today, now);
+        }
+    }
+    let outcome = evaluate(conn, policy, input, today, now)?;
+    let expires = now + policy.hold_ttl_secs;
+    let applied_ids: BTreeSet<&str> = outcome
+        .applied
+        .iter()
+        .map(|a| a.offer.id.as_str())
+        .collect();
+    for (customer, row) in repo::held_by(conn, &input.site, &input.txn)? {
+        if customer != input.customer || !applied_ids.contains(row.offer_id.as_str()) {
+            repo::set_coupon_state(
+                conn,
+                &customer,
+                &row.offer_id,
+                CouponState::Clipped,
+                now,
+                false,
+            )?;
+        }
+    }
+    for a in &outcome.applied {
+        repo::hold_coupon(
+            conn,
+            &input.customer,
+            &a.offer.id,
+            &input.site,
+            &input.txn,
+            a.applied.optional.is_some(),
+            expires,
+            now,
+        )?;
+    }
+    let stored = StoredUpdate {
+        applied: outcome
+            .applied
+            .iter()
+            .map(|a| (a.offer.id.clone(), a.applied.total.0))
+            .collect(),
+        sale: input.summary.clone(),
+    };
+    let stored = serde_json::to_string(&stored).unwrap_or_default();
+    repo::upsert_open_transaction(
+        conn,
+        &input.site,
+        &input.txn,
+        &input.customer,
+        input.terminal,
+        input.cashier,
+        &stored,
+        now,
+    )?;
+    Ok(outcome)
+}
+
+// ------------------------------------------------------------------ cancel
+
+/// Releases everything held by the transaction. Idempotent; a committed sale is untouched.
+pub fn cancel(
+    conn: &Connection,
+    site: &str,
+    customer: &str,
+    txn: &str,
+    now: i64,
+) -> Result<usize, LaneError> {
+    let held = repo::held_by(conn, site, txn)?;
+    for (holder, row) in &held {
+        if holder != customer {
+            log::info!(site = site, transaction = txn; "cancel released holds of another customer than the one named in the cancel");
+        }
+        repo::set_coupon_state(
+            conn,
+            holder,
+            &row.offer_id,
+            CouponState::Clipped,
+            now,
+            false,
+        )?;
+    }
+    repo::cancel_transaction(conn, site, txn, now)?;
+    Ok(held.len())
+}
+
+// ------------------------------------------------------------------ commit
+
+pub struct CommitInput {
+    pub site: String,
+    pub customer: String,
+    pub txn: String,
+    pub coupons: Vec<String>,
+    /// The request as received, kept with the sale.
+    pub request: Value,
+}
+
+/// Commits the sale once; a repeat replays the stored answer and changes nothing.
+/// Returns the answer's JSON text.
+pub fn commit(
+    conn: &Connection,
+    input: &CommitInput,
+    now: i64,
+    redeemed_at: &str,
+) -> Result<String, LaneError> {
+    let existing = repo::transaction(conn, &input.site, &input.txn)?;
+    if let Some(TxnCommitted(response)) = existing.as_ref().and_then(committed) {
+        return Ok(response);
+    }
+    let stored: StoredUpdate = existing
+        .as_ref()
+        .and_then(|t| t.last_update.as_deref())
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let held = repo::held_by(conn, &input.site, &input.txn)?;
+    let empty_list = input.coupons.is_empty();
+    let listed: BTreeSet<&str> = input.coupons.iter().map(String::as_str).collect();
+
+    // Which coupons this commit redeems: the listed ones, or every non-optional pending one.
+    let mut to_redeem: Vec<String> = if empty_list {
+        held.iter()
+            .filter(|(c, r)| *c == input.customer && !r.hold_optional)
+            .map(|(_, r)| r.offer_id.clone())
+            .collect()
+    } else {
+        listed.iter().map(|s| (*s).to_owned()).collect()
+    };
+    to_redeem.sort();
+    to_redeem.dedup();
+    if empty_list && !to_redeem.is_empty() {
+        log::info!(site = input.site.as_str(), transaction = input.txn.as_str(), coupons = to_redeem.join(",").as_str(); "commit with an empty list redeems every pending coupon");
+    }
+    // Everything held but not redeemed goes back to clipped.
+    for (holder, row) in &held {
+        if !(holder == &input.customer && to_redeem.contains(&row.offer_id)) {
+            repo::set_coupon_state(
+                conn,
+                holder,
+                &row.offer_id,
+                CouponState::Clipped,
+                now,
+                false,
+            )?;
+        }
+    }
+    repo::ensure_customer(conn, &input.customer, now)?;
+    let customer_ref = repo::customer(conn, &input.customer)?.and_then(|c| c.provider_ref);
+    let mut total = Cents::ZERO;
+    let mut koupon_assets = Vec::new();
+    for id in &to_redeem {
+        let Some(offer) = repo::offer(conn, id)? else {
+            log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "commit lists a coupon that is not in the catalog; acknowledged and ignored");
+            continue;
+        };
+        let row = repo::coupon_row(conn, &input.customer, id)?;
+        let held_here = row
+            .as_ref()
+            .is_some_and(|r| r.is_held_by(&input.site, &input.txn));
+        let usable = match row.as_ref().map(|r| r.effective_state(now)) {
+            _ if held_here => true,
+            Some(CouponState::Clipped) => true,
+            None | Some(CouponState::Available) => !offer.requires_clip,
+            _ => false,
+        };
+        let discount = Cents(stored.applied.get(id).copied().unwrap_or(0));
+        if !usable {
+            // The sale is done and the shopper had the discount: acknowledge, and flag it.
+            log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "commit lists a coupon already used or held elsewhere; recorded as a conflict for store IT");
+            repo::insert_redemption(
+                conn,
+                &input.site,
+                &input.txn,
+                &input.customer,
+                id,
+                discount,
+                true,
+                empty_list,
+                now,
+            )?;
+            continue;
+        }
+        repo::redeem_coupon(conn, &input.customer, id, offer.per_customer_limit, now)?;
+        repo::bump_offer_redeemed(conn, id)?;
+        repo::insert_redemption(
+            conn,
+            &input.site,
+            &input.txn,
+            &input.customer,
+            id,
+            discount,
+            false,
+            empty_list,
+            now,
+        )?;
+        if let Some(cost) = offer.loyalty_cost {
+            repo::spend_points(conn, &input.customer, cost)?;
+        }
+        enqueue_all(
+            conn,
+            outbox::for_redemption(
+                event(&offer, &input.customer, customer_ref.as_deref()),
+                &input.site,
+                &input.txn,
+                discount.0,
+                redeemed_at,
+            ),
+            now,
+        )?;
+        if offer.provider == outbox::provider::KOUPON {
+            koupon_assets.push((offer.provider_ref.clone(), discount.0));
+        }
+        total += discount;
+    }
+    if let Some(item) = outbox::for_sale(
+        &input.site,
+        &input.txn,
+        &input.customer,
+        &koupon_assets,
+        &stored.sale,
+        redeemed_at,
+    ) {
+        outbox::enqueue(conn, &item, now)?;
+    }
+    let response = commit_response(total);
+    repo::commit_transaction(
+        conn,
+        &input.site,
+        &input.txn,
+        &input.customer,
+        &input.request.to_string(),
+        &response,
+        now,
+    )?;
+    Ok(response)
+}
+
+struct TxnCommitted(String);
+
+fn committed(t: &repo::TxnRow) -> Option<TxnCommitted> {
+    (t.state == "committed")
+        .then(|| TxnCommitted(t.commit_response.clone().unwrap_or_else(|| "{}".to_owned())))
+}
+
+fn commit_response(total: Cents) -> String {
+    if total > Cents::ZERO {
+        json!({"receiptLines": [{"type": "TEXT", "content": format!("Digital coupons redeemed: {total}")}]}).to_string()
+    } else {
+        json!({"receiptLines": []}).to_string()
+    }
+}
+
+// ------------------------------------------------------------------ vouchers
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoucherView {
+    pub code: String,
+    pub provider: String,
+    pub description: String,
+    pub value: Value,
+    pub min_spend: Value,
+    pub valid_from: Option<String>,
+    pub valid_until: Option<String>,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validated_at: Option<String>,
+    pub message: String,
+}
+
+fn voucher_view(v: &repo::Voucher, now: i64) -> VoucherView {
+    let locked = v.state == "locked" && v.lock_expires_at.is_some_and(|e| e > now);
+    let state = if v.state == "locked" && !locked {
+        "active".to_owned()
+    } else {
+        v.state.clone()
+    };
+    let message = match state.as_str() {
+        "validated" => format!(
+            "already used at {}",
+            v.validated_at.clone().unwrap_or_default()
+        ),
+        "locked" => "in use on an open sale".to_owned(),
+        "void" => "voided by the provider".to_owned(),
+        _ => "valid".to_owned(),
+    };
+    VoucherView {
+        code: v.code.clone(),
+        provider: v.provider.clone(),
+        description: v.description.clone(),
+        value: crate::json_money(v.value),
+        min_spend: crate::json_money(v.min_spend),
+        valid_from: v.valid_from.clone(),
+        valid_until: v.valid_until.clone(),
+        state,
+        locked_by: if locked { v.lock_txn.clone() } else { None },
+        validated_at: v.validated_at.clone(),
+        message,
+    }
+}
+
+pub fn voucher_lookup(conn: &Connection, code: &str, now: i64) -> Result<VoucherView, LaneError> {
+    let v =
+        repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
+    Ok(voucher_view(&v, now))
+}
+
+/// Why a voucher cannot be used by (site, txn) now, if it cannot.
+fn voucher_blocked(
+    v: &repo::Voucher,
+    site: &str,
+    txn: &str,
+    today: &str,
+    now: i64,
+) -> Option<String> {
+    if v.state == "validated" {
+        return Some(format!(
+            "already used at {}",
+            v.validated_at.clone().unwrap_or_default()
+        ));
+    }
+    if v.state == "void" {
+        return Some("voided by the provider".to_owned());
+    }
+    if v.valid_from.as_deref().is_some_and(|f| today < f)
+        || v.valid_until.as_deref().is_some_and(|u| today > u)
+    {
+        return Some("not valid today".to_owned());
+    }
+    let locked_elsewhere = v.state == "locked"
+        && v.lock_expires_at.is_some_and(|e| e > now)
+        && !(v.lock_site.as_deref() == Some(site) && v.lock_txn.as_deref() == Some(txn));
+    locked_elsewhere.then(|| "in use on another open sale".to_owned())
+}
+
+pub fn voucher_lock(
+    conn: &Connection,
+    code: &str,
+    site: &str,
+    txn: &str,
+    ttl: i64,
+    today: &str,
+    now: i64,
+) -> Result<VoucherView, LaneError> {
+    let v =
+        repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
+    if let Some(why) = voucher_blocked(&v, site, txn, today, now) {
+        return Err(LaneError::VoucherConflict(why));
+    }
+    repo::lock_voucher(conn, code, site, txn, now + ttl, now)?;
+    enqueue_all(
+        conn,
+        outbox::for_voucher(
+            &v.provider,
+            &v.provider_ref,
+            code,
+            "lock",
+            site,
+            txn,
+            None,
+            now,
+        ),
+        now,
+    )?;
+    voucher_lookup(conn, code, now)
+}
+
+pub fn voucher_unlock(
+    conn: &Connection,
+    code: &str,
+    site: &str,
+    txn: &str,
+    now: i64,
+) -> Result<VoucherView, LaneError> {
+    let v =
+        repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
+    if v.state == "locked"
+        && v.lock_site.as_deref() == Some(site)
+        && v.lock_txn.as_deref() == Some(txn)
+    {
+        repo::unlock_voucher(conn, code, now)?;
+        enqueue_all(
+            conn,
+            outbox::for_voucher(
+                &v.provider,
+                &v.provider_ref,
+                code,
+                "unlock",
+                site,
+                txn,
+                None,
+                now,
+            ),
+            now,
+        )?;
+    }
+    voucher_lookup(conn, code, now)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn voucher_validate(
+    conn: &Connection,
+    code: &str,
+    site: &str,
+    txn: &str,
+    money_spent: Cents,
+    today: &str,
+    stamp: &str,
+    now: i64,
+) -> Result<VoucherView, LaneError> {
+    let v =
+        repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
+    if v.state == "validated"
+        && v.validated_site.as_deref() == Some(site)
+        && v.validated_txn.as_deref() == Some(txn)
+    {
+        // A retried validate of the same sale: the same answer, nothing new queued.
+        return Ok(voucher_view(&v, now));
+    }
+    if let Some(why) = voucher_blocked(&v, site, txn, today, now) {
+        return Err(LaneError::VoucherConflict(why));
+    }
+    if money_spent < v.min_spend {
+        return Err(LaneError::VoucherInvalid(format!(
+            "the sale must reach {} to use this voucher",
+            v.min_spend
+        )));
+    }
+    repo::validate_voucher(conn, code, site, txn, stamp, money_spent, now)?;
+    enqueue_all(
+        conn,
+        outbox::for_voucher(
+            &v.provider,
+            &v.provider_ref,
+            code,
+            "validate",
+            site,
+            txn,
+            Some(money_spent.0),
+            now,
+        ),
+        now,
+    )?;
+    voucher_lookup(conn, code, now)
+}

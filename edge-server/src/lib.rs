@@ -1,0 +1,174 @@
+//! `edge-server`: serves the ECRS CATAPULT digital coupon API and the voucher API to the
+//! store's POS lanes, answering only from the local SQLite database.
+//!
+//! Architecture Invariant: no request handler talks to a provider; only sync-daemon does.
+
+pub mod auth;
+pub mod catapult;
+pub mod error;
+pub mod lane;
+pub mod routes;
+pub mod tls;
+pub mod vouchers;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use shared::config::Config;
+use shared::db::Db;
+use shared::money::Cents;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+/// Everything a handler needs; shared by all workers.
+pub struct AppState {
+    pub config: Config,
+    pub db: Db,
+    pub policy: lane::Policy,
+}
+
+impl AppState {
+    pub fn new(config: Config, db: Db) -> AppState {
+        let policy = lane::Policy {
+            hold_ttl_secs: i64::try_from(config.lanes.hold_ttl_secs).unwrap_or(i64::MAX),
+            self_stacking: config.lanes.self_stacking,
+            default_coupon_type: config.lanes.default_coupon_type.clone(),
+            receipt_footer: config.lanes.receipt_footer.clone(),
+        };
+        AppState { config, db, policy }
+    }
+}
+
+/// A money amount as a JSON number with two decimals (`1.50`), exact.
+pub fn json_money(c: Cents) -> serde_json::Value {
+    c.to_decimal()
+        .to_string()
+        .parse::<serde_json::Number>()
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Opens the database and prepares TLS: everything that can fail at start, before binding.
+pub fn prepare(config: &Config) -> anyhow::Result<(Db, Option<rustls::ServerConfig>)> {
+    let db = Db::open(&config.database, true).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open database {}: {e}",
+            config.database.path.display()
+        )
+    })?;
+    let tls = if config.server.plain_http {
+        log::warn!(
+            "serving plain HTTP because server.plain_http = true; CATAPULT lanes require HTTPS"
+        );
+        None
+    } else {
+        if tls::ensure_certificate(&config.server.tls)? {
+            log::info!(cert = config.server.tls.cert.display().to_string().as_str(); "generated a self-signed certificate; import it into the POS Java trust store");
+        }
+        Some(tls::server_config(&config.server.tls)?)
+    };
+    Ok((db, tls))
+}
+
+/// Builds the HTTP server on an already bound listener. Tests pass `127.0.0.1:0`.
+pub fn run(
+    config: Config,
+    db: Db,
+    tls: Option<rustls::ServerConfig>,
+    listener: TcpListener,
+) -> std::io::Result<Server> {
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(2, usize::from),
+        n => n,
+    };
+    start_hold_sweeper(&db);
+    let state = web::Data::new(AppState::new(config, db));
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .wrap(actix_web::middleware::from_fn(auth::basic_auth))
+            .configure(|cfg| routes::configure(cfg, &app_state.config))
+    })
+    .workers(workers)
+    .backlog(1024)
+    .shutdown_timeout(10);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
+}
+
+/// Releases lapsed holds every 30 s so the metadata lists and global limits stay exact
+/// even when nobody touches the coupon again. (Reads already treat a lapsed hold as free.)
+fn start_hold_sweeper(db: &Db) {
+    let writer = db.writer.clone();
+    let _ = std::thread::Builder::new()
+        .name("hold-sweeper".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            let now = shared::db::now_secs();
+            match writer.write_blocking(move |c| shared::repo::release_expired_holds(c, now)) {
+                Ok(0) => {}
+                Ok(n) => log::info!(released = n; "released holds of abandoned transactions"),
+                Err(shared::db::WriteError::Db(shared::db::DbError::WriterGone)) => break,
+                Err(e) => log::warn!("hold sweeper failed: {e}"),
+            }
+        });
+}
+
+/// The shared state type handlers extract.
+pub type State = web::Data<AppState>;
+
+/// Keeps an `Arc` alive for code that needs the state outside actix.
+pub type SharedState = Arc<AppState>;
+
+pub mod logging;
+
+/// Starts the server on the configured address and runs until SIGTERM/SIGINT.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let (db, tls) = prepare(&config)?;
+    let listener = TcpListener::bind(config.server.listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} (server.listen): {e}",
+            config.server.listen
+        )
+    })?;
+    log::info!(addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default().as_str(), tls = tls.is_some(); "edge-server listening");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let server = run(config, db, tls, listener)?;
+        server.await
+    })?;
+    log::info!("edge-server stopped");
+    Ok(())
+}
+
+/// The `import` command: loads a snapshot through the same writer the server uses.
+pub fn import(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let db = Db::open(&config.database, false).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open database {}: {e}",
+            config.database.path.display()
+        )
+    })?;
+    let snapshot = shared::import::read_snapshot(file)?;
+    let started = std::time::Instant::now();
+    let counts = shared::import::import(&db.writer, snapshot, |what, done, total| {
+        if done == total || done % (shared::import::CHUNK * 20) == 0 {
+            log::info!("import: {what} {done}/{total}");
+        }
+    })?;
+    log::info!(
+        "import done in {:.1}s: {} offers, {} customers, {} coupon states, {} vouchers",
+        started.elapsed().as_secs_f64(),
+        counts.offers,
+        counts.customers,
+        counts.coupon_states,
+        counts.vouchers
+    );
+    Ok(())
+}

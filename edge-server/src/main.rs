@@ -1,0 +1,55 @@
+//! `edge-server` binary: parse the command line, start logging, load the config, and hand
+//! over to the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Store edge coupon server: serves the CATAPULT coupon API to the lanes"
+)]
+struct Cli {
+    /// Configuration file (conf.d/ beside it is merged on top).
+    #[arg(
+        long,
+        short,
+        default_value = "/etc/edge-coupon/edge-coupon.toml",
+        env = "EDGE_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the lanes (the default).
+    Serve,
+    /// Load offers, customers, coupon states and vouchers from a JSON snapshot.
+    Import { file: PathBuf },
+    /// Check the configuration and exit.
+    CheckConfig,
+    /// Print the commented default configuration.
+    PrintDefaultConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::PrintDefaultConfig) = cli.command {
+        print!("{}", shared::config::DEFAULT_CONFIG_TOML);
+        return Ok(());
+    }
+    let config = shared::config::Config::load(&cli.config)
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+    edge_server::logging::init(config.log_level());
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => edge_server::serve(config),
+        Command::Import { file } => edge_server::import(&config, &file),
+        Command::CheckConfig => {
+            println!("configuration {} is valid", cli.config.display());
+            Ok(())
+        }
+        Command::PrintDefaultConfig => Ok(()),
+    }
+}

@@ -1,0 +1,162 @@
+//! The route table, in one place: every operation with its methods, its primary path and
+//! its aliases (the CATAPULT reference prints only two paths for sure; the rest are
+//! assumptions, so aliases from the configuration are added here too). Unmatched paths
+//! and methods are logged so the first real lane reveals the path it uses.
+
+use crate::error::ApiError;
+use crate::{catapult, vouchers};
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest};
+use shared::config::Config;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Catalog,
+    CustomerCoupons,
+    Clip,
+    Demographics,
+    Update,
+    Cancel,
+    Commit,
+    Image,
+    VoucherLookup,
+    VoucherLock,
+    VoucherUnlock,
+    VoucherValidate,
+    Health,
+    Ready,
+}
+
+/// (operation, methods, paths): the first path of each operation is the primary one.
+pub const TABLE: &[(Operation, &[&str], &[&str])] = &[
+    (Operation::Catalog, &["GET"], &["/coupons"]),
+    (
+        Operation::CustomerCoupons,
+        &["GET"],
+        &[
+            "/coupons/customer",
+            "/customer/coupons",
+            "/coupons/metadata",
+        ],
+    ),
+    (
+        Operation::Clip,
+        &["POST", "PUT"],
+        &["/coupons/customer", "/coupons/clip", "/coupons/edit"],
+    ),
+    (Operation::Demographics, &["POST"], &["/demographics"]),
+    (
+        Operation::Update,
+        &["POST", "PUT"],
+        &["/transaction", "/transaction/update"],
+    ),
+    (
+        Operation::Cancel,
+        &["GET", "POST"],
+        &["/transaction/cancel"],
+    ),
+    (Operation::Commit, &["POST"], &["/transaction/commit"]),
+    (Operation::Image, &["GET"], &["/images/{file}"]),
+    (Operation::VoucherLookup, &["GET"], &["/vouchers/{code}"]),
+    (
+        Operation::VoucherLock,
+        &["POST"],
+        &["/vouchers/{code}/lock"],
+    ),
+    (
+        Operation::VoucherUnlock,
+        &["POST"],
+        &["/vouchers/{code}/unlock"],
+    ),
+    (
+        Operation::VoucherValidate,
+        &["POST"],
+        &["/vouchers/{code}/validate"],
+    ),
+    (Operation::Health, &["GET"], &["/healthz"]),
+    (Operation::Ready, &["GET"], &["/readyz"]),
+];
+
+fn configured_aliases(config: &Config, op: Operation) -> &[String] {
+    let a = &config.lanes.route_aliases;
+    match op {
+        Operation::Catalog => &a.catalog,
+        Operation::CustomerCoupons => &a.customer_coupons,
+        Operation::Clip => &a.clip,
+        Operation::Demographics => &a.demographics,
+        Operation::Update => &a.update,
+        Operation::Cancel => &a.cancel,
+        Operation::Commit => &a.commit,
+        _ => &[],
+    }
+}
+
+fn route(op: Operation, method: Method) -> actix_web::Route {
+    let r = web::method(method);
+    match op {
+        Operation::Catalog => r.to(catapult::catalog),
+        Operation::CustomerCoupons => r.to(catapult::customer_coupons),
+        Operation::Clip => r.to(catapult::clip),
+        Operation::Demographics => r.to(catapult::demographics),
+        Operation::Update => r.to(catapult::update),
+        Operation::Cancel => r.to(catapult::cancel),
+        Operation::Commit => r.to(catapult::commit),
+        Operation::Image => r.to(catapult::image),
+        Operation::VoucherLookup => r.to(vouchers::lookup),
+        Operation::VoucherLock => r.to(vouchers::lock),
+        Operation::VoucherUnlock => r.to(vouchers::unlock),
+        Operation::VoucherValidate => r.to(vouchers::validate),
+        Operation::Health => r.to(catapult::healthz),
+        Operation::Ready => r.to(catapult::readyz),
+    }
+}
+
+/// Every (path → [(method, operation)]) the server answers, configured aliases included.
+pub fn paths(config: &Config) -> BTreeMap<String, Vec<(Method, Operation)>> {
+    let mut map: BTreeMap<String, Vec<(Method, Operation)>> = BTreeMap::new();
+    for (op, methods, paths) in TABLE {
+        let all = paths
+            .iter()
+            .map(|p| (*p).to_owned())
+            .chain(configured_aliases(config, *op).iter().cloned());
+        for path in all {
+            for m in *methods {
+                if let Ok(method) = Method::from_bytes(m.as_bytes()) {
+                    let entry = map.entry(path.clone()).or_default();
+                    if !entry.iter().any(|(em, _)| *em == method) {
+                        entry.push((method, *op));
+                    }
+                }
+            }
+        }
+    }
+    map
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig, config: &Config) {
+    for (path, handlers) in paths(config) {
+        let mut resource = web::resource(path).default_service(web::to(method_not_allowed));
+        for (method, op) in handlers {
+            resource = resource.route(route(op, method));
+        }
+        cfg.service(resource);
+    }
+    cfg.default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    log::warn!(method = req.method().as_str(), path = req.path(); "unmatched request path (path discovery: add it to lanes.route_aliases if a lane uses it)");
+    Err(ApiError::NotFound {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    })
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    log::warn!(method = req.method().as_str(), path = req.path(); "unmatched request method");
+    Err(ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    })
+}

@@ -1,0 +1,135 @@
+//! The provider-neutral voucher API for single-use barcodes (Coupontools sessions,
+//! Convercus codes, Koupon offer barcodes): look up, lock, validate with money spent,
+//! unlock. Documented in docs/openapi.json with the CATAPULT endpoints.
+
+use crate::catapult::{parse_json, read_body, site, transaction, Query};
+use crate::error::ApiError;
+use crate::lane;
+use crate::State;
+use actix_web::{web, HttpRequest, HttpResponse};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use shared::db::now_secs;
+use shared::domain::VoucherCode;
+use shared::money::Cents;
+
+fn code(raw: String) -> Result<String, ApiError> {
+    VoucherCode::parse(&raw)
+        .map(|c| c.as_str().to_owned())
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VoucherBody {
+    site: Option<String>,
+    transaction: Option<String>,
+    #[serde(default)]
+    money_spent: Option<Decimal>,
+}
+
+fn ok(view: &lane::VoucherView) -> HttpResponse {
+    HttpResponse::Ok().json(view)
+}
+
+pub async fn lookup(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let query = Query::of(&req);
+    site(&state, query_param(&query, "site"))?;
+    let code = code(path.into_inner())?;
+    let db = state.db.clone();
+    let view = web::block(move || -> Result<_, ApiError> {
+        let conn = db.read()?;
+        Ok(lane::voucher_lookup(&conn, &code, now_secs())?)
+    })
+    .await??;
+    Ok(ok(&view))
+}
+
+fn query_param(q: &Query, name: &str) -> Option<String> {
+    q.0.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+async fn body(
+    req: &HttpRequest,
+    state: &State,
+    payload: web::Payload,
+) -> Result<(String, String, VoucherBody), ApiError> {
+    let query = Query::of(req);
+    let bytes = read_body(state, payload).await?;
+    let b: VoucherBody = parse_json(&bytes)?;
+    let site = site(
+        state,
+        query_param(&query, "site").or_else(|| b.site.clone()),
+    )?;
+    let txn = transaction(query_param(&query, "transaction").or_else(|| b.transaction.clone()))?;
+    Ok((site.as_str().to_owned(), txn.as_str().to_owned(), b))
+}
+
+pub async fn lock(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let code = code(path.into_inner())?;
+    let (site, txn, _) = body(&req, &state, payload).await?;
+    let ttl = state.policy.hold_ttl_secs;
+    let today = state.config.today().format("%Y-%m-%d").to_string();
+    let view = state
+        .db
+        .writer
+        .write(move |c| lane::voucher_lock(c, &code, &site, &txn, ttl, &today, now_secs()))
+        .await?;
+    Ok(ok(&view))
+}
+
+pub async fn unlock(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let code = code(path.into_inner())?;
+    let (site, txn, _) = body(&req, &state, payload).await?;
+    let view = state
+        .db
+        .writer
+        .write(move |c| lane::voucher_unlock(c, &code, &site, &txn, now_secs()))
+        .await?;
+    Ok(ok(&view))
+}
+
+pub async fn validate(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let code = code(path.into_inner())?;
+    let (site, txn, b) = body(&req, &state, payload).await?;
+    let spent = b
+        .money_spent
+        .ok_or_else(|| ApiError::InvalidRequest("`moneySpent` is required".into()))?;
+    let spent = Cents::from_decimal(spent)
+        .filter(|c| c.0 >= 0)
+        .ok_or_else(|| {
+            ApiError::InvalidRequest("`moneySpent` must be a non-negative amount".into())
+        })?;
+    let today = state.config.today().format("%Y-%m-%d").to_string();
+    let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let view = state
+        .db
+        .writer
+        .write(move |c| {
+            lane::voucher_validate(c, &code, &site, &txn, spent, &today, &stamp, now_secs())
+        })
+        .await?;
+    Ok(ok(&view))
+}

@@ -1,0 +1,147 @@
+-- Offers: the coupon catalog the lanes see. `id` is the short local id (<= 15 chars);
+-- (provider, provider_ref) is the upstream identity it maps to.
+CREATE TABLE offers (
+    id                      TEXT PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 15),
+    provider                TEXT NOT NULL,
+    provider_ref            TEXT NOT NULL,
+    short_description       TEXT NOT NULL DEFAULT '',
+    requirement_description TEXT NOT NULL DEFAULT '',
+    long_description        TEXT NOT NULL DEFAULT '',
+    category                TEXT NOT NULL DEFAULT '',
+    brand                   TEXT NOT NULL DEFAULT '',
+    start_date              TEXT NOT NULL,
+    end_date                TEXT NOT NULL,
+    image_url               TEXT,
+    targeted                INTEGER NOT NULL DEFAULT 0,
+    enabled                 INTEGER NOT NULL DEFAULT 1,
+    featured                INTEGER NOT NULL DEFAULT 0,
+    requires_clip           INTEGER NOT NULL DEFAULT 1,
+    rule                    TEXT NOT NULL,
+    receipt_alias           TEXT NOT NULL DEFAULT '',
+    reduces_tax             INTEGER NOT NULL DEFAULT 1,
+    coupon_type             TEXT NOT NULL DEFAULT '',
+    external_id             TEXT NOT NULL DEFAULT '',
+    per_customer_limit      INTEGER,
+    global_limit            INTEGER,
+    loyalty_cost            INTEGER,
+    redeemed_count          INTEGER NOT NULL DEFAULT 0,
+    extra                   TEXT NOT NULL DEFAULT '{}',
+    updated_at              INTEGER NOT NULL,
+    UNIQUE (provider, provider_ref)
+);
+
+CREATE TABLE customers (
+    id             TEXT PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 16),
+    first_name     TEXT,
+    last_name      TEXT,
+    email          TEXT,
+    phone          TEXT,
+    provider       TEXT,
+    provider_ref   TEXT,
+    loyalty_id     TEXT,
+    points_balance INTEGER NOT NULL DEFAULT 0,
+    updated_at     INTEGER NOT NULL
+);
+CREATE INDEX customers_phone ON customers (phone) WHERE phone IS NOT NULL;
+CREATE INDEX customers_email ON customers (email COLLATE NOCASE) WHERE email IS NOT NULL;
+
+-- One row per (customer, offer) the customer has a relation to. `pending` always carries
+-- the holding transaction and its expiry; nothing else does.
+CREATE TABLE customer_coupons (
+    customer_id     TEXT NOT NULL REFERENCES customers (id),
+    offer_id        TEXT NOT NULL REFERENCES offers (id),
+    state           TEXT NOT NULL CHECK (state IN ('available', 'clipped', 'pending', 'redeemed', 'expired')),
+    hold_site       TEXT,
+    hold_txn        TEXT,
+    hold_optional   INTEGER NOT NULL DEFAULT 0,
+    hold_expires_at INTEGER,
+    redemptions     INTEGER NOT NULL DEFAULT 0,
+    state_at        INTEGER NOT NULL,
+    -- Local changes not yet acknowledged upstream: a pull must not overwrite them.
+    local_dirty     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (customer_id, offer_id),
+    CHECK ((state = 'pending') = (hold_txn IS NOT NULL AND hold_site IS NOT NULL AND hold_expires_at IS NOT NULL))
+) WITHOUT ROWID;
+CREATE INDEX customer_coupons_hold ON customer_coupons (hold_site, hold_txn) WHERE hold_txn IS NOT NULL;
+CREATE INDEX customer_coupons_hold_expiry ON customer_coupons (hold_expires_at) WHERE hold_txn IS NOT NULL;
+CREATE INDEX customer_coupons_offer_pending ON customer_coupons (offer_id) WHERE state = 'pending';
+
+-- Sales the lanes told us about. A committed sale keeps the answer it was given, so a
+-- repeated commit replays it.
+CREATE TABLE transactions (
+    site            TEXT NOT NULL,
+    txn_id          TEXT NOT NULL,
+    customer_id     TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('open', 'cancelled', 'committed')),
+    terminal        INTEGER,
+    cashier         INTEGER,
+    updated_at      INTEGER NOT NULL,
+    last_update     TEXT,
+    commit_request  TEXT,
+    commit_response TEXT,
+    committed_at    INTEGER,
+    PRIMARY KEY (site, txn_id)
+) WITHOUT ROWID;
+
+CREATE TABLE redemptions (
+    id            INTEGER PRIMARY KEY,
+    site          TEXT NOT NULL,
+    txn_id        TEXT NOT NULL,
+    customer_id   TEXT NOT NULL,
+    offer_id      TEXT NOT NULL,
+    discount      INTEGER NOT NULL,
+    redeemed_at   INTEGER NOT NULL,
+    -- 1 when the coupon had meanwhile been used elsewhere: acknowledged, flagged for store IT.
+    conflict      INTEGER NOT NULL DEFAULT 0,
+    by_empty_list INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (site, txn_id, offer_id)
+);
+CREATE INDEX redemptions_customer ON redemptions (customer_id, redeemed_at);
+
+-- Single-use barcodes (Coupontools sessions, Convercus codes, Koupon offer barcodes).
+CREATE TABLE vouchers (
+    code            TEXT PRIMARY KEY,
+    provider        TEXT NOT NULL,
+    provider_ref    TEXT NOT NULL,
+    description     TEXT NOT NULL DEFAULT '',
+    value           INTEGER NOT NULL DEFAULT 0,
+    min_spend       INTEGER NOT NULL DEFAULT 0,
+    valid_from      TEXT,
+    valid_until     TEXT,
+    state           TEXT NOT NULL CHECK (state IN ('active', 'locked', 'validated', 'void')),
+    lock_site       TEXT,
+    lock_txn        TEXT,
+    lock_expires_at INTEGER,
+    validated_at    TEXT,
+    validated_site  TEXT,
+    validated_txn   TEXT,
+    money_spent     INTEGER,
+    local_dirty     INTEGER NOT NULL DEFAULT 0,
+    updated_at      INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Everything the lanes did that a provider must hear about, in one durable queue.
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    provider        TEXT NOT NULL,
+    operation       TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    ordering_key    TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'inflight', 'delivered', 'dead', 'discarded')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_until     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX outbox_ready ON outbox (state, next_attempt_at);
+CREATE INDEX outbox_ordering ON outbox (ordering_key, id) WHERE state IN ('pending', 'inflight', 'dead');
+
+CREATE TABLE sync_state (
+    provider        TEXT PRIMARY KEY,
+    last_success_at INTEGER,
+    last_error      TEXT,
+    last_error_at   INTEGER
+);

@@ -1,0 +1,389 @@
+//! The SQLite database: opening and migrating it, the read pool, the single writer thread
+//! (with group commit), and the background WAL checkpointer.
+//!
+//! Architecture Invariant: in a process, every write goes through the one [`Writer`], so
+//! there is never more than one writer connection per process fighting for the lock.
+
+use crate::config::{DatabaseConfig, Synchronous};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags};
+use rusqlite_migration::{Migrations, M};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub type ReadPool = r2d2::Pool<SqliteConnectionManager>;
+pub type ReadConn = r2d2::PooledConnection<SqliteConnectionManager>;
+
+/// The numbered, append-only migrations. Never edit one that has shipped: add a new one.
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(include_str!("../migrations/0001_initial.sql"))])
+}
+
+/// Number of the newest migration this build knows.
+pub fn schema_version() -> i64 {
+    1
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("database schema version {found} is newer than this build knows ({known}); install the newer package or restore a matching backup")]
+    TooNew { found: i64, known: i64 },
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Applies the per-connection settings every connection of ours gets.
+fn init_connection(conn: &Connection, cfg: &DatabaseConfig) -> rusqlite::Result<()> {
+    let sync = match cfg.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.busy_timeout(Duration::from_millis(u64::from(cfg.busy_timeout_ms)))?;
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON;
+         PRAGMA synchronous = {sync};
+         PRAGMA cache_size = -{cache};
+         PRAGMA mmap_size = {mmap};
+         PRAGMA temp_store = MEMORY;",
+        cache = cfg.cache_size_kib,
+        mmap = u64::from(cfg.mmap_size_mib) * 1024 * 1024,
+    ))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Opens the database file for writing, creating it if needed, in WAL mode, and migrates it
+/// to the newest schema (refusing one that is newer than this build).
+pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
+    if let Some(dir) = cfg.path.parent() {
+        if !dir.as_os_str().is_empty() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+    }
+    let mut conn = Connection::open(&cfg.path)?;
+    init_connection(&conn, cfg)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > schema_version() {
+        return Err(DbError::TooNew {
+            found,
+            known: schema_version(),
+        });
+    }
+    migrations().to_latest(&mut conn)?;
+    Ok(conn)
+}
+
+/// The current schema version of an open database.
+pub fn current_version(conn: &Connection) -> Result<i64, DbError> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}
+
+/// A pool of read-only connections.
+pub fn read_pool(cfg: &DatabaseConfig) -> Result<ReadPool, DbError> {
+    let init_cfg = cfg.clone();
+    let manager = SqliteConnectionManager::file(&cfg.path)
+        .with_flags(
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .with_init(move |c| init_connection(c, &init_cfg));
+    Ok(r2d2::Pool::builder()
+        .max_size(cfg.read_pool_size)
+        .connection_timeout(Duration::from_secs(5))
+        .build(manager)?)
+}
+
+type Finish = Box<dyn FnOnce(Option<DbError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+/// Why a write did not happen: the job's own error (its changes were rolled back), or the
+/// database failed to commit.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError<E> {
+    #[error(transparent)]
+    Job(E),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Handle to the writer thread. Cloning is cheap; all clones feed the same thread.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Most jobs committed together in one transaction (one fsync).
+const MAX_GROUP: usize = 64;
+
+impl Writer {
+    /// Starts the writer thread owning `conn`. With `group_commit`, jobs that queue up while
+    /// a commit is in progress are committed together in one transaction, each inside its own
+    /// savepoint, so one job's failure never undoes another's.
+    pub fn start(conn: Connection) -> Writer {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx));
+        if let Err(e) = spawned {
+            log::error!("cannot start the database writer thread: {e}");
+        }
+        Writer { jobs }
+    }
+
+    fn submit<R, E, F>(
+        &self,
+        f: F,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<R, WriteError<E>>>, DbError>
+    where
+        F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |commit_error| {
+                let out = match commit_error {
+                    Some(e) => Err(WriteError::Db(e)),
+                    None => result.map_err(WriteError::Job),
+                };
+                let _ = tx.send(out);
+            });
+            (ok, finish)
+        });
+        self.jobs.send(job).map_err(|_| DbError::WriterGone)?;
+        Ok(rx)
+    }
+
+    /// Runs `f` in a write transaction and waits until it is committed (durable).
+    pub async fn write<R, E, F>(&self, f: F) -> Result<R, WriteError<E>>
+    where
+        F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        let rx = self.submit(f)?;
+        rx.await.map_err(|_| WriteError::Db(DbError::WriterGone))?
+    }
+
+    /// The same as [`Writer::write`] for threads outside an async runtime.
+    pub fn write_blocking<R, E, F>(&self, f: F) -> Result<R, WriteError<E>>
+    where
+        F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        let rx = self.submit(f)?;
+        rx.blocking_recv()
+            .map_err(|_| WriteError::Db(DbError::WriterGone))?
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, batch);
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        log::error!("database write could not start: {e}");
+        let msg = e.to_string();
+        for job in batch {
+            // The job never ran: report the failure through its completion.
+            let (_, finish) = job_not_run(job);
+            finish(Some(DbError::Corrupt(format!("write not started: {msg}"))));
+        }
+        return;
+    }
+    let mut finishes = Vec::with_capacity(batch.len());
+    for job in batch {
+        let savepoint = conn.execute_batch("SAVEPOINT job");
+        let (ok, finish) = job(conn);
+        let end = if ok {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        if savepoint.is_ok() {
+            if let Err(e) = conn.execute_batch(end) {
+                log::error!("savepoint end failed: {e}");
+            }
+        }
+        finishes.push(finish);
+    }
+    let commit = if conn.is_autocommit() {
+        Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some("transaction was rolled back by SQLite".into()),
+        ))
+    } else {
+        conn.execute_batch("COMMIT")
+    };
+    match commit {
+        Ok(()) => finishes.into_iter().for_each(|f| f(None)),
+        Err(e) => {
+            log::error!("database commit failed, the batch is rolled back: {e}");
+            let _ = conn.execute_batch("ROLLBACK");
+            let msg = e.to_string();
+            for f in finishes {
+                f(Some(DbError::Corrupt(format!("commit failed: {msg}"))));
+            }
+        }
+    }
+}
+
+/// Calls a job on a connection that refuses everything, so its completion still fires.
+fn job_not_run(job: Job) -> (bool, Finish) {
+    match Connection::open_in_memory() {
+        Ok(c) => job(&c),
+        Err(_) => (false, Box::new(|_| {})),
+    }
+}
+
+/// Checkpoints the WAL from a background thread so no lane commit pays for it: PASSIVE on
+/// every tick and TRUNCATE every 12th tick, which keeps the WAL from growing without bound.
+pub fn start_checkpointer(cfg: &DatabaseConfig) -> Result<(), DbError> {
+    let conn = Connection::open(&cfg.path)?;
+    init_connection(&conn, cfg)?;
+    let interval = Duration::from_secs(cfg.checkpoint_interval_secs);
+    std::thread::Builder::new()
+        .name("wal-checkpoint".into())
+        .spawn(move || {
+            let mut tick: u64 = 0;
+            loop {
+                std::thread::sleep(interval);
+                tick += 1;
+                let mode = if tick.is_multiple_of(12) {
+                    "TRUNCATE"
+                } else {
+                    "PASSIVE"
+                };
+                if let Err(e) =
+                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                {
+                    log::warn!("WAL checkpoint ({mode}) failed: {e}");
+                }
+            }
+        })
+        .map_err(|e| DbError::Corrupt(format!("cannot start checkpointer: {e}")))?;
+    Ok(())
+}
+
+/// Everything a process needs to use the database.
+#[derive(Clone)]
+pub struct Db {
+    pub reads: ReadPool,
+    pub writer: Writer,
+}
+
+impl Db {
+    /// Opens, migrates, and starts the writer. With `background_checkpoints` the writer's
+    /// automatic checkpoints are turned off and a checkpointer thread does them instead.
+    pub fn open(cfg: &DatabaseConfig, background_checkpoints: bool) -> Result<Db, DbError> {
+        let conn = open_and_migrate(cfg)?;
+        if background_checkpoints {
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            start_checkpointer(cfg)?;
+        }
+        let reads = read_pool(cfg)?;
+        Ok(Db {
+            reads,
+            writer: Writer::start(conn),
+        })
+    }
+
+    pub fn read(&self) -> Result<ReadConn, DbError> {
+        Ok(self.reads.get()?)
+    }
+}
+
+/// Seconds since the Unix epoch, the unit of every stored timestamp.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// True when `path` looks like an existing SQLite database.
+pub fn exists(path: &Path) -> bool {
+    path.is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn cfg(dir: &tempfile::TempDir) -> DatabaseConfig {
+        DatabaseConfig {
+            path: dir.path().join("t.db"),
+            ..DatabaseConfig::default()
+        }
+    }
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().unwrap();
+        assert_eq!(schema_version(), 1);
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir);
+        drop(open_and_migrate(&c).unwrap());
+        let conn = Connection::open(&c.path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(matches!(
+            open_and_migrate(&c),
+            Err(DbError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn failed_job_is_rolled_back_without_touching_its_batch_mates() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&cfg(&dir), false).unwrap();
+        let w = db.writer.clone();
+        let ok: Result<(), WriteError<rusqlite::Error>> = w.write_blocking(|c| {
+            c.execute("INSERT INTO sync_state (provider) VALUES ('a')", [])
+                .map(|_| ())
+        });
+        ok.unwrap();
+        let bad: Result<(), WriteError<String>> = w.write_blocking(|c| {
+            c.execute("INSERT INTO sync_state (provider) VALUES ('b')", [])
+                .map_err(|e| e.to_string())?;
+            Err("refused".to_owned())
+        });
+        assert!(matches!(bad, Err(WriteError::Job(_))));
+        let n: i64 = db
+            .read()
+            .unwrap()
+            .query_row("SELECT count(*) FROM sync_state", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}

@@ -1,0 +1,337 @@
+//! Domain types shared by both services: identifiers parsed once at the edge, offers and
+//! their pricing rules, per-customer coupon states.
+
+use crate::money::Cents;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Why an identifier from outside was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{what} is missing")]
+    Missing { what: &'static str },
+    #[error("{what} is longer than {max} characters")]
+    TooLong { what: &'static str, max: usize },
+    #[error("{what} contains control characters")]
+    Control { what: &'static str },
+}
+
+fn check_id(what: &'static str, raw: &str, max: usize) -> Result<(), IdError> {
+    if raw.is_empty() {
+        return Err(IdError::Missing { what });
+    }
+    if raw.chars().count() > max {
+        return Err(IdError::TooLong { what, max });
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(IdError::Control { what });
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const MAX_LEN: usize = $max;
+
+            pub fn parse(raw: &str) -> Result<Self, IdError> {
+                check_id($what, raw, $max)?;
+                Ok(Self(raw.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// CATAPULT `site`: the store's site id as configured on the lanes.
+    SiteId, "site", 64
+);
+id_type!(
+    /// CATAPULT `customer`: the loyalty card barcode or any id of 1..16 characters.
+    CustomerId, "customer", 16
+);
+id_type!(
+    /// CATAPULT `transaction`: the sale id.
+    TransactionId, "transaction", 64
+);
+id_type!(
+    /// A local coupon id as the lanes see it: 1..16 characters (we issue at most 15, the
+    /// commit limit).
+    CouponId, "coupon id", 16
+);
+id_type!(
+    /// A single-use voucher barcode (Coupontools session, Convercus code, Koupon barcode).
+    VoucherCode, "voucher code", 128
+);
+
+impl CouponId {
+    /// Coupon ids listed in a commit are limited to 15 characters by CATAPULT.
+    pub const COMMIT_MAX_LEN: usize = 15;
+
+    pub fn parse_for_commit(raw: &str) -> Result<Self, IdError> {
+        check_id("coupon id", raw, Self::COMMIT_MAX_LEN)?;
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+/// An item code normalised for matching.
+///
+/// Rule: keep the digits only and strip leading zeros. CATAPULT sends UPCs as JSON numbers
+/// (which cannot carry leading zeros) while catalogs often store them as zero-padded
+/// strings; both sides normalise the same way. The check digit is not recomputed: both
+/// sides must carry the same significant digits. A code without any digit normalises to
+/// the empty string and matches nothing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Upc(String);
+
+impl Upc {
+    pub fn normalise(raw: &str) -> Upc {
+        let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+        let trimmed = digits.trim_start_matches('0');
+        Upc(trimmed.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A set of items a rule refers to. Both lists empty means "every item in the basket".
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemSet {
+    #[serde(default)]
+    pub upcs: Vec<Upc>,
+    #[serde(default)]
+    pub depts: Vec<i64>,
+}
+
+impl ItemSet {
+    pub fn is_everything(&self) -> bool {
+        self.upcs.is_empty() && self.depts.is_empty()
+    }
+
+    pub fn contains(&self, upc: &Upc, dept: Option<i64>) -> bool {
+        if self.is_everything() {
+            return true;
+        }
+        (!upc.is_empty() && self.upcs.contains(upc))
+            || dept.is_some_and(|d| self.depts.contains(&d))
+    }
+}
+
+/// What a coupon does to the items it rewards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum Mechanic {
+    /// `basis_points / 100` percent off the rewarded amount (2500 = 25 %).
+    PercentOff { basis_points: u32 },
+    /// A fixed amount off per application, never more than the rewarded amount.
+    AmountOff { cents: Cents },
+    /// Each rewarded unit costs `cents` (no discount when it already costs less).
+    FixedPrice { cents: Cents },
+    /// Buy `buy` requirement units, get `get` reward units `reward_basis_points` off
+    /// (10000 = free: BOGO is `buy: 1, get: 1, reward_basis_points: 10000`).
+    BuyXGetY {
+        buy: u32,
+        get: u32,
+        reward_basis_points: u32,
+    },
+}
+
+/// A pricing rule the discount engine understands; provider-neutral.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    pub mechanic: Mechanic,
+    /// Items that must be bought. Empty = any item.
+    #[serde(default)]
+    pub requirement: ItemSet,
+    /// Items that receive the discount; `None` = the requirement items.
+    #[serde(default)]
+    pub reward: Option<ItemSet>,
+    /// Requirement units needed for one application (default 1). Ignored by `BuyXGetY`,
+    /// which uses `buy`.
+    #[serde(default = "one")]
+    pub min_qty: u32,
+    /// The basket subtotal (after POS discounts) must reach this amount.
+    #[serde(default)]
+    pub min_basket: Option<Cents>,
+    /// At most this many applications per transaction. `None` = unlimited for
+    /// per-unit mechanics, and one application for whole-basket rules.
+    #[serde(default)]
+    pub max_applications: Option<u32>,
+}
+
+fn single_use() -> Option<u32> {
+    Some(1)
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Display and policy data of an offer (a coupon in CATAPULT's catalog). Its JSON form is
+/// the import format (camelCase; optional fields may be left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Offer {
+    pub id: CouponIdString,
+    pub provider: String,
+    pub provider_ref: String,
+    #[serde(default)]
+    pub short_description: String,
+    #[serde(default)]
+    pub requirement_description: String,
+    #[serde(default)]
+    pub long_description: String,
+    #[serde(default)]
+    pub category: String,
+    #[serde(default)]
+    pub brand: String,
+    pub start_date: NaiveDate,
+    pub end_date: NaiveDate,
+    #[serde(default)]
+    pub image_url: Option<String>,
+    #[serde(default)]
+    pub targeted: bool,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub featured: bool,
+    /// Clipping required before the coupon applies (digital coupons); `false` for offers that
+    /// apply to every identified customer.
+    #[serde(default = "yes")]
+    pub requires_clip: bool,
+    pub rule: Rule,
+    #[serde(default)]
+    pub receipt_alias: String,
+    #[serde(default = "yes")]
+    pub reduces_tax: bool,
+    #[serde(default)]
+    pub coupon_type: String,
+    #[serde(default)]
+    pub external_id: String,
+    /// Redemptions allowed per customer (`None` = unlimited). Defaults to 1 (single use).
+    #[serde(default = "single_use")]
+    pub per_customer_limit: Option<u32>,
+    /// Redemptions allowed at this store in total (`None` = unlimited).
+    #[serde(default)]
+    pub global_limit: Option<u32>,
+    /// When set, the coupon is optional and bought with this many loyalty points.
+    #[serde(default)]
+    pub loyalty_cost: Option<i64>,
+}
+
+/// Coupon ids as stored (already validated on the way in).
+pub type CouponIdString = String;
+
+/// The state of one coupon for one customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CouponState {
+    Available,
+    Clipped,
+    Pending,
+    Redeemed,
+    Expired,
+}
+
+impl CouponState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CouponState::Available => "available",
+            CouponState::Clipped => "clipped",
+            CouponState::Pending => "pending",
+            CouponState::Redeemed => "redeemed",
+            CouponState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CouponState> {
+        Some(match s {
+            "available" => CouponState::Available,
+            "clipped" => CouponState::Clipped,
+            "pending" => CouponState::Pending,
+            "redeemed" => CouponState::Redeemed,
+            "expired" => CouponState::Expired,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn upc_normalisation_matches_numbers_and_padded_strings() {
+        assert_eq!(
+            Upc::normalise("00894773001193"),
+            Upc::normalise("894773001193")
+        );
+        assert_eq!(Upc::normalise("0-12345-67890-5").as_str(), "12345678905");
+        assert!(Upc::normalise("abc").is_empty());
+    }
+
+    #[test]
+    fn ids_have_length_limits() {
+        assert!(CouponId::parse("1234567890123456").is_ok());
+        assert!(CouponId::parse("12345678901234567").is_err());
+        assert!(CouponId::parse_for_commit("1234567890123456").is_err());
+        assert!(CustomerId::parse("").is_err());
+        assert!(CustomerId::parse("a\u{0}b").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn coupon_id_parse_accepts_exactly_1_to_16_chars(s in "[A-Za-z0-9]{0,24}") {
+            let n = s.chars().count();
+            prop_assert_eq!(CouponId::parse(&s).is_ok(), (1..=16).contains(&n));
+        }
+
+        #[test]
+        fn upc_normalise_is_idempotent(s in "[0-9 -]{0,20}") {
+            let once = Upc::normalise(&s);
+            prop_assert_eq!(Upc::normalise(once.as_str()), once.clone());
+            prop_assert!(!once.as_str().starts_with('0'));
+        }
+    }
+}

@@ -1,0 +1,732 @@
+//! Repository: every SQL statement of the lane-facing tables, one function per statement,
+//! over `&Connection` (inside whatever transaction the caller holds), always with
+//! `prepare_cached`. No other module writes SQL for these tables.
+
+use crate::domain::{CouponState, Offer, Rule};
+use crate::money::Cents;
+use chrono::NaiveDate;
+use rusqlite::{named_params, params, Connection, OptionalExtension, Row};
+
+pub type Result<T> = std::result::Result<T, rusqlite::Error>;
+
+fn corrupt(col: usize, what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        col,
+        rusqlite::types::Type::Text,
+        format!("{what}: {e}").into(),
+    )
+}
+
+fn date(row: &Row<'_>, col: usize) -> Result<NaiveDate> {
+    let s: String = row.get(col)?;
+    NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|e| corrupt(col, "date", e))
+}
+
+// ---------------------------------------------------------------- offers
+
+const OFFER_COLUMNS: &str = "id, provider, provider_ref, short_description, requirement_description, \
+    long_description, category, brand, start_date, end_date, image_url, targeted, enabled, featured, \
+    requires_clip, rule, receipt_alias, reduces_tax, coupon_type, external_id, per_customer_limit, \
+    global_limit, loyalty_cost";
+
+fn offer_from_row(row: &Row<'_>) -> Result<Offer> {
+    let rule_json: String = row.get(15)?;
+    let rule: Rule = serde_json::from_str(&rule_json).map_err(|e| corrupt(15, "offer rule", e))?;
+    Ok(Offer {
+        id: row.get(0)?,
+        provider: row.get(1)?,
+        provider_ref: row.get(2)?,
+        short_description: row.get(3)?,
+        requirement_description: row.get(4)?,
+        long_description: row.get(5)?,
+        category: row.get(6)?,
+        brand: row.get(7)?,
+        start_date: date(row, 8)?,
+        end_date: date(row, 9)?,
+        image_url: row.get(10)?,
+        targeted: row.get(11)?,
+        enabled: row.get(12)?,
+        featured: row.get(13)?,
+        requires_clip: row.get(14)?,
+        rule,
+        receipt_alias: row.get(16)?,
+        reduces_tax: row.get(17)?,
+        coupon_type: row.get(18)?,
+        external_id: row.get(19)?,
+        per_customer_limit: row.get(20)?,
+        global_limit: row.get(21)?,
+        loyalty_cost: row.get(22)?,
+    })
+}
+
+/// Inserts or replaces an offer by id; keeps its local redemption count.
+pub fn upsert_offer(conn: &Connection, o: &Offer, now: i64) -> Result<()> {
+    let rule = serde_json::to_string(&o.rule).map_err(|e| corrupt(15, "offer rule", e))?;
+    let mut st = conn.prepare_cached(
+        "INSERT INTO offers (id, provider, provider_ref, short_description, requirement_description, \
+           long_description, category, brand, start_date, end_date, image_url, targeted, enabled, featured, \
+           requires_clip, rule, receipt_alias, reduces_tax, coupon_type, external_id, per_customer_limit, \
+           global_limit, loyalty_cost, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24) \
+         ON CONFLICT (id) DO UPDATE SET provider = excluded.provider, provider_ref = excluded.provider_ref, \
+           short_description = excluded.short_description, requirement_description = excluded.requirement_description, \
+           long_description = excluded.long_description, category = excluded.category, brand = excluded.brand, \
+           start_date = excluded.start_date, end_date = excluded.end_date, image_url = excluded.image_url, \
+           targeted = excluded.targeted, enabled = excluded.enabled, featured = excluded.featured, \
+           requires_clip = excluded.requires_clip, rule = excluded.rule, receipt_alias = excluded.receipt_alias, \
+           reduces_tax = excluded.reduces_tax, coupon_type = excluded.coupon_type, external_id = excluded.external_id, \
+           per_customer_limit = excluded.per_customer_limit, global_limit = excluded.global_limit, \
+           loyalty_cost = excluded.loyalty_cost, updated_at = excluded.updated_at",
+    )?;
+    st.execute(params![
+        o.id,
+        o.provider,
+        o.provider_ref,
+        o.short_description,
+        o.requirement_description,
+        o.long_description,
+        o.category,
+        o.brand,
+        o.start_date.format("%Y-%m-%d").to_string(),
+        o.end_date.format("%Y-%m-%d").to_string(),
+        o.image_url,
+        o.targeted,
+        o.enabled,
+        o.featured,
+        o.requires_clip,
+        rule,
+        o.receipt_alias,
+        o.reduces_tax,
+        o.coupon_type,
+        o.external_id,
+        o.per_customer_limit,
+        o.global_limit,
+        o.loyalty_cost,
+        now
+    ])?;
+    Ok(())
+}
+
+/// Every offer whose end date is not before `today`, in id order (the catalog).
+pub fn catalog_offers(conn: &Connection, today: NaiveDate) -> Result<Vec<Offer>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {OFFER_COLUMNS} FROM offers WHERE end_date >= ?1 ORDER BY id"
+    ))?;
+    let rows = st.query_map([today.format("%Y-%m-%d").to_string()], offer_from_row)?;
+    rows.collect()
+}
+
+pub fn offer(conn: &Connection, id: &str) -> Result<Option<Offer>> {
+    let mut st =
+        conn.prepare_cached(&format!("SELECT {OFFER_COLUMNS} FROM offers WHERE id = ?1"))?;
+    st.query_row([id], offer_from_row).optional()
+}
+
+/// Ids of offers every identified customer may clip without being targeted, live today.
+pub fn open_offer_ids(conn: &Connection, today: NaiveDate) -> Result<Vec<String>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id FROM offers WHERE targeted = 0 AND enabled = 1 AND requires_clip = 1 \
+         AND start_date <= ?1 AND end_date >= ?1 ORDER BY id",
+    )?;
+    let d = today.format("%Y-%m-%d").to_string();
+    let rows = st.query_map([d], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Offers that apply without clipping (and are therefore candidates on every sale).
+pub fn auto_offers(conn: &Connection, today: NaiveDate) -> Result<Vec<Offer>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {OFFER_COLUMNS} FROM offers WHERE requires_clip = 0 AND enabled = 1 \
+         AND start_date <= ?1 AND end_date >= ?1 ORDER BY id"
+    ))?;
+    let rows = st.query_map([today.format("%Y-%m-%d").to_string()], offer_from_row)?;
+    rows.collect()
+}
+
+/// Store-wide redemptions of an offer plus holds on other transactions that have not expired.
+pub fn global_usage(
+    conn: &Connection,
+    offer_id: &str,
+    site: &str,
+    txn: &str,
+    now: i64,
+) -> Result<u32> {
+    let mut st = conn.prepare_cached(
+        "SELECT (SELECT redeemed_count FROM offers WHERE id = ?1) + \
+                (SELECT count(*) FROM customer_coupons WHERE offer_id = ?1 AND state = 'pending' \
+                   AND hold_expires_at > ?4 AND NOT (hold_site = ?2 AND hold_txn = ?3))",
+    )?;
+    st.query_row(params![offer_id, site, txn, now], |r| r.get(0))
+}
+
+pub fn bump_offer_redeemed(conn: &Connection, offer_id: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE offers SET redeemed_count = redeemed_count + 1 WHERE id = ?1")?
+        .execute([offer_id])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- customers
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Customer {
+    pub id: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub provider: Option<String>,
+    pub provider_ref: Option<String>,
+    pub loyalty_id: Option<String>,
+    pub points_balance: i64,
+}
+
+const CUSTOMER_COLUMNS: &str =
+    "id, first_name, last_name, email, phone, provider, provider_ref, loyalty_id, points_balance";
+
+fn customer_from_row(r: &Row<'_>) -> Result<Customer> {
+    Ok(Customer {
+        id: r.get(0)?,
+        first_name: r.get(1)?,
+        last_name: r.get(2)?,
+        email: r.get(3)?,
+        phone: r.get(4)?,
+        provider: r.get(5)?,
+        provider_ref: r.get(6)?,
+        loyalty_id: r.get(7)?,
+        points_balance: r.get(8)?,
+    })
+}
+
+pub fn customer(conn: &Connection, id: &str) -> Result<Option<Customer>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = ?1"
+    ))?;
+    st.query_row([id], customer_from_row).optional()
+}
+
+pub fn customer_by_phone(conn: &Connection, phone: &str) -> Result<Option<Customer>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE phone = ?1 ORDER BY id LIMIT 1"
+    ))?;
+    st.query_row([phone], customer_from_row).optional()
+}
+
+pub fn customer_by_email(conn: &Connection, email: &str) -> Result<Option<Customer>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE email = ?1 COLLATE NOCASE ORDER BY id LIMIT 1"
+    ))?;
+    st.query_row([email], customer_from_row).optional()
+}
+
+/// Inserts or updates a customer's profile (keeps the row when it exists).
+pub fn upsert_customer(conn: &Connection, c: &Customer, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO customers (id, first_name, last_name, email, phone, provider, provider_ref, loyalty_id, points_balance, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+         ON CONFLICT (id) DO UPDATE SET first_name = excluded.first_name, last_name = excluded.last_name, \
+           email = excluded.email, phone = excluded.phone, provider = excluded.provider, \
+           provider_ref = excluded.provider_ref, loyalty_id = excluded.loyalty_id, \
+           points_balance = excluded.points_balance, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        c.id,
+        c.first_name,
+        c.last_name,
+        c.email,
+        c.phone,
+        c.provider,
+        c.provider_ref,
+        c.loyalty_id,
+        c.points_balance,
+        now
+    ])?;
+    Ok(())
+}
+
+/// Records a customer first seen on a lane (no profile yet), so the sync daemon can fetch it.
+pub fn ensure_customer(conn: &Connection, id: &str, now: i64) -> Result<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO customers (id, updated_at) VALUES (?1, ?2)")?
+        .execute(params![id, now])?;
+    Ok(())
+}
+
+pub fn spend_points(conn: &Connection, customer_id: &str, points: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE customers SET points_balance = max(points_balance - ?2, 0) WHERE id = ?1",
+    )?
+    .execute(params![customer_id, points])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- customer coupons
+
+/// One customer's relation to one offer, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CouponRow {
+    pub offer_id: String,
+    pub state: CouponState,
+    pub hold_site: Option<String>,
+    pub hold_txn: Option<String>,
+    pub hold_optional: bool,
+    pub hold_expires_at: Option<i64>,
+    pub redemptions: u32,
+    pub state_at: i64,
+}
+
+impl CouponRow {
+    /// A pending row whose hold has lapsed is clipped in effect.
+    pub fn effective_state(&self, now: i64) -> CouponState {
+        match (self.state, self.hold_expires_at) {
+            (CouponState::Pending, Some(exp)) if exp <= now => CouponState::Clipped,
+            (s, _) => s,
+        }
+    }
+
+    pub fn is_held_by(&self, site: &str, txn: &str) -> bool {
+        self.state == CouponState::Pending
+            && self.hold_site.as_deref() == Some(site)
+            && self.hold_txn.as_deref() == Some(txn)
+    }
+}
+
+const COUPON_COLUMNS: &str =
+    "offer_id, state, hold_site, hold_txn, hold_optional, hold_expires_at, redemptions, state_at";
+
+fn coupon_from_row(r: &Row<'_>) -> Result<CouponRow> {
+    let state: String = r.get(1)?;
+    Ok(CouponRow {
+        offer_id: r.get(0)?,
+        state: CouponState::parse(&state).ok_or_else(|| corrupt(1, "coupon state", &state))?,
+        hold_site: r.get(2)?,
+        hold_txn: r.get(3)?,
+        hold_optional: r.get(4)?,
+        hold_expires_at: r.get(5)?,
+        redemptions: r.get(6)?,
+        state_at: r.get(7)?,
+    })
+}
+
+/// All of a customer's coupon rows, with each offer.
+pub fn customer_coupons_with_offers(
+    conn: &Connection,
+    customer_id: &str,
+) -> Result<Vec<(CouponRow, Offer)>> {
+    let offer_cols = OFFER_COLUMNS
+        .split(", ")
+        .map(|c| format!("o.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let coupon_cols = COUPON_COLUMNS
+        .split(", ")
+        .map(|c| format!("cc.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {offer_cols}, {coupon_cols} FROM customer_coupons cc JOIN offers o ON o.id = cc.offer_id \
+         WHERE cc.customer_id = ?1 ORDER BY cc.offer_id"
+    ))?;
+    let rows = st.query_map([customer_id], |r| {
+        let offer = offer_from_row(r)?;
+        let state: String = r.get(24)?;
+        let row = CouponRow {
+            offer_id: r.get(23)?,
+            state: CouponState::parse(&state).ok_or_else(|| corrupt(24, "coupon state", &state))?,
+            hold_site: r.get(25)?,
+            hold_txn: r.get(26)?,
+            hold_optional: r.get(27)?,
+            hold_expires_at: r.get(28)?,
+            redemptions: r.get(29)?,
+            state_at: r.get(30)?,
+        };
+        Ok((row, offer))
+    })?;
+    rows.collect()
+}
+
+/// A customer's coupon rows without the offers: what the metadata endpoint needs, plus the
+/// offer's validity dates.
+pub fn customer_coupon_states(
+    conn: &Connection,
+    customer_id: &str,
+) -> Result<Vec<(CouponRow, NaiveDate, NaiveDate)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT cc.offer_id, cc.state, cc.hold_site, cc.hold_txn, cc.hold_optional, cc.hold_expires_at, \
+                cc.redemptions, cc.state_at, o.start_date, o.end_date \
+         FROM customer_coupons cc JOIN offers o ON o.id = cc.offer_id \
+         WHERE cc.customer_id = ?1 AND o.enabled = 1 ORDER BY cc.offer_id",
+    )?;
+    let rows = st.query_map([customer_id], |r| {
+        Ok((coupon_from_row(r)?, date(r, 8)?, date(r, 9)?))
+    })?;
+    rows.collect()
+}
+
+pub fn coupon_row(
+    conn: &Connection,
+    customer_id: &str,
+    offer_id: &str,
+) -> Result<Option<CouponRow>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COUPON_COLUMNS} FROM customer_coupons WHERE customer_id = ?1 AND offer_id = ?2"
+    ))?;
+    st.query_row([customer_id, offer_id], coupon_from_row)
+        .optional()
+}
+
+/// Rows held by a transaction (whatever their expiry).
+pub fn held_by(conn: &Connection, site: &str, txn: &str) -> Result<Vec<(String, CouponRow)>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COUPON_COLUMNS}, customer_id FROM customer_coupons WHERE hold_site = ?1 AND hold_txn = ?2 ORDER BY offer_id"
+    ))?;
+    let rows = st.query_map([site, txn], |r| Ok((r.get(8)?, coupon_from_row(r)?)))?;
+    rows.collect()
+}
+
+/// Sets a coupon's state without a hold (`available`, `clipped`, `redeemed`, `expired`),
+/// creating the row when needed. `dirty` marks a local change not yet acknowledged upstream.
+pub fn set_coupon_state(
+    conn: &Connection,
+    customer_id: &str,
+    offer_id: &str,
+    state: CouponState,
+    now: i64,
+    dirty: bool,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO customer_coupons (customer_id, offer_id, state, state_at, local_dirty) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (customer_id, offer_id) DO UPDATE SET state = excluded.state, hold_site = NULL, hold_txn = NULL, \
+           hold_optional = 0, hold_expires_at = NULL, state_at = excluded.state_at, \
+           local_dirty = max(local_dirty, excluded.local_dirty)",
+    )?
+    .execute(params![customer_id, offer_id, state.as_str(), now, dirty])?;
+    Ok(())
+}
+
+/// Puts a coupon on hold for a transaction (state `pending`).
+pub fn hold_coupon(
+    conn: &Connection,
+    customer_id: &str,
+    offer_id: &str,
+    site: &str,
+    txn: &str,
+    optional: bool,
+    expires_at: i64,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO customer_coupons (customer_id, offer_id, state, hold_site, hold_txn, hold_optional, hold_expires_at, state_at) \
+         VALUES (:c, :o, 'pending', :s, :t, :opt, :exp, :now) \
+         ON CONFLICT (customer_id, offer_id) DO UPDATE SET state = 'pending', hold_site = :s, hold_txn = :t, \
+           hold_optional = :opt, hold_expires_at = :exp, \
+           state_at = CASE WHEN state = 'pending' AND hold_site = :s AND hold_txn = :t THEN state_at ELSE :now END",
+    )?
+    .execute(named_params! {":c": customer_id, ":o": offer_id, ":s": site, ":t": txn, ":opt": optional, ":exp": expires_at, ":now": now})?;
+    Ok(())
+}
+
+/// Records one redemption on the coupon row: the state becomes `redeemed` when the
+/// per-customer limit is reached, `clipped` otherwise.
+pub fn redeem_coupon(
+    conn: &Connection,
+    customer_id: &str,
+    offer_id: &str,
+    limit: Option<u32>,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO customer_coupons (customer_id, offer_id, state, redemptions, state_at, local_dirty) \
+         VALUES (?1, ?2, CASE WHEN ?3 IS NOT NULL AND ?3 <= 1 THEN 'redeemed' ELSE 'clipped' END, 1, ?4, 1) \
+         ON CONFLICT (customer_id, offer_id) DO UPDATE SET redemptions = redemptions + 1, \
+           state = CASE WHEN ?3 IS NOT NULL AND redemptions + 1 >= ?3 THEN 'redeemed' ELSE 'clipped' END, \
+           hold_site = NULL, hold_txn = NULL, hold_optional = 0, hold_expires_at = NULL, state_at = ?4, local_dirty = 1",
+    )?
+    .execute(params![customer_id, offer_id, limit, now])?;
+    Ok(())
+}
+
+/// Returns every hold that lapsed before `now` to `clipped`; returns how many.
+pub fn release_expired_holds(conn: &Connection, now: i64) -> Result<usize> {
+    conn.prepare_cached(
+        "UPDATE customer_coupons SET state = 'clipped', hold_site = NULL, hold_txn = NULL, hold_optional = 0, \
+           hold_expires_at = NULL, state_at = ?1 \
+         WHERE hold_txn IS NOT NULL AND hold_expires_at <= ?1",
+    )?
+    .execute([now])
+}
+
+// ---------------------------------------------------------------- transactions
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnRow {
+    pub customer_id: String,
+    pub state: String,
+    pub last_update: Option<String>,
+    pub commit_response: Option<String>,
+}
+
+pub fn transaction(conn: &Connection, site: &str, txn: &str) -> Result<Option<TxnRow>> {
+    let mut st = conn.prepare_cached(
+        "SELECT customer_id, state, last_update, commit_response FROM transactions WHERE site = ?1 AND txn_id = ?2",
+    )?;
+    st.query_row([site, txn], |r| {
+        Ok(TxnRow {
+            customer_id: r.get(0)?,
+            state: r.get(1)?,
+            last_update: r.get(2)?,
+            commit_response: r.get(3)?,
+        })
+    })
+    .optional()
+}
+
+/// Creates the transaction or moves it back to `open` with this update's summary.
+pub fn upsert_open_transaction(
+    conn: &Connection,
+    site: &str,
+    txn: &str,
+    customer_id: &str,
+    terminal: Option<i64>,
+    cashier: Option<i64>,
+    last_update: &str,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO transactions (site, txn_id, customer_id, state, terminal, cashier, updated_at, last_update) \
+         VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?7) \
+         ON CONFLICT (site, txn_id) DO UPDATE SET customer_id = excluded.customer_id, state = 'open', \
+           terminal = excluded.terminal, cashier = excluded.cashier, updated_at = excluded.updated_at, \
+           last_update = excluded.last_update",
+    )?
+    .execute(params![site, txn, customer_id, terminal, cashier, now, last_update])?;
+    Ok(())
+}
+
+pub fn cancel_transaction(conn: &Connection, site: &str, txn: &str, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE transactions SET state = 'cancelled', updated_at = ?3 WHERE site = ?1 AND txn_id = ?2 AND state = 'open'",
+    )?
+    .execute(params![site, txn, now])?;
+    Ok(())
+}
+
+/// Marks the sale committed and keeps the exact answer for replays.
+pub fn commit_transaction(
+    conn: &Connection,
+    site: &str,
+    txn: &str,
+    customer_id: &str,
+    request: &str,
+    response: &str,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO transactions (site, txn_id, customer_id, state, updated_at, commit_request, commit_response, committed_at) \
+         VALUES (?1, ?2, ?3, 'committed', ?6, ?4, ?5, ?6) \
+         ON CONFLICT (site, txn_id) DO UPDATE SET state = 'committed', updated_at = ?6, \
+           commit_request = ?4, commit_response = ?5, committed_at = ?6",
+    )?
+    .execute(params![site, txn, customer_id, request, response, now])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- redemptions
+
+#[allow(clippy::too_many_arguments)]
+pub fn insert_redemption(
+    conn: &Connection,
+    site: &str,
+    txn: &str,
+    customer_id: &str,
+    offer_id: &str,
+    discount: Cents,
+    conflict: bool,
+    by_empty_list: bool,
+    now: i64,
+) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO redemptions (site, txn_id, customer_id, offer_id, discount, redeemed_at, conflict, by_empty_list) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![site, txn, customer_id, offer_id, discount.0, now, conflict, by_empty_list])?;
+    Ok(n == 1)
+}
+
+/// Redemptions recorded for a transaction: (offer id, discount, conflict).
+pub fn redemptions_of(
+    conn: &Connection,
+    site: &str,
+    txn: &str,
+) -> Result<Vec<(String, Cents, bool)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT offer_id, discount, conflict FROM redemptions WHERE site = ?1 AND txn_id = ?2 ORDER BY offer_id",
+    )?;
+    let rows = st.query_map([site, txn], |r| {
+        Ok((r.get(0)?, Cents(r.get(1)?), r.get(2)?))
+    })?;
+    rows.collect()
+}
+
+// ---------------------------------------------------------------- vouchers
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voucher {
+    pub code: String,
+    pub provider: String,
+    pub provider_ref: String,
+    pub description: String,
+    pub value: Cents,
+    pub min_spend: Cents,
+    pub valid_from: Option<String>,
+    pub valid_until: Option<String>,
+    pub state: String,
+    pub lock_site: Option<String>,
+    pub lock_txn: Option<String>,
+    pub lock_expires_at: Option<i64>,
+    pub validated_at: Option<String>,
+    pub validated_site: Option<String>,
+    pub validated_txn: Option<String>,
+    pub money_spent: Option<Cents>,
+}
+
+pub fn voucher(conn: &Connection, code: &str) -> Result<Option<Voucher>> {
+    let mut st = conn.prepare_cached(
+        "SELECT code, provider, provider_ref, description, value, min_spend, valid_from, valid_until, state, \
+                lock_site, lock_txn, lock_expires_at, validated_at, validated_site, validated_txn, money_spent \
+         FROM vouchers WHERE code = ?1",
+    )?;
+    st.query_row([code], |r| {
+        Ok(Voucher {
+            code: r.get(0)?,
+            provider: r.get(1)?,
+            provider_ref: r.get(2)?,
+            description: r.get(3)?,
+            value: Cents(r.get(4)?),
+            min_spend: Cents(r.get(5)?),
+            valid_from: r.get(6)?,
+            valid_until: r.get(7)?,
+            state: r.get(8)?,
+            lock_site: r.get(9)?,
+            lock_txn: r.get(10)?,
+            lock_expires_at: r.get(11)?,
+            validated_at: r.get(12)?,
+            validated_site: r.get(13)?,
+            validated_txn: r.get(14)?,
+            money_spent: r.get::<_, Option<i64>>(15)?.map(Cents),
+        })
+    })
+    .optional()
+}
+
+/// Inserts or refreshes a voucher from a provider or an import. A voucher with local changes
+/// not yet acknowledged upstream keeps its local state (local wins until acknowledged).
+pub fn upsert_voucher(conn: &Connection, v: &Voucher, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO vouchers (code, provider, provider_ref, description, value, min_spend, valid_from, valid_until, state, \
+           validated_at, money_spent, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+         ON CONFLICT (code) DO UPDATE SET provider = excluded.provider, provider_ref = excluded.provider_ref, \
+           description = excluded.description, value = excluded.value, min_spend = excluded.min_spend, \
+           valid_from = excluded.valid_from, valid_until = excluded.valid_until, updated_at = excluded.updated_at, \
+           state = CASE WHEN local_dirty = 1 THEN state ELSE excluded.state END, \
+           validated_at = CASE WHEN local_dirty = 1 THEN validated_at ELSE excluded.validated_at END, \
+           money_spent = CASE WHEN local_dirty = 1 THEN money_spent ELSE excluded.money_spent END",
+    )?
+    .execute(params![
+        v.code,
+        v.provider,
+        v.provider_ref,
+        v.description,
+        v.value.0,
+        v.min_spend.0,
+        v.valid_from,
+        v.valid_until,
+        v.state,
+        v.validated_at,
+        v.money_spent.map(|c| c.0),
+        now
+    ])?;
+    Ok(())
+}
+
+pub fn lock_voucher(
+    conn: &Connection,
+    code: &str,
+    site: &str,
+    txn: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE vouchers SET state = 'locked', lock_site = ?2, lock_txn = ?3, lock_expires_at = ?4, updated_at = ?5, local_dirty = 1 WHERE code = ?1",
+    )?
+    .execute(params![code, site, txn, expires_at, now])?;
+    Ok(())
+}
+
+pub fn unlock_voucher(conn: &Connection, code: &str, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE vouchers SET state = 'active', lock_site = NULL, lock_txn = NULL, lock_expires_at = NULL, updated_at = ?2, local_dirty = 1 WHERE code = ?1",
+    )?
+    .execute(params![code, now])?;
+    Ok(())
+}
+
+pub fn validate_voucher(
+    conn: &Connection,
+    code: &str,
+    site: &str,
+    txn: &str,
+    validated_at: &str,
+    money_spent: Cents,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE vouchers SET state = 'validated', validated_at = ?4, validated_site = ?2, validated_txn = ?3, \
+           money_spent = ?5, lock_site = NULL, lock_txn = NULL, lock_expires_at = NULL, updated_at = ?6, local_dirty = 1 \
+         WHERE code = ?1",
+    )?
+    .execute(params![code, site, txn, validated_at, money_spent.0, now])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- sync state
+
+/// (provider, last success in seconds since the epoch, last error).
+pub type SyncRow = (String, Option<i64>, Option<String>);
+
+/// Per provider: the last successful sync, if any, and the last error.
+pub fn sync_ages(conn: &Connection) -> Result<Vec<SyncRow>> {
+    let mut st = conn.prepare_cached(
+        "SELECT provider, last_success_at, last_error FROM sync_state ORDER BY provider",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
+
+pub fn record_sync_success(conn: &Connection, provider: &str, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sync_state (provider, last_success_at) VALUES (?1, ?2) \
+         ON CONFLICT (provider) DO UPDATE SET last_success_at = excluded.last_success_at",
+    )?
+    .execute(params![provider, now])?;
+    Ok(())
+}
+
+/// Sets a coupon state coming from an import or a provider pull. Rows with local changes
+/// not yet acknowledged upstream, and rows on hold, keep their local state (promise 5:
+/// local wins until acknowledged).
+pub fn import_coupon_state(
+    conn: &Connection,
+    customer_id: &str,
+    offer_id: &str,
+    state: CouponState,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO customer_coupons (customer_id, offer_id, state, state_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (customer_id, offer_id) DO UPDATE SET state = excluded.state, state_at = excluded.state_at \
+         WHERE local_dirty = 0 AND state != 'pending' AND state != excluded.state",
+    )?
+    .execute(params![customer_id, offer_id, state.as_str(), now])?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! e2e test helpers live in tests/tests/common.
