@@ -223,7 +223,7 @@ impl Default for LanesConfig {
             hold_ttl_secs: 30 * 60,
             self_stacking: false,
             default_coupon_type: "Mfr Discount".to_owned(),
-            receipt_footer: String::new(),
+            receipt_footer: "Digital coupons saved you {total}".to_owned(),
             route_aliases: RouteAliases::default(),
         }
     }

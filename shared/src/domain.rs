@@ -103,9 +103,25 @@ impl CouponId {
 /// strings; both sides normalise the same way. The check digit is not recomputed: both
 /// sides must carry the same significant digits. A code without any digit normalises to
 /// the empty string and matches nothing.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Upc(String);
+
+/// UPCs are read from JSON numbers or strings, and always normalised on the way in.
+impl<'de> Deserialize<'de> for Upc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Upc, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(serde_json::Number),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Text(s) => Upc::normalise(&s),
+            Raw::Number(n) => Upc::normalise(&n.to_string()),
+        })
+    }
+}
 
 impl Upc {
     pub fn normalise(raw: &str) -> Upc {
@@ -309,6 +325,15 @@ mod tests {
         );
         assert_eq!(Upc::normalise("0-12345-67890-5").as_str(), "12345678905");
         assert!(Upc::normalise("abc").is_empty());
+        let parsed: Vec<Upc> =
+            serde_json::from_str(r#"["0894773001193", 894773001193]"#).unwrap_or_default();
+        assert_eq!(
+            parsed,
+            vec![
+                Upc::normalise("894773001193"),
+                Upc::normalise("894773001193")
+            ]
+        );
     }
 
     #[test]

@@ -43,8 +43,11 @@
 //! # Stacking
 //!
 //! Coupons are applied greedily. Each eligible coupon is first evaluated on the whole basket
-//! on its own; they are then applied in order of that stand-alone total (largest first, then
-//! coupon id), each one evaluated again against what earlier coupons left:
+//! on its own; they are then applied item coupons first and basket-wide coupons (no
+//! requirement or reward items) last, each group in order of that stand-alone total
+//! (largest first, then coupon id), each one evaluated again against what earlier coupons
+//! left. Basket-wide coupons go last because they can use any line: taken first, they would
+//! crowd every item coupon out of the basket.
 //!
 //! * without self-stacking the POS keeps only the best coupon per item line, so a line that
 //!   an earlier coupon discounted is removed from the basket seen by later coupons (their
@@ -202,11 +205,13 @@ pub fn evaluate(basket: &[BasketLine], candidates: &[Candidate<'_>], ctx: &Conte
             Err(reason) => evaluation.skip(candidate.offer, reason),
         }
     }
-    // Mandatory coupons before optional ones, then the biggest stand-alone discount first,
-    // so that when coupons compete for a line the customer gets the better one.
+    // Mandatory coupons before optional ones, item coupons before basket-wide ones, then the
+    // biggest stand-alone discount first, so that when coupons compete for a line the
+    // customer gets the better one.
     ranked.sort_by_key(|(candidate, total)| {
         (
             candidate.offer.loyalty_cost.is_some(),
+            is_basket_wide(&candidate.offer.rule),
             Reverse(*total),
             &candidate.offer.id,
         )
@@ -243,6 +248,11 @@ impl Evaluation {
             reason,
         });
     }
+}
+
+/// A rule that neither requires nor rewards particular items: it spreads over the basket.
+fn is_basket_wide(rule: &crate::domain::Rule) -> bool {
+    rule.requirement.is_everything() && rule.reward.as_ref().is_none_or(|r| r.is_everything())
 }
 
 /// Candidates in coupon-id order, so that the caller's order never changes the answer.
