@@ -35,15 +35,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         .and_then(|m| m.modified())
         .with_context(|| format!("{} is missing", path.display()))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let crate_dir = match name {
-        "edge-server" => "edge-server",
-        other => other,
-    };
-    for dir in [
-        "shared/src",
-        "shared/migrations",
-        &format!("{crate_dir}/src"),
-    ] {
+    for dir in ["shared/src", "shared/migrations", &format!("{name}/src")] {
         if let Some(newest) = newest_mtime(&root.join(dir)) {
             if newest > built {
                 bail!(
