@@ -1,0 +1,749 @@
+//! Every CATAPULT endpoint driven with the request shapes of the reference, against the
+//! real edge-server binary over HTTPS with a fresh database, answers checked field by field.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::{Store, StoreOptions, SITE};
+use serde_json::{json, Value};
+
+const JANE: &str = "4000000000001";
+const JOHN: &str = "4000000000002";
+const ANA: &str = "4000000000003";
+
+fn q(customer: &str, txn: &str) -> String {
+    format!("?site={SITE}&customer={customer}&transaction={txn}")
+}
+
+fn items() -> Value {
+    json!([
+        {"id": 1, "quantity": 2, "upc": 894773001193u64, "price": 12.99, "discountPrice": 12.99, "dept": 2},
+        {"id": 2, "quantity": 1, "upc": 12000001000u64, "price": 1.99, "discountPrice": 1.49, "dept": 1},
+        {"id": 3, "quantity": 1, "upc": 38000012345u64, "price": 4.49, "discountPrice": 4.49, "dept": 4},
+        {"id": 4, "quantity": 1, "upc": "0000099887766", "price": 8.99, "discountPrice": 8.99, "dept": 7},
+        {"id": 5, "quantity": 1, "upc": 4400000001u64, "price": 15.00, "discountPrice": 15.00, "dept": 8}
+    ])
+}
+
+fn update_body(customer: &str, txn: &str, transient: bool, items: Value) -> Value {
+    json!({"site": SITE, "customer": customer, "transaction": txn, "cashier": 99, "terminal": 6,
+           "time": "2018-08-13T10:15:30", "transientRequest": transient, "items": items,
+           "subTotal": 1.49, "taxTotal": 0.2, "grossTotal": 1.69, "sharedkey": "ignored", "someFutureField": {"x": 1}})
+}
+
+async fn meta(store: &Store, customer: &str) -> Value {
+    let (status, m) = store
+        .get(&format!(
+            "/coupons/customer?site={SITE}&customer={customer}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{m}");
+    m
+}
+
+fn list(m: &Value, name: &str) -> Vec<String> {
+    m[name]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn applied<'a>(answer: &'a Value, id: &str) -> Option<&'a Value> {
+    answer["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["couponId"] == id)
+}
+
+#[tokio::test]
+async fn catalog_lists_every_live_coupon_with_catapult_fields() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let (status, body) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.get("errors").is_none());
+    let coupons = body["coupons"].as_array().unwrap();
+    let ids: Vec<&str> = coupons.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert!(
+        ids.contains(&"BOGO1") && ids.contains(&"CVX1") && ids.contains(&"PTS500"),
+        "{ids:?}"
+    );
+    assert!(
+        !ids.contains(&"OLD1"),
+        "an ended offer is not in the catalog"
+    );
+    let bogo = coupons.iter().find(|c| c["id"] == "BOGO1").unwrap();
+    assert_eq!(
+        bogo,
+        &json!({
+            "id": "BOGO1",
+            "shortDescription": "Buy One Get One Free Dog Food",
+            "requirementDescription": "Buy two bags of Brand X dog food, the cheaper one is free.",
+            "longDescription": "Limit one per customer. Offer not valid in certain states and provinces.",
+            "category": "Pet",
+            "brand": "Brand X",
+            "startDate": "2026-01-01",
+            "endDate": "2099-12-31",
+            "imageUrl": "/images/coupon-bogo.gif",
+            "targeted": false,
+            "enabled": true,
+            "featured": true,
+            "requirementUpcs": [894773001193u64, 894773001049u64],
+            "rewardUpcs": []
+        })
+    );
+    // The image it advertises is served from the same origin, with the exact type.
+    let r = store
+        .client
+        .get(store.url("/images/coupon-bogo.gif"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "image/gif");
+    assert!(r.bytes().await.unwrap().starts_with(b"GIF89a"));
+    let (status, _) = store.get("/images/nope.jpg").await.unwrap();
+    assert_eq!(status, 404);
+
+    let (status, body) = store.get("/coupons?site=NOPE").await.unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["id"], "INVALID_SITE");
+}
+
+#[tokio::test]
+async fn metadata_lists_and_aliases() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let m = meta(&store, JANE).await;
+    assert_eq!(
+        list(&m, "clipped"),
+        ["AMT2", "BOGO1", "CVX1", "GLOB1", "KPN1", "PCT10"]
+    );
+    assert_eq!(list(&m, "available"), ["FIX99"]);
+    assert!(list(&m, "pending").is_empty() && list(&m, "redeemed").is_empty());
+    assert!(m.get("errors").is_none());
+    // A customer never seen: every non-targeted clippable coupon is available, nothing else.
+    let fresh = meta(&store, "NEWCARD").await;
+    assert_eq!(
+        list(&fresh, "available"),
+        ["AMT2", "BOGO1", "FIX99", "GLOB1", "KPN1", "PCT10"]
+    );
+    assert!(
+        !list(&fresh, "available").contains(&"CVX1".to_owned()),
+        "targeted coupons are not offered to everybody"
+    );
+    for alias in ["/customer/coupons", "/coupons/metadata"] {
+        let (status, other) = store
+            .get(&format!("{alias}?site={SITE}&customer={JANE}"))
+            .await
+            .unwrap();
+        assert_eq!((status, &other), (200, &m), "{alias}");
+    }
+    let (status, body) = store
+        .get(&format!(
+            "/coupons/customer?site={SITE}&customer=12345678901234567"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["id"], "INVALID_CUSTOMER");
+}
+
+#[tokio::test]
+async fn clip_and_unclip_with_per_id_errors() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let path = format!("/coupons/customer?site={SITE}&customer={JANE}");
+    let (status, r) = store
+        .post(
+            &path,
+            &json!({"add": ["FIX99", "BOGO1"], "remove": ["PCT10"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        r,
+        json!({"added": ["FIX99", "BOGO1"], "removed": ["PCT10"]}),
+        "clipping a clipped coupon is idempotent"
+    );
+    let m = meta(&store, JANE).await;
+    assert!(list(&m, "clipped").contains(&"FIX99".to_owned()));
+    assert!(list(&m, "available").contains(&"PCT10".to_owned()));
+
+    let (status, r) = store
+        .post(&path, &json!({"add": ["NOSUCH"]}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(r["added"], json!([]));
+    assert_eq!(r["errors"][0]["id"], "COUPON_NOT_FOUND");
+    // Targeted coupon: John has it offered, Ana does not.
+    let (_, r) = store
+        .post(
+            &format!("/coupons/clip?site={SITE}&customer={JOHN}"),
+            &json!({"add": ["CVX1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["added"], json!(["CVX1"]));
+    let (_, r) = store
+        .post(
+            &format!("/coupons/edit?site={SITE}&customer={ANA}"),
+            &json!({"add": ["CVX1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["errors"][0]["id"], "COUPON_UNAVAILABLE");
+    // PUT is accepted too, and parameters may come in the body.
+    let r = store
+        .client
+        .put(store.url("/coupons/customer"))
+        .basic_auth(e2e::USER, Some(e2e::PASSWORD))
+        .json(&json!({"site": SITE, "customer": ANA, "add": ["AMT2"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        e2e::json_of(r).await.unwrap(),
+        (200, json!({"added": ["AMT2"], "removed": []}))
+    );
+    // Clipping queues the activation for Convercus coupons, in the same transaction.
+    let outbox = outbox_rows(&store);
+    assert!(outbox.iter().any(|i| i.provider == "convercus"
+        && i.operation == "activate"
+        && i.payload["offerId"] == "CVX1"));
+}
+
+#[tokio::test]
+async fn demographics_by_phone_or_email() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let path = format!("/demographics?site={SITE}");
+    let (status, r) = store
+        .post(&path, &json!({"phones": ["5551234567"], "emails": []}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        r,
+        json!({"id": JANE, "firstName": "Jane", "lastName": "Doe", "email": "jane@example.com", "phone": "5551234567"})
+    );
+    let (_, r) = store
+        .post(
+            &path,
+            &json!({"phones": [], "emails": ["JOHN@example.com"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["id"], JOHN);
+    let (status, r) = store
+        .post(
+            &path,
+            &json!({"phones": ["8282652907"], "emails": ["support@ecrs.com"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(r["errors"][0]["id"], "CUSTOMER_NOT_FOUND");
+    assert!(r.get("id").is_none());
+    let (status, r) = store
+        .post(&path, &json!({"phones": ["12345678901"]}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, r["errors"][0]["id"].as_str()),
+        (400, Some("INVALID_REQUEST"))
+    );
+}
+
+#[tokio::test]
+async fn update_applies_holds_releases_and_answers_every_field() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    unclip_basket_coupon(&store).await;
+    // Transient: a preview only; nothing becomes pending.
+    let (status, preview) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "T1")),
+            &update_body(JANE, "T1", true, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(applied(&preview, "BOGO1").is_some());
+    assert!(
+        list(&meta(&store, JANE).await, "pending").is_empty(),
+        "transient updates never hold"
+    );
+
+    let (status, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "T1")),
+            &update_body(JANE, "T1", false, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = r["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["couponId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["BOGO1", "CVX1", "KPN1", "PCT10", "PTS500"]);
+    assert_eq!(
+        applied(&r, "BOGO1").unwrap(),
+        &json!({"couponId": "BOGO1", "externalId": "51112456789", "receiptAlias": "BOGO Dog Food", "reducesTax": true,
+                "type": "Mfr Discount", "items": [{"lineId": 1, "discount": 12.99}], "totalDiscount": 12.99})
+    );
+    assert_eq!(
+        applied(&r, "PCT10").unwrap()["items"],
+        json!([{"lineId": 2, "discount": 0.15}])
+    );
+    assert_eq!(applied(&r, "KPN1").unwrap()["reducesTax"], json!(false));
+    assert_eq!(applied(&r, "CVX1").unwrap()["totalDiscount"], json!(1.35));
+    let pts = applied(&r, "PTS500").unwrap();
+    assert_eq!(pts["optional"]["loyaltyId"], "LOY-4000000000001");
+    assert_eq!(pts["optional"]["loyaltyCost"], 500);
+    assert!(pts["optional"]["prompt"]
+        .as_str()
+        .unwrap()
+        .contains("500 points"));
+    assert_eq!(
+        r["loyaltyBalances"],
+        json!([{"id": "LOY-4000000000001", "balance": 800}])
+    );
+    assert_eq!(r["customer"]["id"], JANE);
+    assert_eq!(r["receiptLines"][0]["type"], "TEXT");
+    for a in r["applied"].as_array().unwrap() {
+        let sum: f64 = a["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["discount"].as_f64().unwrap())
+            .sum();
+        assert!(
+            (sum - a["totalDiscount"].as_f64().unwrap()).abs() < 1e-9,
+            "items add up to totalDiscount: {a}"
+        );
+    }
+    let m = meta(&store, JANE).await;
+    assert_eq!(
+        list(&m, "pending"),
+        ["BOGO1", "CVX1", "KPN1", "PCT10", "PTS500"]
+    );
+    assert!(
+        !list(&m, "clipped").contains(&"BOGO1".to_owned()),
+        "an id is in one list only"
+    );
+
+    // The sale changes: the soft drink is removed, so PCT10 goes back to clipped. PUT and the
+    // alias path are accepted.
+    let fewer = json!([items()[0], items()[2], items()[3], items()[4]]);
+    let resp = store
+        .client
+        .put(store.url(&format!("/transaction/update{}", q(JANE, "T1"))))
+        .basic_auth(e2e::USER, Some(e2e::PASSWORD))
+        .json(&update_body(JANE, "T1", false, fewer))
+        .send()
+        .await
+        .unwrap();
+    let (status, r) = e2e::json_of(resp).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(applied(&r, "PCT10").is_none());
+    let m = meta(&store, JANE).await;
+    assert!(list(&m, "clipped").contains(&"PCT10".to_owned()));
+    assert!(list(&m, "pending").contains(&"BOGO1".to_owned()));
+}
+
+#[tokio::test]
+async fn cancel_by_get_or_post_releases_and_the_sale_can_resume() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    store
+        .post(
+            &format!("/transaction{}", q(JANE, "T2")),
+            &update_body(JANE, "T2", false, items()),
+        )
+        .await
+        .unwrap();
+    assert!(!list(&meta(&store, JANE).await, "pending").is_empty());
+    let (status, r) = store
+        .get(&format!("/transaction/cancel{}", q(JANE, "T2")))
+        .await
+        .unwrap();
+    assert_eq!((status, r), (200, json!({})));
+    let m = meta(&store, JANE).await;
+    assert!(list(&m, "pending").is_empty());
+    assert!(list(&m, "clipped").contains(&"BOGO1".to_owned()));
+    // Idempotent, and a cancel of an unknown sale is a success.
+    let (status, _) = store
+        .get(&format!("/transaction/cancel{}", q(JANE, "T2")))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = store
+        .post(
+            &format!("/transaction/cancel{}", q(JANE, "NEVER")),
+            &json!({"anything": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    // Resumed (suspended sale): the same transaction id holds again, then cancel by POST.
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "T2")),
+            &update_body(JANE, "T2", false, items()),
+        )
+        .await
+        .unwrap();
+    assert!(applied(&r, "BOGO1").is_some());
+    assert!(list(&meta(&store, JANE).await, "pending").contains(&"BOGO1".to_owned()));
+    let (status, _) = store
+        .post(&format!("/transaction/cancel{}", q(JANE, "T2")), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(list(&meta(&store, JANE).await, "pending").is_empty());
+}
+
+#[tokio::test]
+async fn commit_redeems_listed_returns_the_rest_and_replays() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    store
+        .post(
+            &format!("/transaction{}", q(JANE, "T3")),
+            &update_body(JANE, "T3", false, items()),
+        )
+        .await
+        .unwrap();
+    let commit = json!({"site": SITE, "customer": JANE, "transaction": "T3", "coupons": ["BOGO1", "CVX1", "KPN1"], "tenders": [{"type": "CASH", "amount": 5.21}]});
+    let (status, first) = store
+        .post(&format!("/transaction/commit{}", q(JANE, "T3")), &commit)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(first.get("errors").is_none());
+    assert_eq!(first["receiptLines"][0]["type"], "TEXT");
+    let m = meta(&store, JANE).await;
+    assert_eq!(list(&m, "redeemed"), ["BOGO1", "CVX1", "KPN1"]);
+    assert!(list(&m, "pending").is_empty());
+    assert!(
+        list(&m, "clipped").contains(&"PCT10".to_owned()),
+        "pending but not listed: back to clipped"
+    );
+    let rows_before = outbox_rows(&store);
+    let kinds: Vec<(String, String)> = rows_before
+        .iter()
+        .map(|i| (i.provider.clone(), i.operation.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("convercus".to_owned(), "redeem".to_owned()),
+            ("koupon".to_owned(), "redemption".to_owned()),
+            ("koupon".to_owned(), "transaction".to_owned())
+        ]
+    );
+    let redeem = &rows_before[0].payload;
+    assert_eq!(
+        redeem["externalReference"], "EXT-COFFEE-15",
+        "coupon data is kept before redeeming"
+    );
+    assert_eq!(redeem["discountCents"], 135);
+    // A repeated commit replays the first answer and changes nothing.
+    let (status, again) = store
+        .post(&format!("/transaction/commit{}", q(JANE, "T3")), &commit)
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (200, &first));
+    assert_eq!(outbox_rows(&store).len(), rows_before.len());
+    // Coupon ids in a commit are limited to 15 characters.
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "T4")),
+            &json!({"coupons": ["1234567890123456"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, r["errors"][0]["id"].as_str()),
+        (400, Some("INVALID_REQUEST"))
+    );
+}
+
+#[tokio::test]
+async fn empty_commit_redeems_all_pending_but_never_an_unlisted_points_coupon() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    unclip_basket_coupon(&store).await;
+    store
+        .post(
+            &format!("/transaction{}", q(JANE, "T5")),
+            &update_body(JANE, "T5", false, items()),
+        )
+        .await
+        .unwrap();
+    let (status, _) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "T5")),
+            &json!({"coupons": [], "tenders": []}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let m = meta(&store, JANE).await;
+    assert_eq!(list(&m, "redeemed"), ["BOGO1", "CVX1", "KPN1", "PCT10"]);
+    assert!(!list(&m, "redeemed").contains(&"PTS500".to_owned()));
+    assert!(list(&m, "pending").is_empty());
+    // Listed explicitly, the points coupon is redeemed and the points are spent.
+    store
+        .post(
+            &format!("/transaction{}", q(JANE, "T6")),
+            &update_body(JANE, "T6", false, items()),
+        )
+        .await
+        .unwrap();
+    store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "T6")),
+            &json!({"coupons": ["PTS500"]}),
+        )
+        .await
+        .unwrap();
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "T7")),
+            &update_body(JANE, "T7", true, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["loyaltyBalances"][0]["balance"], 300);
+}
+
+#[tokio::test]
+async fn global_limit_holds_across_customers() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let flowers = json!([{"id": 1, "quantity": 1, "upc": 555, "price": 10.00, "dept": 9}]);
+    for (i, c) in [JANE, JOHN].iter().enumerate() {
+        let txn = format!("G{i}");
+        let (_, r) = store
+            .post(
+                &format!("/transaction{}", q(c, &txn)),
+                &update_body(c, &txn, false, flowers.clone()),
+            )
+            .await
+            .unwrap();
+        assert!(applied(&r, "GLOB1").is_some(), "shopper {i} gets it");
+        store
+            .post(
+                &format!("/transaction/commit{}", q(c, &txn)),
+                &json!({"coupons": ["GLOB1"]}),
+            )
+            .await
+            .unwrap();
+    }
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(ANA, "G2")),
+            &update_body(ANA, "G2", false, flowers),
+        )
+        .await
+        .unwrap();
+    assert!(
+        applied(&r, "GLOB1").is_none(),
+        "the third shopper is over the store-wide limit of 2"
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_transactions_hold_expires() {
+    let store = Store::start(StoreOptions {
+        hold_ttl_secs: 1,
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JOHN, "A1")),
+            &update_body(JOHN, "A1", false, items()),
+        )
+        .await
+        .unwrap();
+    assert!(applied(&r, "BOGO1").is_some());
+    // Polling, not a fixed sleep: another lane gets the coupon once the hold has lapsed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut first_try = true;
+    loop {
+        let (_, r) = store
+            .post(
+                &format!("/transaction{}", q(JOHN, "A2")),
+                &update_body(JOHN, "A2", false, items()),
+            )
+            .await
+            .unwrap();
+        if applied(&r, "BOGO1").is_some() {
+            assert!(
+                !first_try,
+                "the hold must have been in force right after the first update"
+            );
+            break;
+        }
+        first_try = false;
+        assert!(std::time::Instant::now() < deadline, "hold never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The late commit of the abandoned sale is acknowledged and recorded as a conflict.
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JOHN, "A1")),
+            &json!({"coupons": ["BOGO1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(r.get("errors").is_none());
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let conflicts: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM redemptions WHERE conflict = 1 AND txn_id = 'A1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(conflicts, 1);
+}
+
+#[tokio::test]
+async fn vouchers_lock_validate_and_say_when_they_were_used() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let (status, v) = store
+        .get(&format!("/vouchers/CT-SESSION-0001?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(v["state"], "active");
+    assert_eq!(v["value"].as_f64(), Some(5.0));
+    assert_eq!(v["minSpend"].as_f64(), Some(20.0));
+    let body =
+        |txn: &str, spent: f64| json!({"site": SITE, "transaction": txn, "moneySpent": spent});
+    let (status, v) = store
+        .post("/vouchers/CT-SESSION-0001/lock", &body("V1", 0.0))
+        .await
+        .unwrap();
+    assert_eq!((status, v["state"].as_str()), (200, Some("locked")));
+    let (status, e) = store
+        .post("/vouchers/CT-SESSION-0001/lock", &body("V2", 0.0))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, e["errors"][0]["id"].as_str()),
+        (409, Some("VOUCHER_UNAVAILABLE"))
+    );
+    let (status, e) = store
+        .post("/vouchers/CT-SESSION-0001/validate", &body("V1", 10.0))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, e["errors"][0]["id"].as_str()),
+        (400, Some("VOUCHER_INVALID")),
+        "below the minimum spend"
+    );
+    let (status, v) = store
+        .post("/vouchers/CT-SESSION-0001/validate", &body("V1", 25.50))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(v["state"], "validated");
+    let used_at = v["validatedAt"].as_str().unwrap().to_owned();
+    assert_eq!(v["message"], format!("already used at {used_at}"));
+    // The same sale retrying is a success; another sale is told when it was used.
+    let (status, _) = store
+        .post("/vouchers/CT-SESSION-0001/validate", &body("V1", 25.50))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, e) = store
+        .post("/vouchers/CT-SESSION-0001/validate", &body("V3", 30.0))
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+    assert_eq!(
+        e["errors"][0]["details"],
+        format!("already used at {used_at}")
+    );
+    // Unlock releases a lock.
+    store
+        .post("/vouchers/KP-BARCODE-0003/lock", &body("V4", 0.0))
+        .await
+        .unwrap();
+    let (_, v) = store
+        .post("/vouchers/KP-BARCODE-0003/unlock", &body("V4", 0.0))
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "active");
+    let (status, e) = store
+        .get(&format!("/vouchers/NOPE?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, e["errors"][0]["id"].as_str()),
+        (404, Some("VOUCHER_NOT_FOUND"))
+    );
+    let ops: Vec<String> = outbox_rows(&store)
+        .into_iter()
+        .filter(|i| i.provider == "coupontools")
+        .map(|i| i.operation)
+        .collect();
+    assert_eq!(ops, ["lock", "validate"]);
+}
+
+#[tokio::test]
+async fn health_readiness_and_unmatched_paths() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let r = store
+        .client
+        .get(store.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (status, ready) =
+        e2e::json_of(store.client.get(store.url("/readyz")).send().await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["database"]["schemaCurrent"], true);
+    let (status, e) = store.get("/coupons/unknown/path").await.unwrap();
+    assert_eq!(
+        (status, e["errors"][0]["id"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
+    let (status, e) = store.post("/coupons?site=STO1", &json!({})).await.unwrap();
+    assert_eq!(
+        (status, e["errors"][0]["id"].as_str()),
+        (405, Some("METHOD_NOT_ALLOWED"))
+    );
+    assert!(
+        store.log_tail().contains("unmatched request path"),
+        "unmatched paths are logged for path discovery"
+    );
+}
+
+/// Jane's basket-wide $2 coupon would take every line left by item coupons (and so leave
+/// nothing for the optional points coupon, which comes after mandatory ones): unclip it.
+async fn unclip_basket_coupon(store: &Store) {
+    let (_, r) = store
+        .post(
+            &format!("/coupons/customer?site={SITE}&customer={JANE}"),
+            &json!({"remove": ["AMT2"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["removed"], json!(["AMT2"]));
+}
+
+fn outbox_rows(store: &Store) -> Vec<shared::outbox::Item> {
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    shared::outbox::list(&conn, None).unwrap()
+}
