@@ -1,0 +1,102 @@
+//! Promise 4: a single-use coupon of one customer, put on 32 different transactions by 32
+//! lanes at once, is applied on exactly one; after that sale is cancelled another can have it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::{Store, StoreOptions, SITE};
+use serde_json::{json, Value};
+
+const JANE: &str = "4000000000001";
+
+fn body(txn: &str) -> Value {
+    json!({"site": SITE, "customer": JANE, "transaction": txn, "transientRequest": false,
+           "items": [{"id": 1, "quantity": 2, "upc": 894773001193u64, "price": 12.99, "discountPrice": 12.99, "dept": 2}]})
+}
+
+fn got_bogo(answer: &Value) -> bool {
+    answer["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["couponId"] == "BOGO1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_lanes_one_single_use_coupon() {
+    let store = std::sync::Arc::new(Store::start(StoreOptions::default()).await.unwrap());
+    // Each lane its own connection, all released at the same moment.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(32));
+    let mut lanes = Vec::new();
+    for lane in 0..32 {
+        let store = store.clone();
+        let barrier = barrier.clone();
+        lanes.push(tokio::spawn(async move {
+            let client = e2e::lane_client(&store.dir.join("tls/cert.pem")).unwrap();
+            let txn = format!("RACE-{lane}");
+            let url = store.url(&format!(
+                "/transaction?site={SITE}&customer={JANE}&transaction={txn}"
+            ));
+            barrier.wait().await;
+            let r = client
+                .post(url)
+                .basic_auth(e2e::USER, Some(e2e::PASSWORD))
+                .json(&body(&txn))
+                .send()
+                .await
+                .unwrap();
+            let (status, answer) = e2e::json_of(r).await.unwrap();
+            assert_eq!(status, 200, "{answer}");
+            (txn, got_bogo(&answer))
+        }));
+    }
+    let mut winners = Vec::new();
+    for lane in lanes {
+        let (txn, won) = lane.await.unwrap();
+        if won {
+            winners.push(txn);
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one lane gets the single-use coupon: {winners:?}"
+    );
+    let (_, m) = store
+        .get(&format!("/coupons/customer?site={SITE}&customer={JANE}"))
+        .await
+        .unwrap();
+    assert!(
+        m["pending"].as_array().unwrap().contains(&json!("BOGO1")),
+        "{m}"
+    );
+
+    // Another lane retrying still cannot have it …
+    let (_, again) = store
+        .post(
+            &format!("/transaction?site={SITE}&customer={JANE}&transaction=OTHER"),
+            &body("OTHER"),
+        )
+        .await
+        .unwrap();
+    assert!(!got_bogo(&again));
+    // … until the winning sale is cancelled.
+    let winner = &winners[0];
+    let (status, _) = store
+        .get(&format!(
+            "/transaction/cancel?site={SITE}&customer={JANE}&transaction={winner}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (_, after) = store
+        .post(
+            &format!("/transaction?site={SITE}&customer={JANE}&transaction=OTHER"),
+            &body("OTHER"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        got_bogo(&after),
+        "released by the cancel, another sale can use it"
+    );
+}
