@@ -1,1 +1,342 @@
-fn main() {}
+//! Lane benchmark (release build, not a timed test):
+//!
+//!     cargo bench -p edge-server --bench lanes
+//!
+//! Builds (once, cached under target/bench-data/) a store of 100,000 offers and 100,000
+//! customers with 20 clipped coupons each, starts the real server in this process over
+//! HTTPS, and drives it with 32 keep-alive HTTPS lanes:
+//! 1. at a fixed offered load (default 2,000 req/s, open loop: latency is measured from the
+//!    moment each request was due, so a stall is not hidden) for customer metadata, a
+//!    30-item non-transient update, and the commit of those updated sales: p50/p99/max;
+//! 2. at saturation (closed loop) for metadata and for the trivial `/healthz` route of the
+//!    same server: requests per second, compared as a ratio in the same run.
+//!
+//! Environment: BENCH_RATE (req/s, default 2000), BENCH_SECS (per phase, default 10).
+//! The client shares the machine's cores with the server, so figures are lower bounds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::NaiveDate;
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use shared::config::Config;
+use shared::domain::{ItemSet, Mechanic, Offer, Rule, Upc};
+use shared::import::{ImportCoupon, ImportCustomer, Snapshot};
+use shared::money::Cents;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const OFFERS: usize = 100_000;
+const CUSTOMERS: usize = 100_000;
+const PER_CUSTOMER: usize = 20;
+const LANES: usize = 32;
+
+fn upc(offer: usize) -> u64 {
+    100_000_000 + offer as u64
+}
+
+fn customer_id(c: usize) -> String {
+    format!("8{c:011}")
+}
+
+fn customer_offers(c: usize) -> impl Iterator<Item = usize> {
+    (0..PER_CUSTOMER).map(move |k| (c * PER_CUSTOMER + k * 7919) % OFFERS)
+}
+
+fn offer(n: usize) -> Offer {
+    let mechanic = match n % 4 {
+        0 => Mechanic::PercentOff { basis_points: 1000 },
+        1 => Mechanic::AmountOff { cents: Cents(50) },
+        2 => Mechanic::FixedPrice { cents: Cents(99) },
+        _ => Mechanic::BuyXGetY { buy: 1, get: 1, reward_basis_points: 5000 },
+    };
+    Offer {
+        id: format!("O{n}"),
+        provider: if n.is_multiple_of(4) { "convercus".into() } else { "local".into() },
+        provider_ref: format!("ref-{n}"),
+        short_description: format!("Offer {n}"),
+        requirement_description: "Buy the item".into(),
+        long_description: String::new(),
+        category: "Bench".into(),
+        brand: "Brand".into(),
+        start_date: NaiveDate::from_ymd_opt(2020, 1, 1).unwrap(),
+        end_date: NaiveDate::from_ymd_opt(2099, 12, 31).unwrap(),
+        image_url: None,
+        targeted: n >= 200,
+        enabled: true,
+        featured: false,
+        requires_clip: true,
+        rule: Rule {
+            mechanic,
+            requirement: ItemSet { upcs: vec![Upc::normalise(&upc(n).to_string())], depts: vec![] },
+            reward: None,
+            min_qty: 1,
+            min_basket: None,
+            max_applications: Some(1),
+        },
+        receipt_alias: format!("Offer {n}"),
+        reduces_tax: true,
+        coupon_type: String::new(),
+        external_id: format!("EXT-{n}"),
+        per_customer_limit: Some(1),
+        global_limit: None,
+        loyalty_cost: None,
+    }
+}
+
+fn snapshot() -> Snapshot {
+    Snapshot {
+        offers: (0..OFFERS).map(offer).collect(),
+        customers: (0..CUSTOMERS)
+            .map(|c| ImportCustomer {
+                id: customer_id(c),
+                first_name: Some("Bench".into()),
+                last_name: Some(format!("Customer {c}")),
+                email: None,
+                phone: None,
+                provider: None,
+                provider_ref: None,
+                loyalty_id: None,
+                points_balance: 0,
+                coupons: customer_offers(c).map(|o| ImportCoupon { offer_id: format!("O{o}"), state: shared::domain::CouponState::Clipped }).collect(),
+            })
+            .collect(),
+        vouchers: Vec::new(),
+    }
+}
+
+fn config(dir: &Path) -> Config {
+    let text = format!(
+        r#"[store]
+sites = ["STO1"]
+[database]
+path = "{db}"
+read_pool_size = 2
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+[server.tls]
+cert = "{dir}/cert.pem"
+key = "{dir}/key.pem"
+self_signed_names = ["localhost", "127.0.0.1"]
+[lanes]
+hold_ttl_secs = 86400
+[[lanes.credentials]]
+username = "lane"
+password = "lane-secret"
+[logging]
+level = "warn"
+"#,
+        db = dir.join("edge.db").display(),
+        dir = dir.display()
+    );
+    Config::from_toml_str(&text).unwrap()
+}
+
+/// The benchmark database, built once and copied fresh for every run (the run writes).
+fn prepare(dir: &Path) -> PathBuf {
+    let template = dir.join("template.db");
+    if !template.exists() {
+        let build = dir.join("building.db");
+        let _ = std::fs::remove_file(&build);
+        let mut cfg = config(dir).database;
+        cfg.path = build.clone();
+        cfg.synchronous = shared::config::Synchronous::Normal;
+        let db = shared::db::Db::open(&cfg, false).unwrap();
+        let started = Instant::now();
+        println!("building the benchmark database (once): {OFFERS} offers, {CUSTOMERS} customers × {PER_CUSTOMER} coupons");
+        let counts = shared::import::import(&db.writer, snapshot(), |what, done, total| {
+            if done == total || done % 20_000 == 0 {
+                println!("  import {what}: {done}/{total}");
+            }
+        })
+        .unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        println!("  imported {} coupon states in {secs:.1}s ({:.0} rows/s)", counts.coupon_states, (counts.coupon_states + counts.customers + counts.offers) as f64 / secs);
+        drop(db);
+        let conn = rusqlite::Connection::open(&build).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;").unwrap();
+        drop(conn);
+        std::fs::rename(&build, &template).unwrap();
+    }
+    let run = dir.join("edge.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", run.display()));
+    }
+    std::fs::copy(&template, &run).unwrap();
+    run
+}
+
+struct Lane {
+    client: reqwest::Client,
+    base: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Metadata,
+    Update,
+    Commit,
+    Static,
+}
+
+fn request(lane: &Lane, kind: Kind, seq: usize, rng: &mut rand::rngs::StdRng) -> reqwest::RequestBuilder {
+    let c = rng.random_range(0..CUSTOMERS);
+    let cust = customer_id(c);
+    match kind {
+        Kind::Static => lane.client.get(format!("{}/healthz", lane.base)),
+        Kind::Metadata => lane.client.get(format!("{}/coupons/customer?site=STO1&customer={cust}", lane.base)),
+        Kind::Update | Kind::Commit => {
+            // Sale `seq` belongs to customer `seq`: the commit phase finishes the update phase's sales.
+            let cust = customer_id(seq % CUSTOMERS);
+            let txn = format!("B{seq}");
+            let q = format!("site=STO1&customer={cust}&transaction={txn}");
+            if kind == Kind::Commit {
+                return lane.client.post(format!("{}/transaction/commit?{q}", lane.base)).json(&json!({"coupons": [], "tenders": [{"type": "CASH", "amount": 50.0}]}));
+            }
+            let mut items: Vec<Value> = customer_offers(seq % CUSTOMERS)
+                .enumerate()
+                .map(|(i, o)| json!({"id": i + 1, "quantity": 2, "upc": upc(o), "price": 3.49, "discountPrice": 2.99, "dept": 1}))
+                .collect();
+            for i in items.len()..30 {
+                items.push(json!({"id": i + 1, "quantity": 1, "upc": 900_000_000 + rng.random_range(0..1_000_000u64), "price": 1.99, "discountPrice": 1.99, "dept": 2}));
+            }
+            lane.client.post(format!("{}/transaction?{q}", lane.base)).json(&json!({"transientRequest": false, "items": items, "subTotal": 100.0}))
+        }
+    }
+    .basic_auth("lane", Some("lane-secret"))
+}
+
+/// Open loop at `rate` req/s over all lanes for `secs`; latency from each request's due time.
+async fn fixed_rate(lanes: &[Arc<Lane>], kind: Kind, rate: u64, secs: u64) -> (Histogram<u64>, usize) {
+    let per_lane = Duration::from_secs_f64(LANES as f64 / rate as f64);
+    let total = (rate * secs) as usize;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::new();
+    for (l, lane) in lanes.iter().enumerate() {
+        let lane = lane.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut errors = 0;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(l as u64);
+            // Stagger lanes evenly within one period.
+            let offset = per_lane.mul_f64(l as f64 / LANES as f64);
+            let mut i = 0;
+            loop {
+                let seq = i * LANES + l;
+                if seq >= total {
+                    break;
+                }
+                let due = start + offset + per_lane * i as u32;
+                tokio::time::sleep_until(due.into()).await;
+                if !succeeded(request(&lane, kind, seq, &mut rng).send().await, errors == 0).await {
+                    errors += 1;
+                }
+                h.saturating_record(due.elapsed().as_micros().max(1) as u64);
+                i += 1;
+            }
+            (h, errors)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await.unwrap();
+        all.add(h).unwrap();
+        errors += e;
+    }
+    (all, errors)
+}
+
+/// Closed loop: every lane sends its next request as soon as the last is answered.
+async fn saturation(lanes: &[Arc<Lane>], kind: Kind, secs: u64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (l, lane) in lanes.iter().enumerate() {
+        let lane = lane.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + l as u64);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                if request(&lane, kind, 0, &mut rng).send().await.map(|r| r.status().is_success()).unwrap_or(false) {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` lists targets; nothing to do.
+    }
+    let rate: u64 = std::env::var("BENCH_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    e2e::install_crypto();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    prepare(&dir);
+    let config = config(&dir);
+    let (db, tls) = edge_server::prepare(&config).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move { edge_server::run(config, db, tls, listener).unwrap().await.unwrap() });
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let lanes: Vec<Arc<Lane>> = (0..LANES)
+            .map(|_| Arc::new(Lane { client: e2e::lane_client(&dir.join("cert.pem")).unwrap(), base: format!("https://127.0.0.1:{port}") }))
+            .collect();
+        // Warm up: open every keep-alive connection and touch the caches.
+        saturation(&lanes, Kind::Metadata, 2).await;
+        println!("\n{LANES} keep-alive HTTPS lanes, {rate} req/s offered for {secs}s per phase (latency from due time):");
+        println!("{:<34} {:>9} {:>9} {:>9} {:>8}", "endpoint", "p50 ms", "p99 ms", "max ms", "errors");
+        for (kind, name) in [(Kind::Metadata, "customer metadata (GET)"), (Kind::Update, "transaction update (30 items)"), (Kind::Commit, "commit (empty list: redeem all)")] {
+            let (h, errors) = fixed_rate(&lanes, kind, rate, secs).await;
+            println!("{name:<34} {:>9.3} {:>9.3} {:>9.3} {errors:>8}", ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99)), ms(h.max()));
+        }
+        let stat = saturation(&lanes, Kind::Static, secs).await;
+        let meta = saturation(&lanes, Kind::Metadata, secs).await;
+        println!("\nsaturation, closed loop, {LANES} lanes:");
+        println!("  static /healthz          {stat:>9.0} req/s");
+        println!("  customer metadata        {meta:>9.0} req/s  ({:.2} × static)", meta / stat);
+    });
+}
+
+/// Whether a request succeeded; the first failure of a lane is printed with its cause.
+async fn succeeded(result: reqwest::Result<reqwest::Response>, report: bool) -> bool {
+    match result {
+        Ok(r) if r.status().is_success() => {
+            let _ = r.bytes().await;
+            true
+        }
+        Ok(r) => {
+            if report {
+                let status = r.status();
+                eprintln!("request failed: {status} {}", r.text().await.unwrap_or_default());
+            }
+            false
+        }
+        Err(e) => {
+            if report {
+                eprintln!("request failed: {e}");
+            }
+            false
+        }
+    }
+}

@@ -21,8 +21,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("no such endpoint: {method} {path}")]
     NotFound { method: String, path: String },
-    #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: String, path: String },
+    #[error("method {method} is not allowed on {path} (allowed: {allow})")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: String,
+    },
     #[error("{0}")]
     VoucherNotFound(String),
     #[error("{0}")]
@@ -88,11 +92,17 @@ impl ResponseError for ApiError {
             log::error!("request failed: {cause}");
         }
         let mut resp = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized) {
-            resp.insert_header((
-                header::WWW_AUTHENTICATE,
-                "Basic realm=\"edge-coupon\", charset=\"UTF-8\"",
-            ));
+        match self {
+            ApiError::Unauthorized => {
+                resp.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    "Basic realm=\"edge-coupon\", charset=\"UTF-8\"",
+                ));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                resp.insert_header((header::ALLOW, allow.as_str()));
+            }
+            _ => {}
         }
         resp.json(error_body(self.code(), &self.details()))
     }

@@ -12,7 +12,9 @@ use shared::engine::{self, Applied, BasketLine, Candidate, Context, Holding, Loy
 use shared::money::Cents;
 use shared::outbox::{self, CouponEvent};
 use shared::repo::{self, CouponRow, Customer};
+use shared::catalog::Catalog;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Errors of the lane layer. Per-id problems are not errors: they are reported inside
 /// the otherwise successful answer.
@@ -51,25 +53,39 @@ pub struct Metadata {
     pub pending: Vec<String>,
 }
 
+/// The offer an id refers to: from the in-memory catalog, or from the database for an
+/// offer written after the catalog was loaded.
+fn find_offer(conn: &Connection, catalog: &Catalog, id: &str) -> Result<Option<Arc<Offer>>, LaneError> {
+    match catalog.get(id) {
+        Some(o) => Ok(Some(Arc::clone(o))),
+        None => Ok(repo::offer(conn, id)?.map(Arc::new)),
+    }
+}
+
 /// The customer's coupons by list; every id appears in at most one list.
 pub fn metadata(
     conn: &Connection,
+    catalog: &Catalog,
     customer: &str,
     today: NaiveDate,
     now: i64,
 ) -> Result<Metadata, LaneError> {
     let mut m = Metadata::default();
     let mut seen = BTreeSet::new();
-    for (row, start, end) in repo::customer_coupon_states(conn, customer)? {
+    for row in repo::customer_coupon_rows(conn, customer)? {
         seen.insert(row.offer_id.clone());
+        let Some(offer) = find_offer(conn, catalog, &row.offer_id)? else { continue };
+        if !offer.enabled {
+            continue;
+        }
         let recent = now - row.state_at <= HISTORY_SECS;
-        let live = start <= today && today <= end;
-        let ended = end < today;
+        let live = offer.start_date <= today && today <= offer.end_date;
+        let ended = offer.end_date < today;
         let list = match row.effective_state(now) {
             CouponState::Pending => Some(&mut m.pending),
             CouponState::Clipped if ended => {
                 // Expired on the day after its end date; keep it listed for 30 days.
-                let days = (today - end).num_days();
+                let days = (today - offer.end_date).num_days();
                 (days <= 30).then_some(&mut m.expired)
             }
             CouponState::Clipped if live => Some(&mut m.clipped),
@@ -82,9 +98,9 @@ pub fn metadata(
             list.push(row.offer_id);
         }
     }
-    for id in repo::open_offer_ids(conn, today)? {
-        if !seen.contains(&id) {
-            m.available.push(id);
+    for offer in catalog.open_to_all(today) {
+        if !seen.contains(&offer.id) {
+            m.available.push(offer.id.clone());
         }
     }
     m.available.sort();
@@ -232,7 +248,7 @@ pub struct UpdateInput {
 /// One coupon to send back, with the offer's display data.
 pub struct AppliedCoupon {
     pub applied: Applied,
-    pub offer: Offer,
+    pub offer: Arc<Offer>,
 }
 
 pub struct UpdateOutcome {
@@ -240,6 +256,16 @@ pub struct UpdateOutcome {
     pub customer: Option<Customer>,
     pub loyalty: Option<LoyaltyAccount>,
     pub total: Cents,
+}
+
+/// An evaluation made outside the writer, with what it was based on, so the writer can
+/// check that nothing it depends on changed before it places the holds.
+pub struct Evaluated {
+    pub outcome: UpdateOutcome,
+    rows: Vec<CouponRow>,
+    /// Store-wide limits depend on other customers' holds: such answers are always
+    /// recomputed inside the writer.
+    uses_global_limits: bool,
 }
 
 /// What was stored of the latest non-transient update: used by commit.
@@ -262,24 +288,27 @@ fn holding(row: Option<&CouponRow>, site: &str, txn: &str, now: i64) -> Holding 
     }
 }
 
-/// Evaluates the sale for the customer. Reads only: used as is for transient updates.
+/// Evaluates the sale for the customer. Reads only: the whole answer of a transient update,
+/// and the first half of a non-transient one.
 pub fn evaluate(
     conn: &Connection,
+    catalog: &Catalog,
     policy: &Policy,
     input: &UpdateInput,
     today: NaiveDate,
     now: i64,
-) -> Result<UpdateOutcome, LaneError> {
+) -> Result<Evaluated, LaneError> {
     let customer = repo::customer(conn, &input.customer)?;
-    let mut offers: Vec<(Offer, Option<CouponRow>)> =
-        repo::customer_coupons_with_offers(conn, &input.customer)?
-            .into_iter()
-            .map(|(row, offer)| (offer, Some(row)))
-            .collect();
-    let known: BTreeSet<String> = offers.iter().map(|(o, _)| o.id.clone()).collect();
-    for o in repo::auto_offers(conn, today)? {
-        if !known.contains(&o.id) {
-            offers.push((o, None));
+    let rows = repo::customer_coupon_rows(conn, &input.customer)?;
+    let mut offers: Vec<(Arc<Offer>, Option<&CouponRow>)> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(offer) = find_offer(conn, catalog, &row.offer_id)? {
+            offers.push((offer, Some(row)));
+        }
+    }
+    for o in catalog.automatic(today) {
+        if rows.binary_search_by(|r| r.offer_id.as_str().cmp(&o.id)).is_err() {
+            offers.push((Arc::clone(o), None));
         }
     }
     let mut globals = Vec::with_capacity(offers.len());
@@ -294,8 +323,8 @@ pub fn evaluate(
         .zip(&globals)
         .map(|((offer, row), global)| Candidate {
             offer,
-            holding: holding(row.as_ref(), &input.site, &input.txn, now),
-            customer_redemptions: row.as_ref().map_or(0, |r| r.redemptions),
+            holding: holding(*row, &input.site, &input.txn, now),
+            customer_redemptions: row.map_or(0, |r| r.redemptions),
             global_redemptions: *global,
         })
         .collect();
@@ -311,46 +340,61 @@ pub fn evaluate(
         loyalty: loyalty.clone(),
     };
     let evaluation = engine::evaluate(&input.basket, &candidates, &ctx);
-    drop(candidates);
-    let mut by_id: BTreeMap<String, Offer> =
-        offers.into_iter().map(|(o, _)| (o.id.clone(), o)).collect();
+    let uses_global_limits = offers.iter().any(|(o, _)| o.global_limit.is_some());
+    let by_id: BTreeMap<&str, &Arc<Offer>> = offers.iter().map(|(o, _)| (o.id.as_str(), o)).collect();
     let applied: Vec<AppliedCoupon> = evaluation
         .applied
         .into_iter()
         .filter_map(|a| {
-            by_id
-                .remove(&a.coupon_id)
-                .map(|offer| AppliedCoupon { applied: a, offer })
+            by_id.get(a.coupon_id.as_str()).map(|offer| AppliedCoupon {
+                offer: Arc::clone(offer),
+                applied: a,
+            })
         })
         .collect();
     let total = applied.iter().map(|a| a.applied.total).sum();
-    Ok(UpdateOutcome {
+    let outcome = UpdateOutcome {
         applied,
         customer,
         loyalty,
         total,
+    };
+    drop(candidates);
+    Ok(Evaluated {
+        outcome,
+        rows,
+        uses_global_limits,
     })
 }
 
-/// A non-transient update: evaluates, then makes the holds match the answer exactly:
-/// applied coupons become pending on this transaction, coupons this transaction held
-/// before but no longer uses return to clipped.
+/// A non-transient update, inside the writer: makes the holds match the answer exactly
+/// (applied coupons become pending on this transaction; coupons it held before but no
+/// longer uses return to clipped). `prepared` is an evaluation made on a read connection
+/// just before; it is used only if the customer's coupon rows are still exactly what it
+/// saw, otherwise the sale is evaluated again here, so two lanes can never both hold one
+/// coupon.
 pub fn update(
     conn: &Connection,
+    catalog: &Catalog,
     policy: &Policy,
     input: &UpdateInput,
+    prepared: Option<Evaluated>,
     today: NaiveDate,
     now: i64,
 ) -> Result<UpdateOutcome, LaneError> {
     repo::ensure_customer(conn, &input.customer, now)?;
+    let fresh = match prepared {
+        Some(p) if !p.uses_global_limits && p.rows == repo::customer_coupon_rows(conn, &input.customer)? => p,
+        _ => evaluate(conn, catalog, policy, input, today, now)?,
+    };
+    let outcome = fresh.outcome;
     if let Some(previous) = repo::transaction(conn, &input.site, &input.txn)? {
         if previous.state == "committed" {
             // The sale is finished; answer, but never hold anything for it again.
             log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(); "update for an already committed transaction: answered without holds");
-            return evaluate(conn, policy, input, today, now);
+            return Ok(outcome);
         }
     }
-    let outcome = evaluate(conn, policy, input, today, now)?;
     let expires = now + policy.hold_ttl_secs;
     let applied_ids: BTreeSet<&str> = outcome
         .applied
@@ -616,14 +660,18 @@ pub struct VoucherView {
     pub message: String,
 }
 
-fn voucher_view(v: &repo::Voucher, now: i64) -> VoucherView {
+/// What a lane is told about a voucher. `today` is the store-local date (`YYYY-MM-DD`):
+/// a voucher outside its validity window is `invalid` ("not valid today").
+fn voucher_view(v: &repo::Voucher, today: &str, now: i64) -> VoucherView {
     let locked = v.state == "locked" && v.lock_expires_at.is_some_and(|e| e > now);
-    let state = if v.state == "locked" && !locked {
-        "active".to_owned()
-    } else {
-        v.state.clone()
+    let state = match v.state.as_str() {
+        "validated" | "void" => v.state.clone(),
+        _ if out_of_window(v, today) => "invalid".to_owned(),
+        "locked" if locked => "locked".to_owned(),
+        _ => "active".to_owned(),
     };
     let message = match state.as_str() {
+        "invalid" => "not valid today".to_owned(),
         "validated" => format!(
             "already used at {}",
             v.validated_at.clone().unwrap_or_default()
@@ -647,10 +695,20 @@ fn voucher_view(v: &repo::Voucher, now: i64) -> VoucherView {
     }
 }
 
-pub fn voucher_lookup(conn: &Connection, code: &str, now: i64) -> Result<VoucherView, LaneError> {
+fn out_of_window(v: &repo::Voucher, today: &str) -> bool {
+    v.valid_from.as_deref().is_some_and(|f| today < f)
+        || v.valid_until.as_deref().is_some_and(|u| today > u)
+}
+
+pub fn voucher_lookup(
+    conn: &Connection,
+    code: &str,
+    today: &str,
+    now: i64,
+) -> Result<VoucherView, LaneError> {
     let v =
         repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
-    Ok(voucher_view(&v, now))
+    Ok(voucher_view(&v, today, now))
 }
 
 /// Why a voucher cannot be used by (site, txn) now, if it cannot.
@@ -670,9 +728,7 @@ fn voucher_blocked(
     if v.state == "void" {
         return Some("voided by the provider".to_owned());
     }
-    if v.valid_from.as_deref().is_some_and(|f| today < f)
-        || v.valid_until.as_deref().is_some_and(|u| today > u)
-    {
+    if out_of_window(v, today) {
         return Some("not valid today".to_owned());
     }
     let locked_elsewhere = v.state == "locked"
@@ -710,7 +766,7 @@ pub fn voucher_lock(
         ),
         now,
     )?;
-    voucher_lookup(conn, code, now)
+    voucher_lookup(conn, code, today, now)
 }
 
 pub fn voucher_unlock(
@@ -718,6 +774,7 @@ pub fn voucher_unlock(
     code: &str,
     site: &str,
     txn: &str,
+    today: &str,
     now: i64,
 ) -> Result<VoucherView, LaneError> {
     let v =
@@ -742,7 +799,7 @@ pub fn voucher_unlock(
             now,
         )?;
     }
-    voucher_lookup(conn, code, now)
+    voucher_lookup(conn, code, today, now)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -763,7 +820,7 @@ pub fn voucher_validate(
         && v.validated_txn.as_deref() == Some(txn)
     {
         // A retried validate of the same sale: the same answer, nothing new queued.
-        return Ok(voucher_view(&v, now));
+        return Ok(voucher_view(&v, today, now));
     }
     if let Some(why) = voucher_blocked(&v, site, txn, today, now) {
         return Err(LaneError::VoucherConflict(why));
@@ -789,5 +846,5 @@ pub fn voucher_validate(
         ),
         now,
     )?;
-    voucher_lookup(conn, code, now)
+    voucher_lookup(conn, code, today, now)
 }

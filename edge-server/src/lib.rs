@@ -13,6 +13,7 @@ pub mod vouchers;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
+use shared::catalog::{Catalog, CatalogCache};
 use shared::config::Config;
 use shared::db::Db;
 use shared::money::Cents;
@@ -24,17 +25,23 @@ pub struct AppState {
     pub config: Config,
     pub db: Db,
     pub policy: lane::Policy,
+    pub catalog: Arc<CatalogCache>,
 }
 
 impl AppState {
-    pub fn new(config: Config, db: Db) -> AppState {
+    pub fn new(config: Config, db: Db, catalog: Arc<CatalogCache>) -> AppState {
         let policy = lane::Policy {
             hold_ttl_secs: i64::try_from(config.lanes.hold_ttl_secs).unwrap_or(i64::MAX),
             self_stacking: config.lanes.self_stacking,
             default_coupon_type: config.lanes.default_coupon_type.clone(),
             receipt_footer: config.lanes.receipt_footer.clone(),
         };
-        AppState { config, db, policy }
+        AppState {
+            config,
+            db,
+            policy,
+            catalog,
+        }
     }
 }
 
@@ -81,7 +88,14 @@ pub fn run(
         n => n,
     };
     start_hold_sweeper(&db);
-    let state = web::Data::new(AppState::new(config, db));
+    let catalog = db
+        .read()
+        .map_err(std::io::Error::other)
+        .and_then(|c| Catalog::load(&c).map_err(std::io::Error::other))?;
+    log::info!(offers = catalog.len(); "offer catalog loaded");
+    let catalog = Arc::new(CatalogCache::new(catalog));
+    catalog.start_refresher(db.reads.clone(), std::time::Duration::from_secs(1));
+    let state = web::Data::new(AppState::new(config, db, catalog));
     let app_state = state.clone();
     let server = HttpServer::new(move || {
         App::new()

@@ -153,10 +153,19 @@ async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError
     })
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+async fn method_not_allowed(
+    req: HttpRequest,
+    state: crate::State,
+) -> Result<actix_web::HttpResponse, ApiError> {
     log::warn!(method = req.method().as_str(), path = req.path(); "unmatched request method");
+    let pattern = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+    let allow = paths(&state.config)
+        .get(&pattern)
+        .map(|handlers| handlers.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
     Err(ApiError::MethodNotAllowed {
         method: req.method().to_string(),
         path: req.path().to_owned(),
+        allow,
     })
 }

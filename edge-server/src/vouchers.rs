@@ -41,9 +41,10 @@ pub async fn lookup(
     site(&state, query_param(&query, "site"))?;
     let code = code(path.into_inner())?;
     let db = state.db.clone();
+    let today = state.config.today().format("%Y-%m-%d").to_string();
     let view = web::block(move || -> Result<_, ApiError> {
         let conn = db.read()?;
-        Ok(lane::voucher_lookup(&conn, &code, now_secs())?)
+        Ok(lane::voucher_lookup(&conn, &code, &today, now_secs())?)
     })
     .await??;
     Ok(ok(&view))
@@ -98,10 +99,11 @@ pub async fn unlock(
 ) -> Result<HttpResponse, ApiError> {
     let code = code(path.into_inner())?;
     let (site, txn, _) = body(&req, &state, payload).await?;
+    let today = state.config.today().format("%Y-%m-%d").to_string();
     let view = state
         .db
         .writer
-        .write(move |c| lane::voucher_unlock(c, &code, &site, &txn, now_secs()))
+        .write(move |c| lane::voucher_unlock(c, &code, &site, &txn, &today, now_secs()))
         .await?;
     Ok(ok(&view))
 }

@@ -29,6 +29,11 @@ CREATE TABLE offers (
     updated_at              INTEGER NOT NULL,
     UNIQUE (provider, provider_ref)
 );
+-- Offers every customer sees (not targeted), and offers that apply without clipping:
+-- both are read on every metadata request or update, so they must not scan the catalog.
+CREATE INDEX offers_open ON offers (targeted, requires_clip, enabled, end_date);
+CREATE INDEX offers_auto ON offers (requires_clip, enabled, end_date) WHERE requires_clip = 0;
+CREATE INDEX offers_end ON offers (end_date);
 
 CREATE TABLE customers (
     id             TEXT PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 16),
@@ -145,3 +150,20 @@ CREATE TABLE sync_state (
     last_error      TEXT,
     last_error_at   INTEGER
 );
+
+-- Small counters; `catalog_version` changes whenever an offer's definition changes (not its
+-- redemption count), so processes can keep the catalog in memory and reload it only then.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('catalog_version', 0);
+CREATE TRIGGER offers_inserted AFTER INSERT ON offers
+BEGIN UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
+CREATE TRIGGER offers_deleted AFTER DELETE ON offers
+BEGIN UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
+CREATE TRIGGER offers_changed AFTER UPDATE OF id, provider, provider_ref, short_description,
+    requirement_description, long_description, category, brand, start_date, end_date, image_url,
+    targeted, enabled, featured, requires_clip, rule, receipt_alias, reduces_tax, coupon_type,
+    external_id, per_customer_limit, global_limit, loyalty_cost ON offers
+BEGIN UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;

@@ -4,6 +4,7 @@
 //!
 //! Architecture Invariant: this crate does not depend on actix-web or reqwest.
 
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -107,12 +107,10 @@ pub fn upsert_offer(conn: &Connection, o: &Offer, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// Every offer whose end date is not before `today`, in id order (the catalog).
-pub fn catalog_offers(conn: &Connection, today: NaiveDate) -> Result<Vec<Offer>> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {OFFER_COLUMNS} FROM offers WHERE end_date >= ?1 ORDER BY id"
-    ))?;
-    let rows = st.query_map([today.format("%Y-%m-%d").to_string()], offer_from_row)?;
+/// Every offer, in id order (loaded into the in-memory catalog).
+pub fn all_offers(conn: &Connection) -> Result<Vec<Offer>> {
+    let mut st = conn.prepare_cached(&format!("SELECT {OFFER_COLUMNS} FROM offers ORDER BY id"))?;
+    let rows = st.query_map([], offer_from_row)?;
     rows.collect()
 }
 
@@ -122,25 +120,10 @@ pub fn offer(conn: &Connection, id: &str) -> Result<Option<Offer>> {
     st.query_row([id], offer_from_row).optional()
 }
 
-/// Ids of offers every identified customer may clip without being targeted, live today.
-pub fn open_offer_ids(conn: &Connection, today: NaiveDate) -> Result<Vec<String>> {
-    let mut st = conn.prepare_cached(
-        "SELECT id FROM offers WHERE targeted = 0 AND enabled = 1 AND requires_clip = 1 \
-         AND start_date <= ?1 AND end_date >= ?1 ORDER BY id",
-    )?;
-    let d = today.format("%Y-%m-%d").to_string();
-    let rows = st.query_map([d], |r| r.get(0))?;
-    rows.collect()
-}
-
-/// Offers that apply without clipping (and are therefore candidates on every sale).
-pub fn auto_offers(conn: &Connection, today: NaiveDate) -> Result<Vec<Offer>> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {OFFER_COLUMNS} FROM offers WHERE requires_clip = 0 AND enabled = 1 \
-         AND start_date <= ?1 AND end_date >= ?1 ORDER BY id"
-    ))?;
-    let rows = st.query_map([today.format("%Y-%m-%d").to_string()], offer_from_row)?;
-    rows.collect()
+/// Changes whenever any offer's definition changes (maintained by triggers).
+pub fn catalog_version(conn: &Connection) -> Result<i64> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'catalog_version'")?
+        .query_row([], |r| r.get(0))
 }
 
 /// Store-wide redemptions of an offer plus holds on other transactions that have not expired.
@@ -306,58 +289,12 @@ fn coupon_from_row(r: &Row<'_>) -> Result<CouponRow> {
     })
 }
 
-/// All of a customer's coupon rows, with each offer.
-pub fn customer_coupons_with_offers(
-    conn: &Connection,
-    customer_id: &str,
-) -> Result<Vec<(CouponRow, Offer)>> {
-    let offer_cols = OFFER_COLUMNS
-        .split(", ")
-        .map(|c| format!("o.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let coupon_cols = COUPON_COLUMNS
-        .split(", ")
-        .map(|c| format!("cc.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// All of a customer's coupon rows, in offer id order.
+pub fn customer_coupon_rows(conn: &Connection, customer_id: &str) -> Result<Vec<CouponRow>> {
     let mut st = conn.prepare_cached(&format!(
-        "SELECT {offer_cols}, {coupon_cols} FROM customer_coupons cc JOIN offers o ON o.id = cc.offer_id \
-         WHERE cc.customer_id = ?1 ORDER BY cc.offer_id"
+        "SELECT {COUPON_COLUMNS} FROM customer_coupons WHERE customer_id = ?1 ORDER BY offer_id"
     ))?;
-    let rows = st.query_map([customer_id], |r| {
-        let offer = offer_from_row(r)?;
-        let state: String = r.get(24)?;
-        let row = CouponRow {
-            offer_id: r.get(23)?,
-            state: CouponState::parse(&state).ok_or_else(|| corrupt(24, "coupon state", &state))?,
-            hold_site: r.get(25)?,
-            hold_txn: r.get(26)?,
-            hold_optional: r.get(27)?,
-            hold_expires_at: r.get(28)?,
-            redemptions: r.get(29)?,
-            state_at: r.get(30)?,
-        };
-        Ok((row, offer))
-    })?;
-    rows.collect()
-}
-
-/// A customer's coupon rows without the offers: what the metadata endpoint needs, plus the
-/// offer's validity dates.
-pub fn customer_coupon_states(
-    conn: &Connection,
-    customer_id: &str,
-) -> Result<Vec<(CouponRow, NaiveDate, NaiveDate)>> {
-    let mut st = conn.prepare_cached(
-        "SELECT cc.offer_id, cc.state, cc.hold_site, cc.hold_txn, cc.hold_optional, cc.hold_expires_at, \
-                cc.redemptions, cc.state_at, o.start_date, o.end_date \
-         FROM customer_coupons cc JOIN offers o ON o.id = cc.offer_id \
-         WHERE cc.customer_id = ?1 AND o.enabled = 1 ORDER BY cc.offer_id",
-    )?;
-    let rows = st.query_map([customer_id], |r| {
-        Ok((coupon_from_row(r)?, date(r, 8)?, date(r, 9)?))
-    })?;
+    let rows = st.query_map([customer_id], coupon_from_row)?;
     rows.collect()
 }
 

@@ -1,0 +1,121 @@
+//! The offer catalog, kept in memory. Offers change only when the sync daemon or an import
+//! writes them, while every lane request reads them, so each process holds the whole
+//! catalog (parsed rules included) and reloads it when `meta.catalog_version` moves
+//! (triggers on the offers table maintain it). A refresher thread checks once a second;
+//! readers never wait for a reload.
+//!
+//! Offers newer than the loaded catalog are still found: callers fall back to the
+//! database for an id the catalog does not know yet.
+
+use crate::db::ReadPool;
+use crate::domain::Offer;
+use crate::repo;
+use chrono::NaiveDate;
+use rusqlite::Connection;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// One consistent snapshot of every offer.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub version: i64,
+    offers: Vec<Arc<Offer>>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Catalog {
+    /// Reads the version and every offer in one read transaction, so they agree.
+    pub fn load(conn: &Connection) -> rusqlite::Result<Catalog> {
+        conn.execute_batch("BEGIN DEFERRED")?;
+        let loaded = repo::catalog_version(conn).and_then(|v| Ok((v, repo::all_offers(conn)?)));
+        conn.execute_batch("COMMIT")?;
+        let (version, offers) = loaded?;
+        let offers: Vec<Arc<Offer>> = offers.into_iter().map(Arc::new).collect();
+        let by_id = offers.iter().enumerate().map(|(i, o)| (o.id.clone(), i)).collect();
+        Ok(Catalog { version, offers, by_id })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Offer>> {
+        self.by_id.get(id).map(|&i| &self.offers[i])
+    }
+
+    pub fn len(&self) -> usize {
+        self.offers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offers.is_empty()
+    }
+
+    /// Offers that have not ended by `today`, in id order (CATAPULT's catalog).
+    pub fn not_ended(&self, today: NaiveDate) -> impl Iterator<Item = &Arc<Offer>> {
+        self.offers.iter().filter(move |o| o.end_date >= today)
+    }
+
+    /// Offers every identified customer may clip without being targeted, live today.
+    pub fn open_to_all(&self, today: NaiveDate) -> impl Iterator<Item = &Arc<Offer>> {
+        self.live(today).filter(|o| !o.targeted && o.requires_clip)
+    }
+
+    /// Offers that apply without clipping, live today.
+    pub fn automatic(&self, today: NaiveDate) -> impl Iterator<Item = &Arc<Offer>> {
+        self.live(today).filter(|o| !o.requires_clip)
+    }
+
+    fn live(&self, today: NaiveDate) -> impl Iterator<Item = &Arc<Offer>> {
+        self.offers.iter().filter(move |o| o.enabled && o.start_date <= today && today <= o.end_date)
+    }
+}
+
+/// The current catalog, swapped atomically on reload.
+#[derive(Debug, Default)]
+pub struct CatalogCache {
+    current: RwLock<Arc<Catalog>>,
+}
+
+impl CatalogCache {
+    pub fn new(catalog: Catalog) -> CatalogCache {
+        CatalogCache { current: RwLock::new(Arc::new(catalog)) }
+    }
+
+    pub fn current(&self) -> Arc<Catalog> {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reloads when the stored version differs from the loaded one. Returns whether it did.
+    pub fn refresh(&self, conn: &Connection) -> rusqlite::Result<bool> {
+        if repo::catalog_version(conn)? == self.current().version {
+            return Ok(false);
+        }
+        let fresh = Arc::new(Catalog::load(conn)?);
+        match self.current.write() {
+            Ok(mut c) => *c = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(true)
+    }
+
+    /// Checks for a new catalog every `interval` on a background thread.
+    pub fn start_refresher(self: &Arc<Self>, pool: ReadPool, interval: Duration) {
+        let cache = Arc::clone(self);
+        let spawned = std::thread::Builder::new().name("catalog-refresh".into()).spawn(move || loop {
+            std::thread::sleep(interval);
+            let result = pool
+                .get()
+                .map_err(|e| e.to_string())
+                .and_then(|conn| cache.refresh(&conn).map_err(|e| e.to_string()));
+            match result {
+                Ok(true) => log::info!(offers = cache.current().len(); "offer catalog reloaded"),
+                Ok(false) => {}
+                Err(e) => log::warn!("offer catalog reload failed (the previous one stays in use): {e}"),
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("cannot start the catalog refresher: {e}");
+        }
+    }
+}
