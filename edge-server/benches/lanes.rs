@@ -50,11 +50,19 @@ fn offer(n: usize) -> Offer {
         0 => Mechanic::PercentOff { basis_points: 1000 },
         1 => Mechanic::AmountOff { cents: Cents(50) },
         2 => Mechanic::FixedPrice { cents: Cents(99) },
-        _ => Mechanic::BuyXGetY { buy: 1, get: 1, reward_basis_points: 5000 },
+        _ => Mechanic::BuyXGetY {
+            buy: 1,
+            get: 1,
+            reward_basis_points: 5000,
+        },
     };
     Offer {
         id: format!("O{n}"),
-        provider: if n.is_multiple_of(4) { "convercus".into() } else { "local".into() },
+        provider: if n.is_multiple_of(4) {
+            "convercus".into()
+        } else {
+            "local".into()
+        },
         provider_ref: format!("ref-{n}"),
         short_description: format!("Offer {n}"),
         requirement_description: "Buy the item".into(),
@@ -70,7 +78,10 @@ fn offer(n: usize) -> Offer {
         requires_clip: true,
         rule: Rule {
             mechanic,
-            requirement: ItemSet { upcs: vec![Upc::normalise(&upc(n).to_string())], depts: vec![] },
+            requirement: ItemSet {
+                upcs: vec![Upc::normalise(&upc(n).to_string())],
+                depts: vec![],
+            },
             reward: None,
             min_qty: 1,
             min_basket: None,
@@ -100,7 +111,12 @@ fn snapshot() -> Snapshot {
                 provider_ref: None,
                 loyalty_id: None,
                 points_balance: 0,
-                coupons: customer_offers(c).map(|o| ImportCoupon { offer_id: format!("O{o}"), state: shared::domain::CouponState::Clipped }).collect(),
+                coupons: customer_offers(c)
+                    .map(|o| ImportCoupon {
+                        offer_id: format!("O{o}"),
+                        state: shared::domain::CouponState::Clipped,
+                    })
+                    .collect(),
             })
             .collect(),
         vouchers: Vec::new(),
@@ -154,10 +170,15 @@ fn prepare(dir: &Path) -> PathBuf {
         })
         .unwrap();
         let secs = started.elapsed().as_secs_f64();
-        println!("  imported {} coupon states in {secs:.1}s ({:.0} rows/s)", counts.coupon_states, (counts.coupon_states + counts.customers + counts.offers) as f64 / secs);
+        println!(
+            "  imported {} coupon states in {secs:.1}s ({:.0} rows/s)",
+            counts.coupon_states,
+            (counts.coupon_states + counts.customers + counts.offers) as f64 / secs
+        );
         drop(db);
         let conn = rusqlite::Connection::open(&build).unwrap();
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;").unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")
+            .unwrap();
         drop(conn);
         std::fs::rename(&build, &template).unwrap();
     }
@@ -182,7 +203,12 @@ enum Kind {
     Static,
 }
 
-fn request(lane: &Lane, kind: Kind, seq: usize, rng: &mut rand::rngs::StdRng) -> reqwest::RequestBuilder {
+fn request(
+    lane: &Lane,
+    kind: Kind,
+    seq: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> reqwest::RequestBuilder {
     let c = rng.random_range(0..CUSTOMERS);
     let cust = customer_id(c);
     match kind {
@@ -194,7 +220,11 @@ fn request(lane: &Lane, kind: Kind, seq: usize, rng: &mut rand::rngs::StdRng) ->
             let txn = format!("B{seq}");
             let q = format!("site=STO1&customer={cust}&transaction={txn}");
             if kind == Kind::Commit {
-                return lane.client.post(format!("{}/transaction/commit?{q}", lane.base)).json(&json!({"coupons": [], "tenders": [{"type": "CASH", "amount": 50.0}]}));
+                return lane
+                    .client
+                    .post(format!("{}/transaction/commit?{q}", lane.base))
+                    .json(&json!({"coupons": [], "tenders": [{"type": "CASH", "amount": 50.0}]}))
+                    .basic_auth("lane", Some("lane-secret"));
             }
             let mut items: Vec<Value> = customer_offers(seq % CUSTOMERS)
                 .enumerate()
@@ -210,7 +240,12 @@ fn request(lane: &Lane, kind: Kind, seq: usize, rng: &mut rand::rngs::StdRng) ->
 }
 
 /// Open loop at `rate` req/s over all lanes for `secs`; latency from each request's due time.
-async fn fixed_rate(lanes: &[Arc<Lane>], kind: Kind, rate: u64, secs: u64) -> (Histogram<u64>, usize) {
+async fn fixed_rate(
+    lanes: &[Arc<Lane>],
+    kind: Kind,
+    rate: u64,
+    secs: u64,
+) -> (Histogram<u64>, usize) {
     let per_lane = Duration::from_secs_f64(LANES as f64 / rate as f64);
     let total = (rate * secs) as usize;
     let start = Instant::now() + Duration::from_millis(50);
@@ -231,7 +266,12 @@ async fn fixed_rate(lanes: &[Arc<Lane>], kind: Kind, rate: u64, secs: u64) -> (H
                 }
                 let due = start + offset + per_lane * i as u32;
                 tokio::time::sleep_until(due.into()).await;
-                if !succeeded(request(&lane, kind, seq, &mut rng).send().await, errors == 0).await {
+                if !succeeded(
+                    request(&lane, kind, seq, &mut rng).send().await,
+                    errors == 0,
+                )
+                .await
+                {
                     errors += 1;
                 }
                 h.saturating_record(due.elapsed().as_micros().max(1) as u64);
@@ -261,7 +301,12 @@ async fn saturation(lanes: &[Arc<Lane>], kind: Kind, secs: u64) -> f64 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + l as u64);
             let mut n = 0u64;
             while Instant::now() < deadline {
-                if request(&lane, kind, 0, &mut rng).send().await.map(|r| r.status().is_success()).unwrap_or(false) {
+                if request(&lane, kind, 0, &mut rng)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+                {
                     n += 1;
                 }
             }
@@ -283,8 +328,14 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists targets; nothing to do.
     }
-    let rate: u64 = std::env::var("BENCH_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
-    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let rate: u64 = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     e2e::install_crypto();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
     std::fs::create_dir_all(&dir).unwrap();
@@ -294,10 +345,19 @@ fn main() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move { edge_server::run(config, db, tls, listener).unwrap().await.unwrap() });
+        actix_web::rt::System::new().block_on(async move {
+            edge_server::run(config, db, tls, listener)
+                .unwrap()
+                .await
+                .unwrap()
+        });
     });
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let lanes: Vec<Arc<Lane>> = (0..LANES)
             .map(|_| Arc::new(Lane { client: e2e::lane_client(&dir.join("cert.pem")).unwrap(), base: format!("https://127.0.0.1:{port}") }))
@@ -328,7 +388,10 @@ async fn succeeded(result: reqwest::Result<reqwest::Response>, report: bool) -> 
         Ok(r) => {
             if report {
                 let status = r.status();
-                eprintln!("request failed: {status} {}", r.text().await.unwrap_or_default());
+                eprintln!(
+                    "request failed: {status} {}",
+                    r.text().await.unwrap_or_default()
+                );
             }
             false
         }

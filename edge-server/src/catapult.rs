@@ -452,7 +452,14 @@ pub async fn update(
     let (read_catalog, read_policy, input) = (catalog.clone(), policy.clone(), Arc::new(input));
     let read_input = Arc::clone(&input);
     let evaluated = read(&state, move |c| {
-        lane::evaluate(c, &read_catalog, &read_policy, &read_input, today, now_secs())
+        lane::evaluate(
+            c,
+            &read_catalog,
+            &read_policy,
+            &read_input,
+            today,
+            now_secs(),
+        )
     })
     .await?;
     let outcome = if body.transient_request {
@@ -463,7 +470,15 @@ pub async fn update(
             .db
             .writer
             .write(move |c| {
-                lane::update(c, &catalog, &policy, &input, Some(evaluated), today, now_secs())
+                lane::update(
+                    c,
+                    &catalog,
+                    &policy,
+                    &input,
+                    Some(evaluated),
+                    today,
+                    now_secs(),
+                )
             })
             .await?
     };
@@ -590,10 +605,11 @@ pub async fn commit(
         request: Value::Object(raw),
     };
     let stamp = rfc3339_now();
+    let catalog = state.catalog.current();
     let response = state
         .db
         .writer
-        .write(move |c| lane::commit(c, &input, now_secs(), &stamp))
+        .write(move |c| lane::commit(c, &catalog, &input, now_secs(), &stamp))
         .await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")

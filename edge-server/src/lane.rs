@@ -7,12 +7,12 @@ use chrono::NaiveDate;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use shared::catalog::Catalog;
 use shared::domain::{CouponState, Offer};
 use shared::engine::{self, Applied, BasketLine, Candidate, Context, Holding, LoyaltyAccount};
 use shared::money::Cents;
 use shared::outbox::{self, CouponEvent};
-use shared::repo::{self, CouponRow, Customer};
-use shared::catalog::Catalog;
+use shared::repo::{self, CouponRow, Customer, Hold};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -55,10 +55,77 @@ pub struct Metadata {
 
 /// The offer an id refers to: from the in-memory catalog, or from the database for an
 /// offer written after the catalog was loaded.
-fn find_offer(conn: &Connection, catalog: &Catalog, id: &str) -> Result<Option<Arc<Offer>>, LaneError> {
+fn find_offer(
+    conn: &Connection,
+    catalog: &Catalog,
+    id: &str,
+) -> Result<Option<Arc<Offer>>, LaneError> {
     match catalog.get(id) {
         Some(o) => Ok(Some(Arc::clone(o))),
         None => Ok(repo::offer(conn, id)?.map(Arc::new)),
+    }
+}
+
+/// A customer's coupon rows and holds, read together: the state of each coupon.
+pub struct CustomerCoupons {
+    pub rows: Vec<CouponRow>,
+    pub holds: Vec<Hold>,
+}
+
+impl CustomerCoupons {
+    pub fn read(conn: &Connection, customer: &str) -> Result<CustomerCoupons, LaneError> {
+        Ok(CustomerCoupons {
+            rows: repo::customer_coupon_rows(conn, customer)?,
+            holds: repo::holds_of_customer(conn, customer)?,
+        })
+    }
+
+    fn row(&self, offer_id: &str) -> Option<&CouponRow> {
+        self.rows
+            .binary_search_by(|r| r.offer_id.as_str().cmp(offer_id))
+            .ok()
+            .map(|i| &self.rows[i])
+    }
+
+    /// The live hold listing the coupon, if any. A lapsed hold holds nothing.
+    fn live_hold(&self, offer_id: &str, now: i64) -> Option<&Hold> {
+        self.holds
+            .iter()
+            .find(|h| h.is_live(now) && h.holds(offer_id))
+    }
+
+    /// The coupon's state as the lanes see it (`pending` while a live hold lists it).
+    pub fn state(&self, offer_id: &str, now: i64) -> Option<CouponState> {
+        match self.live_hold(offer_id, now) {
+            Some(_) => Some(CouponState::Pending),
+            None => self.row(offer_id).map(|r| r.state),
+        }
+    }
+
+    fn holding(&self, offer_id: &str, site: &str, txn: &str, now: i64) -> Holding {
+        if let Some(h) = self.live_hold(offer_id, now) {
+            return if h.is_for(site, txn) {
+                Holding::PendingHere
+            } else {
+                Holding::PendingElsewhere
+            };
+        }
+        match self.row(offer_id).map(|r| r.state) {
+            None => Holding::None,
+            Some(CouponState::Clipped | CouponState::Pending) => Holding::Clipped,
+            Some(CouponState::Available) => Holding::Available,
+            Some(CouponState::Redeemed) => Holding::Redeemed,
+            Some(CouponState::Expired) => Holding::Expired,
+        }
+    }
+
+    /// Coupons pending on any live hold, in offer id order.
+    fn pending(&self, now: i64) -> BTreeSet<&str> {
+        self.holds
+            .iter()
+            .filter(|h| h.is_live(now))
+            .flat_map(|h| h.coupons.iter().map(String::as_str))
+            .collect()
     }
 }
 
@@ -70,19 +137,21 @@ pub fn metadata(
     today: NaiveDate,
     now: i64,
 ) -> Result<Metadata, LaneError> {
+    let view = CustomerCoupons::read(conn, customer)?;
+    let pending = view.pending(now);
     let mut m = Metadata::default();
-    let mut seen = BTreeSet::new();
-    for row in repo::customer_coupon_rows(conn, customer)? {
-        seen.insert(row.offer_id.clone());
-        let Some(offer) = find_offer(conn, catalog, &row.offer_id)? else { continue };
+    for row in &view.rows {
+        let Some(offer) = find_offer(conn, catalog, &row.offer_id)? else {
+            continue;
+        };
         if !offer.enabled {
             continue;
         }
         let recent = now - row.state_at <= HISTORY_SECS;
         let live = offer.start_date <= today && today <= offer.end_date;
         let ended = offer.end_date < today;
-        let list = match row.effective_state(now) {
-            CouponState::Pending => Some(&mut m.pending),
+        let list = match row.state {
+            _ if pending.contains(row.offer_id.as_str()) => Some(&mut m.pending),
             CouponState::Clipped if ended => {
                 // Expired on the day after its end date; keep it listed for 30 days.
                 let days = (today - offer.end_date).num_days();
@@ -95,15 +164,22 @@ pub fn metadata(
             _ => None,
         };
         if let Some(list) = list {
-            list.push(row.offer_id);
+            list.push(row.offer_id.clone());
+        }
+    }
+    // Coupons held without a row of their own (clip-free offers) are pending too.
+    for id in &pending {
+        if view.row(id).is_none() {
+            m.pending.push((*id).to_owned());
         }
     }
     for offer in catalog.open_to_all(today) {
-        if !seen.contains(&offer.id) {
+        if view.row(&offer.id).is_none() && !pending.contains(offer.id.as_str()) {
             m.available.push(offer.id.clone());
         }
     }
     m.available.sort();
+    m.pending.sort();
     Ok(m)
 }
 
@@ -127,6 +203,7 @@ pub fn clip(
 ) -> Result<ClipOutcome, LaneError> {
     repo::ensure_customer(conn, customer, now)?;
     let customer_ref = repo::customer(conn, customer)?.and_then(|c| c.provider_ref);
+    let view = CustomerCoupons::read(conn, customer)?;
     let mut out = ClipOutcome::default();
     for id in add {
         let Some(offer) = repo::offer(conn, id)? else {
@@ -137,8 +214,7 @@ pub fn clip(
             ));
             continue;
         };
-        let row = repo::coupon_row(conn, customer, id)?;
-        let state = row.as_ref().map(|r| r.effective_state(now));
+        let state = view.state(id, now);
         let live = offer.enabled && offer.start_date <= today && today <= offer.end_date;
         match state {
             Some(CouponState::Clipped | CouponState::Pending) => out.added.push(id.clone()),
@@ -181,7 +257,7 @@ pub fn clip(
             ));
             continue;
         };
-        match repo::coupon_row(conn, customer, id)?.map(|r| r.effective_state(now)) {
+        match view.state(id, now) {
             Some(CouponState::Clipped) => {
                 repo::set_coupon_state(conn, customer, id, CouponState::Available, now, true)?;
                 enqueue_all(
@@ -259,10 +335,10 @@ pub struct UpdateOutcome {
 }
 
 /// An evaluation made outside the writer, with what it was based on, so the writer can
-/// check that nothing it depends on changed before it places the holds.
+/// check that nothing it depends on changed before it places the hold.
 pub struct Evaluated {
     pub outcome: UpdateOutcome,
-    rows: Vec<CouponRow>,
+    basis: CustomerCoupons,
     /// Store-wide limits depend on other customers' holds: such answers are always
     /// recomputed inside the writer.
     uses_global_limits: bool,
@@ -276,18 +352,6 @@ struct StoredUpdate {
     sale: Value,
 }
 
-fn holding(row: Option<&CouponRow>, site: &str, txn: &str, now: i64) -> Holding {
-    let Some(row) = row else { return Holding::None };
-    match row.effective_state(now) {
-        CouponState::Pending if row.is_held_by(site, txn) => Holding::PendingHere,
-        CouponState::Pending => Holding::PendingElsewhere,
-        CouponState::Clipped => Holding::Clipped,
-        CouponState::Available => Holding::Available,
-        CouponState::Redeemed => Holding::Redeemed,
-        CouponState::Expired => Holding::Expired,
-    }
-}
-
 /// Evaluates the sale for the customer. Reads only: the whole answer of a transient update,
 /// and the first half of a non-transient one.
 pub fn evaluate(
@@ -299,35 +363,31 @@ pub fn evaluate(
     now: i64,
 ) -> Result<Evaluated, LaneError> {
     let customer = repo::customer(conn, &input.customer)?;
-    let rows = repo::customer_coupon_rows(conn, &input.customer)?;
-    let mut offers: Vec<(Arc<Offer>, Option<&CouponRow>)> = Vec::with_capacity(rows.len());
-    for row in &rows {
+    let view = CustomerCoupons::read(conn, &input.customer)?;
+    let mut offers: Vec<Arc<Offer>> = Vec::with_capacity(view.rows.len());
+    for row in &view.rows {
         if let Some(offer) = find_offer(conn, catalog, &row.offer_id)? {
-            offers.push((offer, Some(row)));
+            offers.push(offer);
         }
     }
     for o in catalog.automatic(today) {
-        if rows.binary_search_by(|r| r.offer_id.as_str().cmp(&o.id)).is_err() {
-            offers.push((Arc::clone(o), None));
+        if view.row(&o.id).is_none() {
+            offers.push(Arc::clone(o));
         }
     }
-    let mut globals = Vec::with_capacity(offers.len());
-    for (o, _) in &offers {
-        globals.push(match o.global_limit {
-            Some(_) => repo::global_usage(conn, &o.id, &input.site, &input.txn, now)?,
+    let mut candidates = Vec::with_capacity(offers.len());
+    for offer in &offers {
+        let global_redemptions = match offer.global_limit {
+            Some(_) => repo::global_usage(conn, &offer.id, &input.site, &input.txn, now)?,
             None => 0,
+        };
+        candidates.push(Candidate {
+            offer,
+            holding: view.holding(&offer.id, &input.site, &input.txn, now),
+            customer_redemptions: view.row(&offer.id).map_or(0, |r| r.redemptions),
+            global_redemptions,
         });
     }
-    let candidates: Vec<Candidate<'_>> = offers
-        .iter()
-        .zip(&globals)
-        .map(|((offer, row), global)| Candidate {
-            offer,
-            holding: holding(*row, &input.site, &input.txn, now),
-            customer_redemptions: row.map_or(0, |r| r.redemptions),
-            global_redemptions: *global,
-        })
-        .collect();
     let loyalty = customer.as_ref().and_then(|c| {
         c.loyalty_id.clone().map(|id| LoyaltyAccount {
             id,
@@ -340,8 +400,9 @@ pub fn evaluate(
         loyalty: loyalty.clone(),
     };
     let evaluation = engine::evaluate(&input.basket, &candidates, &ctx);
-    let uses_global_limits = offers.iter().any(|(o, _)| o.global_limit.is_some());
-    let by_id: BTreeMap<&str, &Arc<Offer>> = offers.iter().map(|(o, _)| (o.id.as_str(), o)).collect();
+    drop(candidates);
+    let uses_global_limits = offers.iter().any(|o| o.global_limit.is_some());
+    let by_id: BTreeMap<&str, &Arc<Offer>> = offers.iter().map(|o| (o.id.as_str(), o)).collect();
     let applied: Vec<AppliedCoupon> = evaluation
         .applied
         .into_iter()
@@ -353,26 +414,23 @@ pub fn evaluate(
         })
         .collect();
     let total = applied.iter().map(|a| a.applied.total).sum();
-    let outcome = UpdateOutcome {
-        applied,
-        customer,
-        loyalty,
-        total,
-    };
-    drop(candidates);
     Ok(Evaluated {
-        outcome,
-        rows,
+        outcome: UpdateOutcome {
+            applied,
+            customer,
+            loyalty,
+            total,
+        },
+        basis: view,
         uses_global_limits,
     })
 }
 
-/// A non-transient update, inside the writer: makes the holds match the answer exactly
-/// (applied coupons become pending on this transaction; coupons it held before but no
-/// longer uses return to clipped). `prepared` is an evaluation made on a read connection
-/// just before; it is used only if the customer's coupon rows are still exactly what it
-/// saw, otherwise the sale is evaluated again here, so two lanes can never both hold one
-/// coupon.
+/// A non-transient update, inside the writer: the sale's hold becomes exactly the applied
+/// coupons (one row, replacing what this sale held before). `prepared` is an evaluation
+/// made on a read connection just before; it is used only if the customer's coupon rows
+/// and holds are still exactly what it saw, otherwise the sale is evaluated again here, so
+/// two lanes can never both hold one coupon.
 pub fn update(
     conn: &Connection,
     catalog: &Catalog,
@@ -383,8 +441,15 @@ pub fn update(
     now: i64,
 ) -> Result<UpdateOutcome, LaneError> {
     repo::ensure_customer(conn, &input.customer, now)?;
+    let still_valid = |p: &Evaluated| -> Result<bool, LaneError> {
+        if p.uses_global_limits {
+            return Ok(false);
+        }
+        let current = CustomerCoupons::read(conn, &input.customer)?;
+        Ok(current.rows == p.basis.rows && current.holds == p.basis.holds)
+    };
     let fresh = match prepared {
-        Some(p) if !p.uses_global_limits && p.rows == repo::customer_coupon_rows(conn, &input.customer)? => p,
+        Some(p) if still_valid(&p)? => p,
         _ => evaluate(conn, catalog, policy, input, today, now)?,
     };
     let outcome = fresh.outcome;
@@ -395,43 +460,41 @@ pub fn update(
             return Ok(outcome);
         }
     }
-    let expires = now + policy.hold_ttl_secs;
-    let applied_ids: BTreeSet<&str> = outcome
-        .applied
-        .iter()
-        .map(|a| a.offer.id.as_str())
-        .collect();
-    for (customer, row) in repo::held_by(conn, &input.site, &input.txn)? {
-        if customer != input.customer || !applied_ids.contains(row.offer_id.as_str()) {
-            repo::set_coupon_state(
-                conn,
-                &customer,
-                &row.offer_id,
-                CouponState::Clipped,
-                now,
-                false,
-            )?;
-        }
-    }
-    for a in &outcome.applied {
-        repo::hold_coupon(
-            conn,
-            &input.customer,
-            &a.offer.id,
-            &input.site,
-            &input.txn,
-            a.applied.optional.is_some(),
-            expires,
-            now,
-        )?;
-    }
+    let ids = |optional_only: bool| -> Vec<String> {
+        outcome
+            .applied
+            .iter()
+            .filter(|a| !optional_only || a.applied.optional.is_some())
+            .map(|a| a.offer.id.clone())
+            .collect()
+    };
+    repo::put_hold(
+        conn,
+        &repo::Hold {
+            site: input.site.clone(),
+            txn: input.txn.clone(),
+            customer_id: input.customer.clone(),
+            coupons: ids(false),
+            optional: ids(true),
+            expires_at: now + policy.hold_ttl_secs,
+        },
+    )?;
     let stored = StoredUpdate {
         applied: outcome
             .applied
             .iter()
             .map(|a| (a.offer.id.clone(), a.applied.total.0))
             .collect(),
-        sale: input.summary.clone(),
+        // The sale itself is kept only when a provider wants it posted at commit.
+        sale: if outcome
+            .applied
+            .iter()
+            .any(|a| outbox::wants_sale(&a.offer.provider))
+        {
+            input.summary.clone()
+        } else {
+            Value::Null
+        },
     };
     let stored = serde_json::to_string(&stored).unwrap_or_default();
     repo::upsert_open_transaction(
@@ -450,6 +513,7 @@ pub fn update(
 // ------------------------------------------------------------------ cancel
 
 /// Releases everything held by the transaction. Idempotent; a committed sale is untouched.
+/// Returns how many coupons were released.
 pub fn cancel(
     conn: &Connection,
     site: &str,
@@ -457,22 +521,18 @@ pub fn cancel(
     txn: &str,
     now: i64,
 ) -> Result<usize, LaneError> {
-    let held = repo::held_by(conn, site, txn)?;
-    for (holder, row) in &held {
-        if holder != customer {
-            log::info!(site = site, transaction = txn; "cancel released holds of another customer than the one named in the cancel");
+    let released = match repo::hold_of(conn, site, txn)? {
+        Some(h) => {
+            if h.customer_id != customer {
+                log::info!(site = site, transaction = txn; "cancel released the holds of another customer than the one it names");
+            }
+            repo::delete_hold(conn, site, txn)?;
+            h.coupons.len()
         }
-        repo::set_coupon_state(
-            conn,
-            holder,
-            &row.offer_id,
-            CouponState::Clipped,
-            now,
-            false,
-        )?;
-    }
+        None => 0,
+    };
     repo::cancel_transaction(conn, site, txn, now)?;
-    Ok(held.len())
+    Ok(released)
 }
 
 // ------------------------------------------------------------------ commit
@@ -490,6 +550,7 @@ pub struct CommitInput {
 /// Returns the answer's JSON text.
 pub fn commit(
     conn: &Connection,
+    catalog: &Catalog,
     input: &CommitInput,
     now: i64,
     redeemed_at: &str,
@@ -503,75 +564,43 @@ pub fn commit(
         .and_then(|t| t.last_update.as_deref())
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default();
-    let held = repo::held_by(conn, &input.site, &input.txn)?;
+    let hold =
+        repo::hold_of(conn, &input.site, &input.txn)?.filter(|h| h.customer_id == input.customer);
     let empty_list = input.coupons.is_empty();
-    let listed: BTreeSet<&str> = input.coupons.iter().map(String::as_str).collect();
 
-    // Which coupons this commit redeems: the listed ones, or every non-optional pending one.
-    let mut to_redeem: Vec<String> = if empty_list {
-        held.iter()
-            .filter(|(c, r)| *c == input.customer && !r.hold_optional)
-            .map(|(_, r)| r.offer_id.clone())
-            .collect()
-    } else {
-        listed.iter().map(|s| (*s).to_owned()).collect()
+    // Which coupons this commit redeems: the listed ones, or every non-optional one this
+    // sale holds. Whatever the sale held and does not redeem is released with its hold.
+    let mut to_redeem: Vec<String> = match (&hold, empty_list) {
+        (Some(h), true) => h
+            .coupons
+            .iter()
+            .filter(|c| !h.optional.contains(c))
+            .cloned()
+            .collect(),
+        (None, true) => Vec::new(),
+        (_, false) => input.coupons.clone(),
     };
     to_redeem.sort();
     to_redeem.dedup();
     if empty_list && !to_redeem.is_empty() {
         log::info!(site = input.site.as_str(), transaction = input.txn.as_str(), coupons = to_redeem.join(",").as_str(); "commit with an empty list redeems every pending coupon");
     }
-    // Everything held but not redeemed goes back to clipped.
-    for (holder, row) in &held {
-        if !(holder == &input.customer && to_redeem.contains(&row.offer_id)) {
-            repo::set_coupon_state(
-                conn,
-                holder,
-                &row.offer_id,
-                CouponState::Clipped,
-                now,
-                false,
-            )?;
-        }
-    }
     repo::ensure_customer(conn, &input.customer, now)?;
     let customer_ref = repo::customer(conn, &input.customer)?.and_then(|c| c.provider_ref);
+    let view = CustomerCoupons::read(conn, &input.customer)?;
     let mut total = Cents::ZERO;
     let mut koupon_assets = Vec::new();
     for id in &to_redeem {
-        let Some(offer) = repo::offer(conn, id)? else {
+        let Some(offer) = find_offer(conn, catalog, id)? else {
             log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "commit lists a coupon that is not in the catalog; acknowledged and ignored");
             continue;
         };
-        let row = repo::coupon_row(conn, &input.customer, id)?;
-        let held_here = row
-            .as_ref()
-            .is_some_and(|r| r.is_held_by(&input.site, &input.txn));
-        let usable = match row.as_ref().map(|r| r.effective_state(now)) {
-            _ if held_here => true,
-            Some(CouponState::Clipped) => true,
-            None | Some(CouponState::Available) => !offer.requires_clip,
-            _ => false,
+        let usable = match view.holding(id, &input.site, &input.txn, now) {
+            Holding::PendingHere | Holding::Clipped => true,
+            Holding::None | Holding::Available => !offer.requires_clip,
+            Holding::PendingElsewhere | Holding::Redeemed | Holding::Expired => false,
         };
         let discount = Cents(stored.applied.get(id).copied().unwrap_or(0));
-        if !usable {
-            // The sale is done and the shopper had the discount: acknowledge, and flag it.
-            log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "commit lists a coupon already used or held elsewhere; recorded as a conflict for store IT");
-            repo::insert_redemption(
-                conn,
-                &input.site,
-                &input.txn,
-                &input.customer,
-                id,
-                discount,
-                true,
-                empty_list,
-                now,
-            )?;
-            continue;
-        }
-        repo::redeem_coupon(conn, &input.customer, id, offer.per_customer_limit, now)?;
-        repo::bump_offer_redeemed(conn, id)?;
         repo::insert_redemption(
             conn,
             &input.site,
@@ -579,10 +608,19 @@ pub fn commit(
             &input.customer,
             id,
             discount,
-            false,
+            !usable,
             empty_list,
             now,
         )?;
+        if !usable {
+            // The sale is done and the shopper had the discount: acknowledge, and flag it.
+            log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "commit lists a coupon already used or held elsewhere; recorded as a conflict for store IT");
+            continue;
+        }
+        repo::redeem_coupon(conn, &input.customer, id, offer.per_customer_limit, now)?;
+        if offer.global_limit.is_some() {
+            repo::bump_offer_redeemed(conn, id)?;
+        }
         if let Some(cost) = offer.loyalty_cost {
             repo::spend_points(conn, &input.customer, cost)?;
         }
@@ -597,7 +635,7 @@ pub fn commit(
             ),
             now,
         )?;
-        if offer.provider == outbox::provider::KOUPON {
+        if outbox::wants_sale(&offer.provider) {
             koupon_assets.push((offer.provider_ref.clone(), discount.0));
         }
         total += discount;
@@ -612,6 +650,7 @@ pub fn commit(
     ) {
         outbox::enqueue(conn, &item, now)?;
     }
+    repo::delete_hold(conn, &input.site, &input.txn)?;
     let response = commit_response(total);
     repo::commit_transaction(
         conn,

@@ -161,7 +161,13 @@ async fn method_not_allowed(
     let pattern = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
     let allow = paths(&state.config)
         .get(&pattern)
-        .map(|handlers| handlers.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join(", "))
+        .map(|handlers| {
+            handlers
+                .iter()
+                .map(|(m, _)| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default();
     Err(ApiError::MethodNotAllowed {
         method: req.method().to_string(),

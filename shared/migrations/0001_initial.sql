@@ -50,26 +50,35 @@ CREATE TABLE customers (
 CREATE INDEX customers_phone ON customers (phone) WHERE phone IS NOT NULL;
 CREATE INDEX customers_email ON customers (email COLLATE NOCASE) WHERE email IS NOT NULL;
 
--- One row per (customer, offer) the customer has a relation to. `pending` always carries
--- the holding transaction and its expiry; nothing else does.
+-- One row per (customer, offer) the customer has a relation to. `pending` is not stored
+-- here: a coupon is pending while a live row of `holds` lists it.
 CREATE TABLE customer_coupons (
     customer_id     TEXT NOT NULL REFERENCES customers (id),
     offer_id        TEXT NOT NULL REFERENCES offers (id),
-    state           TEXT NOT NULL CHECK (state IN ('available', 'clipped', 'pending', 'redeemed', 'expired')),
-    hold_site       TEXT,
-    hold_txn        TEXT,
-    hold_optional   INTEGER NOT NULL DEFAULT 0,
-    hold_expires_at INTEGER,
+    state           TEXT NOT NULL CHECK (state IN ('available', 'clipped', 'redeemed', 'expired')),
     redemptions     INTEGER NOT NULL DEFAULT 0,
     state_at        INTEGER NOT NULL,
     -- Local changes not yet acknowledged upstream: a pull must not overwrite them.
     local_dirty     INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (customer_id, offer_id),
-    CHECK ((state = 'pending') = (hold_txn IS NOT NULL AND hold_site IS NOT NULL AND hold_expires_at IS NOT NULL))
+    PRIMARY KEY (customer_id, offer_id)
 ) WITHOUT ROWID;
-CREATE INDEX customer_coupons_hold ON customer_coupons (hold_site, hold_txn) WHERE hold_txn IS NOT NULL;
-CREATE INDEX customer_coupons_hold_expiry ON customer_coupons (hold_expires_at) WHERE hold_txn IS NOT NULL;
-CREATE INDEX customer_coupons_offer_pending ON customer_coupons (offer_id) WHERE state = 'pending';
+
+-- The coupons an open sale holds (pending), one row per sale: a transaction update
+-- rewrites one row whatever the number of coupons. A hold is live until `expires_at`.
+-- At most one live hold lists a given coupon of a customer: enforced by the writer,
+-- which re-reads the customer's holds before writing one (edge-server lane::update).
+CREATE TABLE holds (
+    site        TEXT NOT NULL,
+    txn_id      TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    -- JSON arrays of offer ids: every held coupon, and those of them that are optional.
+    coupons     TEXT NOT NULL,
+    optional    TEXT NOT NULL DEFAULT '[]',
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (site, txn_id)
+) WITHOUT ROWID;
+CREATE INDEX holds_customer ON holds (customer_id);
+CREATE INDEX holds_expiry ON holds (expires_at);
 
 -- Sales the lanes told us about. A committed sale keeps the answer it was given, so a
 -- repeated commit replays it.

@@ -179,6 +179,11 @@ pub fn for_redemption(
     }
 }
 
+/// Whether a provider wants the whole sale posted when a sale using its coupons commits.
+pub fn wants_sale(provider: &str) -> bool {
+    provider == provider::KOUPON
+}
+
 /// The Koupon transaction post for a committed sale that used Koupon discount assets.
 pub fn for_sale(
     site: &str,

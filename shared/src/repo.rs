@@ -5,7 +5,7 @@
 use crate::domain::{CouponState, Offer, Rule};
 use crate::money::Cents;
 use chrono::NaiveDate;
-use rusqlite::{named_params, params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 pub type Result<T> = std::result::Result<T, rusqlite::Error>;
 
@@ -126,7 +126,7 @@ pub fn catalog_version(conn: &Connection) -> Result<i64> {
         .query_row([], |r| r.get(0))
 }
 
-/// Store-wide redemptions of an offer plus holds on other transactions that have not expired.
+/// Store-wide redemptions of an offer plus live holds of it on other sales.
 pub fn global_usage(
     conn: &Connection,
     offer_id: &str,
@@ -136,12 +136,16 @@ pub fn global_usage(
 ) -> Result<u32> {
     let mut st = conn.prepare_cached(
         "SELECT (SELECT redeemed_count FROM offers WHERE id = ?1) + \
-                (SELECT count(*) FROM customer_coupons WHERE offer_id = ?1 AND state = 'pending' \
-                   AND hold_expires_at > ?4 AND NOT (hold_site = ?2 AND hold_txn = ?3))",
+                (SELECT count(*) FROM holds, json_each(holds.coupons) \
+                  WHERE json_each.value = ?1 AND holds.expires_at > ?4 \
+                    AND NOT (holds.site = ?2 AND holds.txn_id = ?3))",
     )?;
     st.query_row(params![offer_id, site, txn, now], |r| r.get(0))
 }
 
+/// Counts a redemption against the offer's store-wide limit. Only offers with a
+/// `global_limit` keep this count (it is what the limit is checked against); bumping it for
+/// every redemption would add a write to every commit for no reader.
 pub fn bump_offer_redeemed(conn: &Connection, offer_id: &str) -> Result<()> {
     conn.prepare_cached("UPDATE offers SET redeemed_count = redeemed_count + 1 WHERE id = ?1")?
         .execute([offer_id])?;
@@ -243,49 +247,24 @@ pub fn spend_points(conn: &Connection, customer_id: &str, points: i64) -> Result
 
 // ---------------------------------------------------------------- customer coupons
 
-/// One customer's relation to one offer, as stored.
+/// One customer's relation to one offer, as stored (never `pending`: see [`Hold`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CouponRow {
     pub offer_id: String,
     pub state: CouponState,
-    pub hold_site: Option<String>,
-    pub hold_txn: Option<String>,
-    pub hold_optional: bool,
-    pub hold_expires_at: Option<i64>,
     pub redemptions: u32,
     pub state_at: i64,
 }
 
-impl CouponRow {
-    /// A pending row whose hold has lapsed is clipped in effect.
-    pub fn effective_state(&self, now: i64) -> CouponState {
-        match (self.state, self.hold_expires_at) {
-            (CouponState::Pending, Some(exp)) if exp <= now => CouponState::Clipped,
-            (s, _) => s,
-        }
-    }
-
-    pub fn is_held_by(&self, site: &str, txn: &str) -> bool {
-        self.state == CouponState::Pending
-            && self.hold_site.as_deref() == Some(site)
-            && self.hold_txn.as_deref() == Some(txn)
-    }
-}
-
-const COUPON_COLUMNS: &str =
-    "offer_id, state, hold_site, hold_txn, hold_optional, hold_expires_at, redemptions, state_at";
+const COUPON_COLUMNS: &str = "offer_id, state, redemptions, state_at";
 
 fn coupon_from_row(r: &Row<'_>) -> Result<CouponRow> {
     let state: String = r.get(1)?;
     Ok(CouponRow {
         offer_id: r.get(0)?,
         state: CouponState::parse(&state).ok_or_else(|| corrupt(1, "coupon state", &state))?,
-        hold_site: r.get(2)?,
-        hold_txn: r.get(3)?,
-        hold_optional: r.get(4)?,
-        hold_expires_at: r.get(5)?,
-        redemptions: r.get(6)?,
-        state_at: r.get(7)?,
+        redemptions: r.get(2)?,
+        state_at: r.get(3)?,
     })
 }
 
@@ -310,17 +289,8 @@ pub fn coupon_row(
         .optional()
 }
 
-/// Rows held by a transaction (whatever their expiry).
-pub fn held_by(conn: &Connection, site: &str, txn: &str) -> Result<Vec<(String, CouponRow)>> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {COUPON_COLUMNS}, customer_id FROM customer_coupons WHERE hold_site = ?1 AND hold_txn = ?2 ORDER BY offer_id"
-    ))?;
-    let rows = st.query_map([site, txn], |r| Ok((r.get(8)?, coupon_from_row(r)?)))?;
-    rows.collect()
-}
-
-/// Sets a coupon's state without a hold (`available`, `clipped`, `redeemed`, `expired`),
-/// creating the row when needed. `dirty` marks a local change not yet acknowledged upstream.
+/// Sets a coupon's state, creating the row when needed. `dirty` marks a local change not
+/// yet acknowledged upstream.
 pub fn set_coupon_state(
     conn: &Connection,
     customer_id: &str,
@@ -331,33 +301,10 @@ pub fn set_coupon_state(
 ) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO customer_coupons (customer_id, offer_id, state, state_at, local_dirty) VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (customer_id, offer_id) DO UPDATE SET state = excluded.state, hold_site = NULL, hold_txn = NULL, \
-           hold_optional = 0, hold_expires_at = NULL, state_at = excluded.state_at, \
+         ON CONFLICT (customer_id, offer_id) DO UPDATE SET state = excluded.state, state_at = excluded.state_at, \
            local_dirty = max(local_dirty, excluded.local_dirty)",
     )?
     .execute(params![customer_id, offer_id, state.as_str(), now, dirty])?;
-    Ok(())
-}
-
-/// Puts a coupon on hold for a transaction (state `pending`).
-pub fn hold_coupon(
-    conn: &Connection,
-    customer_id: &str,
-    offer_id: &str,
-    site: &str,
-    txn: &str,
-    optional: bool,
-    expires_at: i64,
-    now: i64,
-) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO customer_coupons (customer_id, offer_id, state, hold_site, hold_txn, hold_optional, hold_expires_at, state_at) \
-         VALUES (:c, :o, 'pending', :s, :t, :opt, :exp, :now) \
-         ON CONFLICT (customer_id, offer_id) DO UPDATE SET state = 'pending', hold_site = :s, hold_txn = :t, \
-           hold_optional = :opt, hold_expires_at = :exp, \
-           state_at = CASE WHEN state = 'pending' AND hold_site = :s AND hold_txn = :t THEN state_at ELSE :now END",
-    )?
-    .execute(named_params! {":c": customer_id, ":o": offer_id, ":s": site, ":t": txn, ":opt": optional, ":exp": expires_at, ":now": now})?;
     Ok(())
 }
 
@@ -375,20 +322,99 @@ pub fn redeem_coupon(
          VALUES (?1, ?2, CASE WHEN ?3 IS NOT NULL AND ?3 <= 1 THEN 'redeemed' ELSE 'clipped' END, 1, ?4, 1) \
          ON CONFLICT (customer_id, offer_id) DO UPDATE SET redemptions = redemptions + 1, \
            state = CASE WHEN ?3 IS NOT NULL AND redemptions + 1 >= ?3 THEN 'redeemed' ELSE 'clipped' END, \
-           hold_site = NULL, hold_txn = NULL, hold_optional = 0, hold_expires_at = NULL, state_at = ?4, local_dirty = 1",
+           state_at = ?4, local_dirty = 1",
     )?
     .execute(params![customer_id, offer_id, limit, now])?;
     Ok(())
 }
 
-/// Returns every hold that lapsed before `now` to `clipped`; returns how many.
-pub fn release_expired_holds(conn: &Connection, now: i64) -> Result<usize> {
+// ---------------------------------------------------------------- holds
+
+/// The coupons one open sale holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub site: String,
+    pub txn: String,
+    pub customer_id: String,
+    pub coupons: Vec<String>,
+    pub optional: Vec<String>,
+    pub expires_at: i64,
+}
+
+impl Hold {
+    pub fn is_live(&self, now: i64) -> bool {
+        self.expires_at > now
+    }
+
+    pub fn is_for(&self, site: &str, txn: &str) -> bool {
+        self.site == site && self.txn == txn
+    }
+
+    pub fn holds(&self, offer_id: &str) -> bool {
+        self.coupons.iter().any(|c| c == offer_id)
+    }
+}
+
+const HOLD_COLUMNS: &str = "site, txn_id, customer_id, coupons, optional, expires_at";
+
+fn hold_from_row(r: &Row<'_>) -> Result<Hold> {
+    let list = |col: usize| -> Result<Vec<String>> {
+        let text: String = r.get(col)?;
+        serde_json::from_str(&text).map_err(|e| corrupt(col, "hold list", e))
+    };
+    Ok(Hold {
+        site: r.get(0)?,
+        txn: r.get(1)?,
+        customer_id: r.get(2)?,
+        coupons: list(3)?,
+        optional: list(4)?,
+        expires_at: r.get(5)?,
+    })
+}
+
+/// Every hold of a customer's (live or lapsed), by sale.
+pub fn holds_of_customer(conn: &Connection, customer_id: &str) -> Result<Vec<Hold>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE customer_id = ?1 ORDER BY site, txn_id"
+    ))?;
+    let rows = st.query_map([customer_id], hold_from_row)?;
+    rows.collect()
+}
+
+/// The hold of one sale, if any.
+pub fn hold_of(conn: &Connection, site: &str, txn: &str) -> Result<Option<Hold>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE site = ?1 AND txn_id = ?2"
+    ))?;
+    st.query_row([site, txn], hold_from_row).optional()
+}
+
+/// Writes (or replaces) a sale's hold; a hold without coupons is deleted.
+pub fn put_hold(conn: &Connection, h: &Hold) -> Result<()> {
+    if h.coupons.is_empty() {
+        return delete_hold(conn, &h.site, &h.txn);
+    }
+    let coupons = serde_json::to_string(&h.coupons).map_err(|e| corrupt(3, "hold list", e))?;
+    let optional = serde_json::to_string(&h.optional).map_err(|e| corrupt(4, "hold list", e))?;
     conn.prepare_cached(
-        "UPDATE customer_coupons SET state = 'clipped', hold_site = NULL, hold_txn = NULL, hold_optional = 0, \
-           hold_expires_at = NULL, state_at = ?1 \
-         WHERE hold_txn IS NOT NULL AND hold_expires_at <= ?1",
+        "INSERT INTO holds (site, txn_id, customer_id, coupons, optional, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (site, txn_id) DO UPDATE SET customer_id = excluded.customer_id, coupons = excluded.coupons, \
+           optional = excluded.optional, expires_at = excluded.expires_at",
     )?
-    .execute([now])
+    .execute(params![h.site, h.txn, h.customer_id, coupons, optional, h.expires_at])?;
+    Ok(())
+}
+
+pub fn delete_hold(conn: &Connection, site: &str, txn: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM holds WHERE site = ?1 AND txn_id = ?2")?
+        .execute([site, txn])?;
+    Ok(())
+}
+
+/// Drops every hold that lapsed before `now`; returns how many.
+pub fn release_expired_holds(conn: &Connection, now: i64) -> Result<usize> {
+    conn.prepare_cached("DELETE FROM holds WHERE expires_at <= ?1")?
+        .execute([now])
 }
 
 // ---------------------------------------------------------------- transactions
@@ -650,7 +676,7 @@ pub fn record_sync_success(conn: &Connection, provider: &str, now: i64) -> Resul
 }
 
 /// Sets a coupon state coming from an import or a provider pull. Rows with local changes
-/// not yet acknowledged upstream, and rows on hold, keep their local state (promise 5:
+/// not yet acknowledged upstream keep their local state (promise 5:
 /// local wins until acknowledged).
 pub fn import_coupon_state(
     conn: &Connection,
@@ -662,7 +688,7 @@ pub fn import_coupon_state(
     conn.prepare_cached(
         "INSERT INTO customer_coupons (customer_id, offer_id, state, state_at) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (customer_id, offer_id) DO UPDATE SET state = excluded.state, state_at = excluded.state_at \
-         WHERE local_dirty = 0 AND state != 'pending' AND state != excluded.state",
+         WHERE local_dirty = 0 AND state != excluded.state",
     )?
     .execute(params![customer_id, offer_id, state.as_str(), now])?;
     Ok(())
