@@ -173,8 +173,15 @@ pub fn metadata(
             m.pending.push((*id).to_owned());
         }
     }
+    // Both the rows and the catalog are in id order: one merge walk, no lookups.
+    let mut rows = view.rows.iter().peekable();
     for offer in catalog.open_to_all(today) {
-        if view.row(&offer.id).is_none() && !pending.contains(offer.id.as_str()) {
+        while rows
+            .next_if(|r| r.offer_id.as_str() < offer.id.as_str())
+            .is_some()
+        {}
+        let has_row = rows.peek().is_some_and(|r| r.offer_id == offer.id);
+        if !has_row && !pending.contains(offer.id.as_str()) {
             m.available.push(offer.id.clone());
         }
     }
@@ -317,8 +324,8 @@ pub struct UpdateInput {
     pub terminal: Option<i64>,
     pub cashier: Option<i64>,
     pub basket: Vec<BasketLine>,
-    /// The sale as received (for the transaction post to analytics providers).
-    pub summary: Value,
+    /// The request body as received: posted to analytics providers with the sale.
+    pub sale_json: String,
 }
 
 /// One coupon to send back, with the offer's display data.
@@ -491,7 +498,7 @@ pub fn update(
             .iter()
             .any(|a| outbox::wants_sale(&a.offer.provider))
         {
-            input.summary.clone()
+            serde_json::from_str(&input.sale_json).unwrap_or(Value::Null)
         } else {
             Value::Null
         },

@@ -89,15 +89,22 @@ pub fn current_version(conn: &Connection) -> Result<i64, DbError> {
     Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
 }
 
+const READ_FLAGS: OpenFlags = OpenFlags::SQLITE_OPEN_READ_ONLY
+    .union(OpenFlags::SQLITE_OPEN_NO_MUTEX)
+    .union(OpenFlags::SQLITE_OPEN_URI);
+
+/// One read-only connection, set up like every other (for a thread that keeps its own).
+pub fn open_reader(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
+    let conn = Connection::open_with_flags(&cfg.path, READ_FLAGS)?;
+    init_connection(&conn, cfg)?;
+    Ok(conn)
+}
+
 /// A pool of read-only connections.
 pub fn read_pool(cfg: &DatabaseConfig) -> Result<ReadPool, DbError> {
     let init_cfg = cfg.clone();
     let manager = SqliteConnectionManager::file(&cfg.path)
-        .with_flags(
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
-        )
+        .with_flags(READ_FLAGS)
         .with_init(move |c| init_connection(c, &init_cfg));
     Ok(r2d2::Pool::builder()
         .max_size(cfg.read_pool_size)
@@ -262,7 +269,8 @@ fn job_not_run(job: Job) -> (bool, Finish) {
 }
 
 /// Checkpoints the WAL from a background thread so no lane commit pays for it: PASSIVE on
-/// every tick and TRUNCATE every 12th tick, which keeps the WAL from growing without bound.
+/// every tick and TRUNCATE every 10th tick, which keeps the WAL from growing without bound
+/// (a long WAL also slows every read, which must search its index).
 pub fn start_checkpointer(cfg: &DatabaseConfig) -> Result<(), DbError> {
     let conn = Connection::open(&cfg.path)?;
     init_connection(&conn, cfg)?;
@@ -274,7 +282,7 @@ pub fn start_checkpointer(cfg: &DatabaseConfig) -> Result<(), DbError> {
             loop {
                 std::thread::sleep(interval);
                 tick += 1;
-                let mode = if tick.is_multiple_of(12) {
+                let mode = if tick.is_multiple_of(10) {
                     "TRUNCATE"
                 } else {
                     "PASSIVE"
