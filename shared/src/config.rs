@@ -91,8 +91,8 @@ pub struct DatabaseConfig {
     pub cache_size_kib: u32,
     pub mmap_size_mib: u32,
     pub busy_timeout_ms: u32,
-    /// Seconds between background WAL checkpoints.
-    pub checkpoint_interval_secs: u64,
+    /// Milliseconds between background WAL checkpoints.
+    pub checkpoint_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -187,7 +187,7 @@ impl Default for DatabaseConfig {
             cache_size_kib: 32 * 1024,
             mmap_size_mib: 1024,
             busy_timeout_ms: 5000,
-            checkpoint_interval_secs: 1,
+            checkpoint_interval_ms: 250,
         }
     }
 }
@@ -308,10 +308,10 @@ impl Config {
                 "must be between 1 and 64",
             ));
         }
-        if self.database.checkpoint_interval_secs == 0 {
+        if self.database.checkpoint_interval_ms < 10 {
             return Err(invalid(
-                "database.checkpoint_interval_secs",
-                "must be at least 1",
+                "database.checkpoint_interval_ms",
+                "must be at least 10",
             ));
         }
         if self.server.max_body_bytes < 1024 {

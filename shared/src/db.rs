@@ -9,7 +9,8 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 pub type ReadPool = r2d2::Pool<SqliteConnectionManager>;
@@ -41,13 +42,33 @@ pub enum DbError {
     Corrupt(String),
 }
 
+/// How long a connection waits for the other process's (or the checkpointer's) lock.
+static BUSY_TIMEOUT_MS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(5000);
+
+/// Pause between two tries of a busy lock.
+const BUSY_STEP: Duration = Duration::from_micros(200);
+
+/// Waits for a lock in short steps. SQLite's own busy timeout sleeps in growing steps (up to
+/// 100 ms), so a lock freed after 5 ms could keep a lane commit waiting 50 ms (measured by
+/// the lane benchmark); retrying every 0.2 ms bounds that overshoot.
+fn busy_wait(attempt: i32) -> bool {
+    let limit = BUSY_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed);
+    let waited_us = u64::try_from(attempt).unwrap_or(0) * BUSY_STEP.as_micros() as u64;
+    if waited_us >= u64::from(limit) * 1000 {
+        return false;
+    }
+    std::thread::sleep(BUSY_STEP);
+    true
+}
+
 /// Applies the per-connection settings every connection of ours gets.
 fn init_connection(conn: &Connection, cfg: &DatabaseConfig) -> rusqlite::Result<()> {
     let sync = match cfg.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
-    conn.busy_timeout(Duration::from_millis(u64::from(cfg.busy_timeout_ms)))?;
+    BUSY_TIMEOUT_MS.store(cfg.busy_timeout_ms, std::sync::atomic::Ordering::Relaxed);
+    conn.busy_handler(Some(busy_wait))?;
     conn.execute_batch(&format!(
         "PRAGMA foreign_keys = ON;
          PRAGMA synchronous = {sync};
@@ -129,6 +150,9 @@ pub enum WriteError<E> {
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Set by the checkpointer when the WAL has grown: the writer then restarts it between
+    /// two batches (see [`start_checkpointer`]).
+    restart_wal: Arc<AtomicBool>,
 }
 
 /// Most jobs committed together in one transaction (one fsync).
@@ -140,13 +164,15 @@ impl Writer {
     /// savepoint, so one job's failure never undoes another's.
     pub fn start(conn: Connection) -> Writer {
         let (jobs, rx) = mpsc::channel::<Job>();
+        let restart_wal = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&restart_wal);
         let spawned = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx));
+            .spawn(move || writer_loop(conn, rx, flag));
         if let Err(e) = spawned {
             log::error!("cannot start the database writer thread: {e}");
         }
-        Writer { jobs }
+        Writer { jobs, restart_wal }
     }
 
     fn submit<R, E, F>(
@@ -199,7 +225,7 @@ impl Writer {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, restart_wal: Arc<AtomicBool>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -209,10 +235,32 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         run_batch(&conn, batch);
+        if restart_wal.swap(false, Ordering::Relaxed) {
+            restart(&conn);
+        }
     }
 }
 
+/// Checkpoints what is left of the WAL and makes the next write start it over. Runs on the
+/// writer between batches, so it never waits for our own writer's lock; the background
+/// PASSIVE checkpoints have already copied almost everything, so it is short.
+fn restart(conn: &Connection) {
+    let started = std::time::Instant::now();
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+        log::warn!("WAL restart checkpoint failed: {e}");
+    }
+    let took = started.elapsed();
+    if took > SLOW_BATCH {
+        log::warn!("WAL restart checkpoint took {} ms", took.as_millis());
+    }
+}
+
+/// A write batch slower than this is logged with where its time went.
+const SLOW_BATCH: Duration = Duration::from_millis(50);
+
 fn run_batch(conn: &Connection, batch: Vec<Job>) {
+    let started = std::time::Instant::now();
+    let jobs = batch.len();
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         log::error!("database write could not start: {e}");
         let msg = e.to_string();
@@ -223,6 +271,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         }
         return;
     }
+    let began = started.elapsed();
     let mut finishes = Vec::with_capacity(batch.len());
     for job in batch {
         let savepoint = conn.execute_batch("SAVEPOINT job");
@@ -239,6 +288,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         }
         finishes.push(finish);
     }
+    let ran = started.elapsed();
     let commit = if conn.is_autocommit() {
         Err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
@@ -247,6 +297,15 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
     } else {
         conn.execute_batch("COMMIT")
     };
+    let total = started.elapsed();
+    if total > SLOW_BATCH {
+        log::warn!(
+            jobs = jobs, begin_ms = began.as_millis() as u64, jobs_ms = (ran - began).as_millis() as u64,
+            commit_ms = (total - ran).as_millis() as u64;
+            "slow database write ({} ms): waited for the lock, ran long, or the disk was slow to sync",
+            total.as_millis()
+        );
+    }
     match commit {
         Ok(()) => finishes.into_iter().for_each(|f| f(None)),
         Err(e) => {
@@ -268,30 +327,29 @@ fn job_not_run(job: Job) -> (bool, Finish) {
     }
 }
 
-/// Checkpoints the WAL from a background thread so no lane commit pays for it: PASSIVE on
-/// every tick and TRUNCATE every 10th tick, which keeps the WAL from growing without bound
-/// (a long WAL also slows every read, which must search its index).
-pub fn start_checkpointer(cfg: &DatabaseConfig) -> Result<(), DbError> {
+/// WAL frames (4 KiB pages) past which the WAL is restarted: about 16 MiB.
+const WAL_RESTART_FRAMES: i64 = 4 * 1024;
+
+/// Checkpoints the WAL from a background thread so no lane commit pays for it. Every tick
+/// runs a PASSIVE checkpoint, which never blocks the writer. Under a steady stream of
+/// writes a PASSIVE checkpoint never sees the WAL's end, so the WAL would only grow (and
+/// every read must search it); past [`WAL_RESTART_FRAMES`] the checkpointer asks the
+/// writer to restart it between two batches. `journal_size_limit` then trims the file.
+pub fn start_checkpointer(cfg: &DatabaseConfig, writer: &Writer) -> Result<(), DbError> {
     let conn = Connection::open(&cfg.path)?;
     init_connection(&conn, cfg)?;
-    let interval = Duration::from_secs(cfg.checkpoint_interval_secs);
+    let interval = Duration::from_millis(cfg.checkpoint_interval_ms);
+    let restart_wal = Arc::clone(&writer.restart_wal);
     std::thread::Builder::new()
         .name("wal-checkpoint".into())
-        .spawn(move || {
-            let mut tick: u64 = 0;
-            loop {
-                std::thread::sleep(interval);
-                tick += 1;
-                let mode = if tick.is_multiple_of(10) {
-                    "TRUNCATE"
-                } else {
-                    "PASSIVE"
-                };
-                if let Err(e) =
-                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-                {
-                    log::warn!("WAL checkpoint ({mode}) failed: {e}");
-                }
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            let frames = conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+                .inspect_err(|e| log::warn!("WAL checkpoint failed: {e}"))
+                .unwrap_or(0);
+            if frames > WAL_RESTART_FRAMES {
+                restart_wal.store(true, Ordering::Relaxed);
             }
         })
         .map_err(|e| DbError::Corrupt(format!("cannot start checkpointer: {e}")))?;
@@ -312,13 +370,13 @@ impl Db {
         let conn = open_and_migrate(cfg)?;
         if background_checkpoints {
             conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-            start_checkpointer(cfg)?;
+        }
+        let writer = Writer::start(conn);
+        if background_checkpoints {
+            start_checkpointer(cfg, &writer)?;
         }
         let reads = read_pool(cfg)?;
-        Ok(Db {
-            reads,
-            writer: Writer::start(conn),
-        })
+        Ok(Db { reads, writer })
     }
 
     pub fn read(&self) -> Result<ReadConn, DbError> {
