@@ -109,10 +109,16 @@ fn coupon_ids(list: &[String], commit: bool) -> Result<Vec<String>, ApiError> {
         .collect()
 }
 
-fn json_ok(v: &Value) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(v.to_string())
+/// A 200 answer serialised straight from its type (no intermediate JSON tree).
+fn json_ok<T: serde::Serialize + ?Sized>(v: &T) -> HttpResponse {
+    match serde_json::to_vec(v) {
+        Ok(body) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body),
+        Err(e) => actix_web::ResponseError::error_response(&ApiError::Internal(format!(
+            "cannot serialise an answer: {e}"
+        ))),
+    }
 }
 
 std::thread_local! {
@@ -204,7 +210,7 @@ pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResp
     let m = read(&state, |c| {
         lane::metadata(c, &catalog, customer.as_str(), today, now_secs())
     })?;
-    Ok(json_ok(&json!(m)))
+    Ok(json_ok(&m))
 }
 
 // ---------------------------------------------------------------- clip
@@ -482,7 +488,7 @@ pub async fn update(
             })
             .await?
     };
-    Ok(json_ok(&update_json(&state, &outcome)))
+    Ok(json_ok(&update_answer(&state, &outcome)))
 }
 
 /// An amount serialised as an exact JSON number with two decimals.
@@ -548,8 +554,8 @@ struct OptionalPrompt<'a> {
     loyalty_cost: i64,
 }
 
-fn update_json(state: &State, out: &UpdateOutcome) -> Value {
-    let answer = UpdateAnswer {
+fn update_answer<'a>(state: &'a State, out: &'a UpdateOutcome) -> UpdateAnswer<'a> {
+    UpdateAnswer {
         applied: out.applied.iter().map(|a| applied_out(state, a)).collect(),
         receipt_lines: if !out.applied.is_empty() && !state.policy.receipt_footer.is_empty() {
             vec![ReceiptLine {
@@ -578,8 +584,7 @@ fn update_json(state: &State, out: &UpdateOutcome) -> Value {
                 balance: l.balance,
             }]
         }),
-    };
-    serde_json::to_value(answer).unwrap_or(Value::Null)
+    }
 }
 
 fn applied_out<'a>(state: &'a State, a: &'a AppliedCoupon) -> AppliedOut<'a> {

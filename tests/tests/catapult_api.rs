@@ -681,6 +681,24 @@ async fn vouchers_lock_validate_and_say_when_they_were_used() {
         .await
         .unwrap();
     assert_eq!(v["state"], "active");
+    // A voucher outside its validity window says so, and cannot be locked.
+    let expired = store.dir.join("expired-voucher.json");
+    let snapshot = json!({"vouchers": [{"code": "OLD-VOUCHER", "provider": "coupontools", "valueCents": 100, "validFrom": "2020-01-01", "validUntil": "2020-12-31"}]});
+    std::fs::write(&expired, snapshot.to_string()).unwrap();
+    store.import(&expired).unwrap();
+    let (status, v) = store
+        .get(&format!("/vouchers/OLD-VOUCHER?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, v["state"].as_str(), v["message"].as_str()),
+        (200, Some("invalid"), Some("not valid today"))
+    );
+    let (status, _) = store
+        .post("/vouchers/OLD-VOUCHER/lock", &body("V5", 0.0))
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
     let (status, e) = store
         .get(&format!("/vouchers/NOPE?site={SITE}"))
         .await
@@ -723,6 +741,19 @@ async fn health_readiness_and_unmatched_paths() {
     assert_eq!(
         (status, e["errors"][0]["id"].as_str()),
         (405, Some("METHOD_NOT_ALLOWED"))
+    );
+    let r = store
+        .client
+        .delete(store.url("/transaction/cancel"))
+        .basic_auth(e2e::USER, Some(e2e::PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(
+        r.headers()["allow"],
+        "GET, POST",
+        "405 names the allowed methods"
     );
     assert!(
         store.log_tail().contains("unmatched request path"),
