@@ -207,10 +207,14 @@ pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResp
     let customer = customer(param(&query, None, "customer"))?;
     let today = state.config.today();
     let catalog = state.catalog.current();
-    let m = read(&state, |c| {
-        lane::metadata(c, &catalog, customer.as_str(), today, now_secs())
+    let body = read(&state, |c| {
+        let view = lane::CustomerCoupons::read(c, customer.as_str())?;
+        let m = lane::metadata(c, &catalog, &view, today, now_secs())?;
+        Ok(serde_json::to_vec(&m).unwrap_or_default())
     })?;
-    Ok(json_ok(&m))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 // ---------------------------------------------------------------- clip

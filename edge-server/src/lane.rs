@@ -44,13 +44,15 @@ const HISTORY_SECS: i64 = 30 * 24 * 3600;
 
 // ------------------------------------------------------------------ metadata
 
+/// The metadata lists, borrowing the ids from the customer's coupons and the catalog (a
+/// customer may see hundreds of store-wide coupons: no copies).
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Metadata {
-    pub available: Vec<String>,
-    pub clipped: Vec<String>,
-    pub redeemed: Vec<String>,
-    pub expired: Vec<String>,
-    pub pending: Vec<String>,
+pub struct Metadata<'a> {
+    pub available: Vec<&'a str>,
+    pub clipped: Vec<&'a str>,
+    pub redeemed: Vec<&'a str>,
+    pub expired: Vec<&'a str>,
+    pub pending: Vec<&'a str>,
 }
 
 /// The offer an id refers to: from the in-memory catalog, or from the database for an
@@ -130,14 +132,13 @@ impl CustomerCoupons {
 }
 
 /// The customer's coupons by list; every id appears in at most one list.
-pub fn metadata(
+pub fn metadata<'a>(
     conn: &Connection,
-    catalog: &Catalog,
-    customer: &str,
+    catalog: &'a Catalog,
+    view: &'a CustomerCoupons,
     today: NaiveDate,
     now: i64,
-) -> Result<Metadata, LaneError> {
-    let view = CustomerCoupons::read(conn, customer)?;
+) -> Result<Metadata<'a>, LaneError> {
     let pending = view.pending(now);
     let mut m = Metadata::default();
     for row in &view.rows {
@@ -164,13 +165,13 @@ pub fn metadata(
             _ => None,
         };
         if let Some(list) = list {
-            list.push(row.offer_id.clone());
+            list.push(&row.offer_id);
         }
     }
     // Coupons held without a row of their own (clip-free offers) are pending too.
     for id in &pending {
         if view.row(id).is_none() {
-            m.pending.push((*id).to_owned());
+            m.pending.push(id);
         }
     }
     // Both the rows and the catalog are in id order: one merge walk, no lookups.
@@ -182,7 +183,7 @@ pub fn metadata(
         {}
         let has_row = rows.peek().is_some_and(|r| r.offer_id == offer.id);
         if !has_row && !pending.contains(offer.id.as_str()) {
-            m.available.push(offer.id.clone());
+            m.available.push(&offer.id);
         }
     }
     m.available.sort();
