@@ -13,6 +13,7 @@
 //!    same server: requests per second, compared as a ratio in the same run.
 //!
 //! Environment: BENCH_RATE (req/s, default 2000), BENCH_SECS (per phase, default 10),
+//! BENCH_SYNC (`full`, the shipped default, or `normal`, to see what fsync costs),
 //! BENCH_MATCHING (how many of the customer's 20 clipped coupons each sale's items match,
 //! default 5; 20 = every clipped coupon applies).
 //! The client shares the machine's cores with the server, so figures are lower bounds.
@@ -146,6 +147,7 @@ sites = ["STO1"]
 [database]
 path = "{db}"
 read_pool_size = 2
+synchronous = "{sync}"
 [server]
 listen = "127.0.0.1:0"
 workers = 2
@@ -162,7 +164,8 @@ password = "lane-secret"
 level = "warn"
 "#,
         db = dir.join("edge.db").display(),
-        dir = dir.display()
+        dir = dir.display(),
+        sync = std::env::var("BENCH_SYNC").unwrap_or_else(|_| "full".to_owned()),
     );
     Config::from_toml_str(&text).unwrap()
 }
