@@ -222,6 +222,10 @@ pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResp
 #[derive(Deserialize)]
 struct ClipBody {
     #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    customer: Option<String>,
+    #[serde(default)]
     add: Vec<String>,
     #[serde(default)]
     remove: Vec<String>,
@@ -234,11 +238,9 @@ pub async fn clip(
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req);
     let bytes = read_body(&state, payload).await?;
-    let raw: Map<String, Value> = parse_json(&bytes)?;
-    let body: ClipBody = serde_json::from_value(Value::Object(raw.clone()))
-        .map_err(|e| ApiError::InvalidRequest(format!("the JSON body is invalid: {e}")))?;
-    site(&state, param(&query, Some(&raw), "site"))?;
-    let customer = customer(param(&query, Some(&raw), "customer"))?;
+    let body: ClipBody = parse_json(&bytes)?;
+    site(&state, pick(&query, body.site.as_ref(), "site"))?;
+    let customer = customer(pick(&query, body.customer.as_ref(), "customer"))?;
     let add = coupon_ids(&body.add, false)?;
     let remove = coupon_ids(&body.remove, false)?;
     let today = state.config.today();
@@ -263,6 +265,8 @@ pub async fn clip(
 #[derive(Deserialize)]
 struct DemographicsBody {
     #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
     phones: Vec<String>,
     #[serde(default)]
     emails: Vec<String>,
@@ -275,10 +279,8 @@ pub async fn demographics(
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req);
     let bytes = read_body(&state, payload).await?;
-    let raw: Map<String, Value> = parse_json(&bytes)?;
-    site(&state, param(&query, Some(&raw), "site"))?;
-    let body: DemographicsBody = serde_json::from_value(Value::Object(raw))
-        .map_err(|e| ApiError::InvalidRequest(format!("the JSON body is invalid: {e}")))?;
+    let body: DemographicsBody = parse_json(&bytes)?;
+    site(&state, pick(&query, body.site.as_ref(), "site"))?;
     if body
         .phones
         .iter()
@@ -666,6 +668,12 @@ pub async fn cancel(
 #[derive(Deserialize)]
 struct CommitBody {
     #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    customer: Option<String>,
+    #[serde(default)]
+    transaction: Option<String>,
+    #[serde(default)]
     coupons: Vec<String>,
     #[serde(default)]
     tenders: Vec<Tender>,
@@ -686,19 +694,17 @@ pub async fn commit(
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req);
     let bytes = read_body(&state, payload).await?;
-    let raw: Map<String, Value> = parse_json(&bytes)?;
-    let site = site(&state, param(&query, Some(&raw), "site"))?;
-    let customer = customer(param(&query, Some(&raw), "customer"))?;
-    let txn = transaction(param(&query, Some(&raw), "transaction"))?;
-    let body: CommitBody = serde_json::from_value(Value::Object(raw.clone()))
-        .map_err(|e| ApiError::InvalidRequest(format!("the JSON body is invalid: {e}")))?;
+    let body: CommitBody = parse_json(&bytes)?;
+    let site = site(&state, pick(&query, body.site.as_ref(), "site"))?;
+    let customer = customer(pick(&query, body.customer.as_ref(), "customer"))?;
+    let txn = transaction(pick(&query, body.transaction.as_ref(), "transaction"))?;
     let _ = body.tenders.len();
     let input = CommitInput {
         site: site.as_str().to_owned(),
         customer: customer.as_str().to_owned(),
         txn: txn.as_str().to_owned(),
         coupons: coupon_ids(&body.coupons, true)?,
-        request: Value::Object(raw),
+        request: String::from_utf8_lossy(&bytes).into_owned(),
     };
     let stamp = rfc3339_now();
     let catalog = state.catalog.current();

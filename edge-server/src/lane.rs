@@ -242,16 +242,7 @@ pub fn clip(
                 format!("coupon {id} is not offered to this customer"),
             )),
             _ => {
-                repo::set_coupon_state(conn, customer, id, CouponState::Clipped, now, true)?;
-                enqueue_all(
-                    conn,
-                    outbox::for_activation(
-                        event(&offer, customer, customer_ref.as_deref()),
-                        true,
-                        now,
-                    ),
-                    now,
-                )?;
+                set_clipped(conn, &offer, customer, customer_ref.as_deref(), true, now)?;
                 out.added.push(id.clone());
             }
         }
@@ -267,16 +258,7 @@ pub fn clip(
         };
         match view.state(id, now) {
             Some(CouponState::Clipped) => {
-                repo::set_coupon_state(conn, customer, id, CouponState::Available, now, true)?;
-                enqueue_all(
-                    conn,
-                    outbox::for_activation(
-                        event(&offer, customer, customer_ref.as_deref()),
-                        false,
-                        now,
-                    ),
-                    now,
-                )?;
+                set_clipped(conn, &offer, customer, customer_ref.as_deref(), false, now)?;
                 out.removed.push(id.clone());
             }
             Some(CouponState::Pending) => out.refused.push((
@@ -293,6 +275,25 @@ pub fn clip(
         }
     }
     Ok(out)
+}
+
+/// Clips (or unclips) a coupon and queues the activation its provider needs.
+fn set_clipped(
+    conn: &Connection,
+    offer: &Offer,
+    customer: &str,
+    customer_ref: Option<&str>,
+    clipped: bool,
+    now: i64,
+) -> Result<(), LaneError> {
+    let state = if clipped {
+        CouponState::Clipped
+    } else {
+        CouponState::Available
+    };
+    repo::set_coupon_state(conn, customer, &offer.id, state, now, true)?;
+    let items = outbox::for_activation(event(offer, customer, customer_ref), clipped, now);
+    Ok(enqueue_all(conn, items, now)?)
 }
 
 fn event<'a>(
@@ -550,8 +551,8 @@ pub struct CommitInput {
     pub customer: String,
     pub txn: String,
     pub coupons: Vec<String>,
-    /// The request as received, kept with the sale.
-    pub request: Value,
+    /// The request body as received, kept with the sale.
+    pub request: String,
 }
 
 /// Commits the sale once; a repeat replays the stored answer and changes nothing.
@@ -665,7 +666,7 @@ pub fn commit(
         &input.site,
         &input.txn,
         &input.customer,
-        &input.request.to_string(),
+        &input.request,
         &response,
         now,
     )?;
