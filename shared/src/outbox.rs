@@ -54,27 +54,138 @@ pub struct Item {
     pub last_error: Option<String>,
 }
 
+const ITEM_COLUMNS: &str =
+    "id, provider, operation, idempotency_key, ordering_key, payload, state, attempts, last_error";
+
+fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+    let payload: String = r.get(5)?;
+    Ok(Item {
+        id: r.get(0)?,
+        provider: r.get(1)?,
+        operation: r.get(2)?,
+        idempotency_key: r.get(3)?,
+        ordering_key: r.get(4)?,
+        payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+        state: r.get(6)?,
+        attempts: r.get(7)?,
+        last_error: r.get(8)?,
+    })
+}
+
 /// Every row, oldest first (operators and tests).
 pub fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<Vec<Item>> {
-    let mut st = conn.prepare_cached(
-        "SELECT id, provider, operation, idempotency_key, ordering_key, payload, state, attempts, last_error \
-         FROM outbox WHERE (?1 IS NULL OR state = ?1) ORDER BY id",
-    )?;
-    let rows = st.query_map([state], |r| {
-        let payload: String = r.get(5)?;
-        Ok(Item {
-            id: r.get(0)?,
-            provider: r.get(1)?,
-            operation: r.get(2)?,
-            idempotency_key: r.get(3)?,
-            ordering_key: r.get(4)?,
-            payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
-            state: r.get(6)?,
-            attempts: r.get(7)?,
-            last_error: r.get(8)?,
-        })
-    })?;
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {ITEM_COLUMNS} FROM outbox WHERE (?1 IS NULL OR state = ?1) ORDER BY id"
+    ))?;
+    let rows = st.query_map([state], item_from_row)?;
     rows.collect()
+}
+
+// ---------------------------------------------------------------- delivery (sync daemon)
+
+/// Claims the next item that may be delivered now, atomically, with a lease until
+/// `lease_until`: the oldest due `pending` item of `provider` (or of any provider) whose
+/// ordering key has no older undelivered item (pending, in flight or dead), so items of
+/// one coupon, voucher or sale go out strictly in order while other keys go on. Its
+/// attempt count is raised when it is claimed, so a crash mid-delivery still counts.
+pub fn claim_next(
+    conn: &Connection,
+    provider: Option<&str>,
+    now: i64,
+    lease_until: i64,
+) -> rusqlite::Result<Option<Item>> {
+    conn.prepare_cached(&format!(
+        "UPDATE outbox SET state = 'inflight', attempts = attempts + 1, lease_until = ?3, updated_at = ?2 \
+         WHERE id = (SELECT o.id FROM outbox o \
+                      WHERE o.state = 'pending' AND o.next_attempt_at <= ?2 AND (?1 IS NULL OR o.provider = ?1) \
+                        AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.ordering_key = o.ordering_key AND e.id < o.id \
+                                          AND e.state IN ('pending', 'inflight', 'dead')) \
+                      ORDER BY o.next_attempt_at, o.id LIMIT 1) \
+         RETURNING {ITEM_COLUMNS}"
+    ))?
+    .query_row(params![provider, now, lease_until], item_from_row)
+    .optional()
+}
+
+/// The provider acknowledged the item.
+pub fn mark_delivered(conn: &Connection, id: i64, now: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE outbox SET state = 'delivered', lease_until = NULL, last_error = NULL, updated_at = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id, now])?;
+    Ok(())
+}
+
+/// A transient failure (network, timeout, 5xx, 429): try again at `next_attempt_at`.
+pub fn retry_later(
+    conn: &Connection,
+    id: i64,
+    now: i64,
+    next_attempt_at: i64,
+    error: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE outbox SET state = 'pending', lease_until = NULL, next_attempt_at = ?3, last_error = ?4, updated_at = ?2 \
+         WHERE id = ?1",
+    )?
+    .execute(params![id, now, next_attempt_at, error])?;
+    Ok(())
+}
+
+/// A permanent rejection: the item waits in the dead-letter state for store IT, with the
+/// reason kept. Later items of the same ordering key wait behind it; others go on.
+pub fn dead_letter(conn: &Connection, id: i64, now: i64, error: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE outbox SET state = 'dead', lease_until = NULL, last_error = ?3, updated_at = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id, now, error])?;
+    Ok(())
+}
+
+/// Returns in-flight items whose lease ran out (their worker died) to `pending`.
+pub fn rescue_expired_leases(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "UPDATE outbox SET state = 'pending', lease_until = NULL, updated_at = ?1 \
+         WHERE state = 'inflight' AND lease_until < ?1",
+    )?
+    .execute([now])
+}
+
+/// Store IT: send a dead-lettered item again. Returns whether there was one.
+pub fn retry_dead(conn: &Connection, id: i64, now: i64) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE outbox SET state = 'pending', next_attempt_at = ?2, updated_at = ?2 WHERE id = ?1 AND state = 'dead'",
+        )?
+        .execute(params![id, now])?;
+    Ok(n == 1)
+}
+
+/// Store IT: give up on a dead-lettered item (kept, marked discarded, no longer blocking).
+pub fn discard_dead(conn: &Connection, id: i64, now: i64) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached("UPDATE outbox SET state = 'discarded', updated_at = ?2 WHERE id = ?1 AND state = 'dead'")?
+        .execute(params![id, now])?;
+    Ok(n == 1)
+}
+
+/// Deletes delivered items last touched before `before`; returns how many.
+pub fn prune_delivered(conn: &Connection, before: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached("DELETE FROM outbox WHERE state = 'delivered' AND updated_at < ?1")?
+        .execute([before])
+}
+
+/// Seconds to wait before attempt `attempts + 1`: exponential from `base`, capped at
+/// `cap`, with up to ±`jitter_percent` % spread drawn from `unit` (a number in [0, 1), so
+/// the caller chooses the randomness and tests can pin it).
+pub fn backoff_secs(attempts: u32, base: u64, cap: u64, jitter_percent: u64, unit: f64) -> u64 {
+    let exp = base
+        .saturating_mul(1u64 << attempts.min(30).saturating_sub(1))
+        .min(cap);
+    let spread = exp * jitter_percent.min(100) / 100;
+    // `unit` only picks a point in the spread; the time itself is integer arithmetic.
+    let offset = (unit.clamp(0.0, 1.0) * (2 * spread) as f64) as u64;
+    (exp - spread + offset).clamp(1, cap.max(1))
 }
 
 /// Queue depth by (provider, state).
@@ -250,4 +361,132 @@ pub fn for_voucher(
             "moneySpentCents": money_spent_cents,
         }),
     }]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::DatabaseConfig {
+            path: dir.path().join("o.db"),
+            ..Default::default()
+        };
+        let conn = crate::db::open_and_migrate(&cfg).unwrap();
+        (dir, conn)
+    }
+
+    fn item(key: &str, ordering: &str) -> NewItem {
+        NewItem {
+            provider: provider::CONVERCUS,
+            operation: "redeem",
+            idempotency_key: key.to_owned(),
+            ordering_key: ordering.to_owned(),
+            payload: json!({"k": key}),
+        }
+    }
+
+    #[test]
+    fn enqueue_is_idempotent_by_key() {
+        let (_d, c) = db();
+        assert!(enqueue(&c, &item("a", "k1"), 0).unwrap());
+        assert!(!enqueue(&c, &item("a", "k1"), 0).unwrap());
+        assert_eq!(list(&c, None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn claims_in_order_per_key_and_in_parallel_across_keys() {
+        let (_d, c) = db();
+        for (k, o) in [("a1", "A"), ("a2", "A"), ("b1", "B")] {
+            enqueue(&c, &item(k, o), 0).unwrap();
+        }
+        let first = claim_next(&c, None, 10, 70).unwrap().unwrap();
+        assert_eq!(first.idempotency_key, "a1");
+        assert_eq!(first.attempts, 1);
+        // a2 waits behind the in-flight a1; B goes on.
+        let second = claim_next(&c, None, 10, 70).unwrap().unwrap();
+        assert_eq!(second.idempotency_key, "b1");
+        assert!(claim_next(&c, None, 10, 70).unwrap().is_none());
+        mark_delivered(&c, first.id, 11).unwrap();
+        assert_eq!(
+            claim_next(&c, None, 12, 70)
+                .unwrap()
+                .unwrap()
+                .idempotency_key,
+            "a2"
+        );
+    }
+
+    #[test]
+    fn dead_letters_block_their_key_only_until_retried_or_discarded() {
+        let (_d, c) = db();
+        for (k, o) in [("a1", "A"), ("a2", "A"), ("b1", "B")] {
+            enqueue(&c, &item(k, o), 0).unwrap();
+        }
+        let a1 = claim_next(&c, Some("convercus"), 1, 60).unwrap().unwrap();
+        dead_letter(&c, a1.id, 2, "400 coupon unknown").unwrap();
+        assert_eq!(
+            claim_next(&c, None, 3, 60)
+                .unwrap()
+                .unwrap()
+                .idempotency_key,
+            "b1"
+        );
+        assert!(
+            claim_next(&c, None, 3, 60).unwrap().is_none(),
+            "a2 waits behind the dead a1"
+        );
+        let dead = list(&c, Some("dead")).unwrap();
+        assert_eq!(dead[0].last_error.as_deref(), Some("400 coupon unknown"));
+        assert!(discard_dead(&c, a1.id, 4).unwrap());
+        assert_eq!(
+            claim_next(&c, None, 5, 60)
+                .unwrap()
+                .unwrap()
+                .idempotency_key,
+            "a2"
+        );
+        assert!(
+            !retry_dead(&c, a1.id, 6).unwrap(),
+            "a discarded item is not dead any more"
+        );
+    }
+
+    #[test]
+    fn transient_failures_wait_and_lost_leases_are_rescued() {
+        let (_d, c) = db();
+        enqueue(&c, &item("a1", "A"), 0).unwrap();
+        let a1 = claim_next(&c, None, 0, 30).unwrap().unwrap();
+        retry_later(&c, a1.id, 1, 100, "timeout").unwrap();
+        assert!(
+            claim_next(&c, None, 99, 130).unwrap().is_none(),
+            "not due yet"
+        );
+        let again = claim_next(&c, None, 100, 130).unwrap().unwrap();
+        assert_eq!(again.attempts, 2);
+        // The worker dies: nothing until the lease runs out, then it is claimable again.
+        assert_eq!(rescue_expired_leases(&c, 129).unwrap(), 0);
+        assert_eq!(rescue_expired_leases(&c, 131).unwrap(), 1);
+        let third = claim_next(&c, None, 131, 160).unwrap().unwrap();
+        assert_eq!(third.attempts, 3);
+        mark_delivered(&c, third.id, 140).unwrap();
+        assert_eq!(prune_delivered(&c, 141).unwrap(), 1);
+        assert!(list(&c, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        assert_eq!(backoff_secs(1, 2, 600, 0, 0.5), 2);
+        assert_eq!(backoff_secs(2, 2, 600, 0, 0.5), 4);
+        assert_eq!(backoff_secs(5, 2, 600, 0, 0.5), 32);
+        assert_eq!(backoff_secs(40, 2, 600, 0, 0.5), 600);
+        assert_eq!(backoff_secs(5, 2, 600, 20, 0.0), 26);
+        assert_eq!(backoff_secs(5, 2, 600, 20, 0.999_999), 37);
+        for a in 0..50 {
+            let b = backoff_secs(a, 1, 300, 25, 0.7);
+            assert!((1..=300).contains(&b));
+        }
+    }
 }
