@@ -14,7 +14,7 @@
 //!
 //! Environment: BENCH_RATE (req/s, default 2000), BENCH_SECS (per phase, default 10),
 //! BENCH_SYNC (`full`, the shipped default, or `normal`, to see what fsync costs),
-//! BENCH_CHECKPOINT_MS (database.checkpoint_interval_ms, default 1000),
+//! BENCH_CHECKPOINT_MS (database.checkpoint_interval_ms, default 250),
 //! BENCH_MATCHING (how many of the customer's 20 clipped coupons each sale's items match,
 //! default 5; 20 = every clipped coupon applies).
 //! The client shares the machine's cores with the server, so figures are lower bounds.
@@ -168,7 +168,7 @@ level = "warn"
         db = dir.join("edge.db").display(),
         dir = dir.display(),
         sync = std::env::var("BENCH_SYNC").unwrap_or_else(|_| "full".to_owned()),
-        checkpoint_ms = std::env::var("BENCH_CHECKPOINT_MS").unwrap_or_else(|_| "1000".to_owned()),
+        checkpoint_ms = std::env::var("BENCH_CHECKPOINT_MS").unwrap_or_else(|_| "250".to_owned()),
     );
     Config::from_toml_str(&text).unwrap()
 }
@@ -239,7 +239,8 @@ fn request(
         Kind::Update | Kind::Commit => {
             // Sale `seq` belongs to customer `seq`: the commit phase finishes the update phase's sales.
             let cust = customer_id(seq % CUSTOMERS);
-            let txn = format!("B{seq}");
+            // Lane transaction ids grow like CATAPULT's (store-terminal-sequence), so they are zero-padded.
+            let txn = format!("B{seq:09}");
             let q = format!("site=STO1&customer={cust}&transaction={txn}");
             if kind == Kind::Commit {
                 return lane

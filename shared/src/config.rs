@@ -187,7 +187,7 @@ impl Default for DatabaseConfig {
             cache_size_kib: 32 * 1024,
             mmap_size_mib: 1024,
             busy_timeout_ms: 5000,
-            checkpoint_interval_ms: 1000,
+            checkpoint_interval_ms: 250,
         }
     }
 }

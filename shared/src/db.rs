@@ -329,8 +329,8 @@ fn job_not_run(job: Job) -> (bool, Finish) {
     }
 }
 
-/// WAL frames (4 KiB pages) past which the WAL is restarted: about 16 MiB.
-const WAL_RESTART_FRAMES: i64 = 4 * 1024;
+/// WAL frames (4 KiB pages) past which the WAL is restarted: about 64 MiB.
+const WAL_RESTART_FRAMES: i64 = 16 * 1024;
 
 /// Checkpoints the WAL from a background thread so no lane commit pays for it. Every tick
 /// runs a PASSIVE checkpoint, which never blocks the writer. Under a steady stream of

@@ -778,3 +778,32 @@ fn outbox_rows(store: &Store) -> Vec<shared::outbox::Item> {
     let conn = rusqlite::Connection::open(store.db_path()).unwrap();
     shared::outbox::list(&conn, None).unwrap()
 }
+
+#[tokio::test]
+async fn offers_imported_while_serving_reach_the_lanes() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let snapshot = store.dir.join("new-offer.json");
+    let offer = json!({"offers": [{"id": "NEW1", "provider": "local", "providerRef": "NEW1", "shortDescription": "Brand new",
+        "startDate": "2026-01-01", "endDate": "2099-12-31", "rule": {"mechanic": {"type": "amountOff", "cents": 100}}}]});
+    std::fs::write(&snapshot, offer.to_string()).unwrap();
+    store.import(&snapshot).unwrap();
+    // The catalog is held in memory and reloaded when the stored catalog version moves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+        if body["coupons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == "NEW1")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new offer never reached the catalog"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(list(&meta(&store, JANE).await, "available").contains(&"NEW1".to_owned()));
+}
