@@ -106,6 +106,23 @@ impl Store {
         let dir = temp.path().to_owned();
         let mut store = Store::in_dir(&dir, opts, true)?;
         store._temp = Some(temp);
+        // The port was free when picked; another test may have taken it since. Then move.
+        for _ in 0..3 {
+            match store.launch().await {
+                Ok(()) => return Ok(store),
+                Err(e) if store.log_tail().contains("cannot listen") => {
+                    let old = format!("127.0.0.1:{}", store.port);
+                    store.port = free_port()?;
+                    let config = std::fs::read_to_string(&store.config_path)?;
+                    std::fs::write(
+                        &store.config_path,
+                        config.replace(&old, &format!("127.0.0.1:{}", store.port)),
+                    )?;
+                    eprintln!("retrying on another port: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         store.launch().await?;
         Ok(store)
     }
