@@ -134,9 +134,6 @@ fn start_hold_sweeper(db: &Db) {
 /// The shared state type handlers extract.
 pub type State = web::Data<AppState>;
 
-/// Keeps an `Arc` alive for code that needs the state outside actix.
-pub type SharedState = Arc<AppState>;
-
 pub mod logging;
 
 /// Starts the server on the configured address and runs until SIGTERM/SIGINT.

@@ -8,7 +8,6 @@ use crate::config::{DatabaseConfig, Synchronous};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -392,11 +391,6 @@ pub fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// True when `path` looks like an existing SQLite database.
-pub fn exists(path: &Path) -> bool {
-    path.is_file()
 }
 
 #[cfg(test)]

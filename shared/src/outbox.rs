@@ -188,25 +188,6 @@ pub fn backoff_secs(attempts: u32, base: u64, cap: u64, jitter_percent: u64, uni
     (exp - spread + offset).clamp(1, cap.max(1))
 }
 
-/// Queue depth by (provider, state).
-pub fn depth(conn: &Connection) -> rusqlite::Result<Vec<(String, String, i64)>> {
-    let mut st = conn.prepare_cached(
-        "SELECT provider, state, count(*) FROM outbox GROUP BY provider, state ORDER BY 1, 2",
-    )?;
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    rows.collect()
-}
-
-/// Age in seconds of the oldest undelivered item, if any.
-pub fn oldest_pending_age(conn: &Connection, now: i64) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached(
-        "SELECT ?1 - min(created_at) FROM outbox WHERE state IN ('pending', 'inflight')",
-    )?
-    .query_row([now], |r| r.get(0))
-    .optional()
-    .map(Option::flatten)
-}
-
 /// What the rows need to know about the offer, its customer and the sale.
 #[derive(Debug, Clone, Copy)]
 pub struct CouponEvent<'a> {

@@ -277,18 +277,6 @@ pub fn customer_coupon_rows(conn: &Connection, customer_id: &str) -> Result<Vec<
     rows.collect()
 }
 
-pub fn coupon_row(
-    conn: &Connection,
-    customer_id: &str,
-    offer_id: &str,
-) -> Result<Option<CouponRow>> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {COUPON_COLUMNS} FROM customer_coupons WHERE customer_id = ?1 AND offer_id = ?2"
-    ))?;
-    st.query_row([customer_id, offer_id], coupon_from_row)
-        .optional()
-}
-
 /// Sets a coupon's state, creating the row when needed. `dirty` marks a local change not
 /// yet acknowledged upstream.
 pub fn set_coupon_state(
@@ -515,21 +503,6 @@ pub fn insert_redemption(
     Ok(n == 1)
 }
 
-/// Redemptions recorded for a transaction: (offer id, discount, conflict).
-pub fn redemptions_of(
-    conn: &Connection,
-    site: &str,
-    txn: &str,
-) -> Result<Vec<(String, Cents, bool)>> {
-    let mut st = conn.prepare_cached(
-        "SELECT offer_id, discount, conflict FROM redemptions WHERE site = ?1 AND txn_id = ?2 ORDER BY offer_id",
-    )?;
-    let rows = st.query_map([site, txn], |r| {
-        Ok((r.get(0)?, Cents(r.get(1)?), r.get(2)?))
-    })?;
-    rows.collect()
-}
-
 // ---------------------------------------------------------------- vouchers
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -664,15 +637,6 @@ pub fn sync_ages(conn: &Connection) -> Result<Vec<SyncRow>> {
     )?;
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     rows.collect()
-}
-
-pub fn record_sync_success(conn: &Connection, provider: &str, now: i64) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO sync_state (provider, last_success_at) VALUES (?1, ?2) \
-         ON CONFLICT (provider) DO UPDATE SET last_success_at = excluded.last_success_at",
-    )?
-    .execute(params![provider, now])?;
-    Ok(())
 }
 
 /// Sets a coupon state coming from an import or a provider pull. Rows with local changes
