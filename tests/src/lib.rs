@@ -2,6 +2,8 @@
 //! starts the real `edge-server` binary as a process on loopback over HTTPS, waits for it
 //! to be ready by polling, and gives lane-like HTTPS clients. Processes are killed on drop.
 
+pub mod sim;
+
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
