@@ -37,7 +37,12 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         .and_then(|m| m.modified())
         .with_context(|| format!("{} is missing", path.display()))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for dir in ["shared/src", "shared/migrations", &format!("{name}/src")] {
+    // The simulator is built from this crate's sources; the services from their own.
+    let own_src = match name {
+        "provider-sim" => "tests/src".to_owned(),
+        other => format!("{other}/src"),
+    };
+    for dir in ["shared/src", "shared/migrations", &own_src] {
         if let Some(newest) = newest_mtime(&root.join(dir)) {
             if newest > built {
                 bail!(

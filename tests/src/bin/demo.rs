@@ -1,5 +1,6 @@
 //! The demo: starts the store stack on this machine with embedded defaults (database and a
-//! self-signed certificate under ./demo-data, the sample catalog and customers), then plays
+//! self-signed certificate under ./demo-data, the sample catalog and customers, and the
+//! simulated Convercus, Coupontools and Koupon providers with their sample data), then plays
 //! one lane: card scan → transient update → total (update) → commit, and prints what was
 //! applied and what was queued for the providers. Keeps serving until Ctrl-C unless `--once`.
 
@@ -20,6 +21,10 @@ async fn main() -> Result<()> {
         "== starting the store stack in {} (port {port})",
         dir.display()
     );
+    let mut providers = SimulatedProviders::start()?;
+    for line in &providers.addresses {
+        println!("   simulated provider: {line}");
+    }
     let mut store = Store::in_dir(
         &dir,
         StoreOptions {
@@ -112,7 +117,9 @@ async fn main() -> Result<()> {
             item.id, item.provider, item.operation, item.ordering_key, item.state
         );
     }
+    println!("   (delivering them to the providers is the sync daemon's job: the next issue)");
     if once {
+        providers.stop();
         return Ok(());
     }
     println!(
@@ -121,7 +128,41 @@ async fn main() -> Result<()> {
     );
     tokio::signal::ctrl_c().await?;
     store.kill9();
+    providers.stop();
     Ok(())
+}
+
+/// The `provider-sim` process, started next to the store.
+struct SimulatedProviders {
+    child: std::process::Child,
+    addresses: Vec<String>,
+}
+
+impl SimulatedProviders {
+    fn start() -> Result<SimulatedProviders> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(e2e::binary("provider-sim")?)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("provider-sim has no stdout"))?;
+        // Its first four lines: the admin address, then each provider's base URL.
+        let mut lines = std::io::BufReader::new(stdout).lines().take(4);
+        let admin = lines.next().transpose()?.unwrap_or_default();
+        let mut addresses = lines.collect::<std::io::Result<Vec<String>>>()?;
+        addresses.push(format!(
+            "admin (seed, faults, ledger) http://{admin}/__sim/"
+        ));
+        Ok(SimulatedProviders { child, addresses })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn print_applied(update: &Value) {
