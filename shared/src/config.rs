@@ -93,6 +93,9 @@ pub struct DatabaseConfig {
     pub busy_timeout_ms: u32,
     /// Milliseconds between background WAL checkpoints.
     pub checkpoint_interval_ms: u64,
+    /// Microseconds the writer waits for more lane writes before committing a batch, so
+    /// that under heavy load more writes share one fsync. 0 = commit at once.
+    pub group_commit_linger_us: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -188,6 +191,7 @@ impl Default for DatabaseConfig {
             mmap_size_mib: 1024,
             busy_timeout_ms: 5000,
             checkpoint_interval_ms: 250,
+            group_commit_linger_us: 0,
         }
     }
 }
@@ -312,6 +316,12 @@ impl Config {
             return Err(invalid(
                 "database.checkpoint_interval_ms",
                 "must be at least 10",
+            ));
+        }
+        if self.database.group_commit_linger_us > 10_000 {
+            return Err(invalid(
+                "database.group_commit_linger_us",
+                "must be at most 10000 (10 ms): every lane write waits this long under load",
             ));
         }
         if self.server.max_body_bytes < 1024 {

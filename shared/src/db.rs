@@ -161,13 +161,14 @@ impl Writer {
     /// Starts the writer thread owning `conn`. With `group_commit`, jobs that queue up while
     /// a commit is in progress are committed together in one transaction, each inside its own
     /// savepoint, so one job's failure never undoes another's.
-    pub fn start(conn: Connection) -> Writer {
+    /// `linger`: how long to wait for more jobs before committing a batch (0: at once).
+    pub fn start(conn: Connection, linger: Duration) -> Writer {
         let (jobs, rx) = mpsc::channel::<Job>();
         let restart_wal = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&restart_wal);
         let spawned = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, flag));
+            .spawn(move || writer_loop(conn, rx, flag, linger));
         if let Err(e) = spawned {
             log::error!("cannot start the database writer thread: {e}");
         }
@@ -224,13 +225,30 @@ impl Writer {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, restart_wal: Arc<AtomicBool>) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    restart_wal: Arc<AtomicBool>,
+    linger: Duration,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        let deadline = std::time::Instant::now() + linger;
         while batch.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
-                Err(_) => break,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(job) if !left.is_zero() => batch.push(job),
+                        Ok(job) => {
+                            batch.push(job);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
             }
         }
         run_batch(&conn, batch);
@@ -372,7 +390,7 @@ impl Db {
         if background_checkpoints {
             conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         }
-        let writer = Writer::start(conn);
+        let writer = Writer::start(conn, Duration::from_micros(cfg.group_commit_linger_us));
         if background_checkpoints {
             start_checkpointer(cfg, &writer)?;
         }
