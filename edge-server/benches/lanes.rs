@@ -15,7 +15,7 @@
 //! Environment: BENCH_RATE (req/s, default 2000), BENCH_SECS (per phase, default 10),
 //! BENCH_SYNC (`full`, the shipped default, or `normal`, to see what fsync costs),
 //! BENCH_CHECKPOINT_MS (database.checkpoint_interval_ms, default 250),
-//! BENCH_LINGER_US (database.group_commit_linger_us, default 0),
+//! BENCH_LINGER_US (database.group_commit_linger_us, default 300),
 //! BENCH_MATCHING (how many of the customer's 20 clipped coupons each sale's items match,
 //! default 5; 20 = every clipped coupon applies).
 //! The client shares the machine's cores with the server, so figures are lower bounds.
@@ -171,7 +171,7 @@ level = "warn"
         dir = dir.display(),
         sync = std::env::var("BENCH_SYNC").unwrap_or_else(|_| "full".to_owned()),
         checkpoint_ms = std::env::var("BENCH_CHECKPOINT_MS").unwrap_or_else(|_| "250".to_owned()),
-        linger_us = std::env::var("BENCH_LINGER_US").unwrap_or_else(|_| "0".to_owned()),
+        linger_us = std::env::var("BENCH_LINGER_US").unwrap_or_else(|_| "300".to_owned()),
     );
     Config::from_toml_str(&text).unwrap()
 }

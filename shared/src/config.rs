@@ -191,7 +191,7 @@ impl Default for DatabaseConfig {
             mmap_size_mib: 1024,
             busy_timeout_ms: 5000,
             checkpoint_interval_ms: 250,
-            group_commit_linger_us: 0,
+            group_commit_linger_us: 300,
         }
     }
 }
