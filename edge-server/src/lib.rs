@@ -104,6 +104,9 @@ pub fn run(
             .configure(|cfg| routes::configure(cfg, &app_state.config))
     })
     .workers(workers)
+    // Request/response traffic: send each answer at once rather than letting Nagle's
+    // algorithm hold a partial segment for the lane's delayed ACK.
+    .tcp_nodelay(true)
     .backlog(1024)
     .shutdown_timeout(10);
     let server = match tls {
