@@ -212,6 +212,11 @@ fn prepare(dir: &Path) -> PathBuf {
         let _ = std::fs::remove_file(format!("{}{suffix}", run.display()));
     }
     std::fs::copy(&template, &run).unwrap();
+    // Flush the fresh copy now: otherwise the kernel writes its ~180 MB back during the
+    // first phases, and every lane commit's fsync waits behind that (a bench artefact).
+    std::fs::File::open(&run)
+        .and_then(|f| f.sync_all())
+        .unwrap();
     run
 }
 
