@@ -1,7 +1,9 @@
 //! Simulated Convercus (`shared/api/convercus.md`): legacy JWT login and OAuth token,
 //! accounts by identifier, memberships, users, v2 account coupons, activation, redemption.
 
-use super::{dispatch, header, json_body, ledger_body, Data as SimData, Provider, Reply, State};
+use super::{
+    dispatch, header, items, json_body, ledger_body, text, Data as SimData, Provider, Reply, State,
+};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -31,23 +33,11 @@ pub struct Data {
     generation: u64,
 }
 
-fn s(v: &Value, k: &str) -> String {
-    v.get(k)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
-}
-
 impl Data {
     pub fn from_seed(v: &Value) -> Result<Data, String> {
         let mut d = Data::default();
-        for a in v
-            .get("accounts")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let id = s(a, "id");
+        for a in items(v, "accounts") {
+            let id = text(a, "id");
             if id.is_empty() {
                 return Err("convercus.accounts[].id is required".into());
             }
@@ -75,34 +65,24 @@ impl Data {
                     .and_then(Value::as_str)
                     .unwrap_or("ACTIVE")
                     .to_owned(),
-                card_code: s(a, "cardCode"),
-                app_code: s(a, "appCode"),
-                external_code: s(a, "externalCode"),
+                card_code: text(a, "cardCode"),
+                app_code: text(a, "appCode"),
+                external_code: text(a, "externalCode"),
                 memberships,
                 id,
             });
         }
-        for u in v
-            .get("users")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if s(u, "userId").is_empty() {
+        for u in items(v, "users") {
+            if text(u, "userId").is_empty() {
                 return Err("convercus.users[].userId is required".into());
             }
             d.users.push(u.clone());
         }
-        for c in v
-            .get("accountCoupons")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for c in items(v, "accountCoupons") {
             let Some(o) = c.as_object() else {
                 return Err("convercus.accountCoupons[] must be objects".into());
             };
-            if s(c, "accountCouponId").is_empty() || s(c, "accountId").is_empty() {
+            if text(c, "accountCouponId").is_empty() || text(c, "accountId").is_empty() {
                 return Err(
                     "convercus.accountCoupons[]: accountCouponId and accountId are required".into(),
                 );
@@ -317,9 +297,9 @@ async fn login(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Http
             );
         };
         let c = &d.config;
-        if s(&v, "org") != c.convercus_org
-            || s(&v, "userName") != c.convercus_user
-            || s(&v, "password") != c.convercus_password
+        if text(&v, "org") != c.convercus_org
+            || text(&v, "userName") != c.convercus_user
+            || text(&v, "password") != c.convercus_password
         {
             return error(401, "UNAUTHORIZED", &["bad credentials"]);
         }
@@ -358,7 +338,7 @@ async fn search(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Htt
         let Some(v) = json_body(body) else {
             return error(400, "BAD_REQUEST", &["body must be JSON"]);
         };
-        let term = s(&v, "searchTerm").to_lowercase();
+        let term = text(&v, "searchTerm").to_lowercase();
         let words: Vec<&str> = term.split_whitespace().collect();
         if words.is_empty() {
             return error(400, "BAD_REQUEST", &["searchTerm"]);
@@ -367,7 +347,7 @@ async fn search(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Htt
         let mut hits = Vec::new();
         for a in &c.accounts {
             let user = a.memberships.iter().filter_map(|m| m.get("userId").and_then(Value::as_str))
-                .find_map(|uid| c.users.iter().find(|u| s(u, "userId") == uid));
+                .find_map(|uid| c.users.iter().find(|u| text(u, "userId") == uid));
             let mut fields = vec![a.card_code.clone(), a.app_code.clone(), a.external_code.clone(), a.id.clone()];
             if let Some(u) = user {
                 for k in ["givenName", "familyName", "city", "zipCode", "emailAddress", "birthDate"] {
@@ -376,11 +356,11 @@ async fn search(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Htt
             }
             let fields: Vec<String> = fields.into_iter().map(|f| f.to_lowercase()).collect();
             if words.iter().all(|w| fields.iter().any(|f| f == w)) {
-                let preview = user.map(|u| format!("name: {} {},email: {}", s(u, "givenName"), s(u, "familyName"), s(u, "emailAddress"))).unwrap_or_default();
+                let preview = user.map(|u| format!("name: {} {},email: {}", text(u, "givenName"), text(u, "familyName"), text(u, "emailAddress"))).unwrap_or_default();
                 hits.push(json!({"preview": preview, "refId": a.id, "type": "ACCOUNT"}));
             }
         }
-        Reply::json(200, json!({"searchTerm": s(&v, "searchTerm"), "nrOfResults": hits.len(), "results": {"ACCOUNT": hits}}))
+        Reply::json(200, json!({"searchTerm": text(&v, "searchTerm"), "nrOfResults": hits.len(), "results": {"ACCOUNT": hits}}))
     })
     .await
 }
@@ -422,7 +402,7 @@ async fn get_user(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
             return r;
         }
         let id = path_id(req);
-        match d.convercus.users.iter().find(|u| s(u, "userId") == id) {
+        match d.convercus.users.iter().find(|u| text(u, "userId") == id) {
             Some(u) => Reply::json(200, u.clone()),
             None => error(404, "USER_NOT_FOUND", &[]),
         }
@@ -443,7 +423,7 @@ async fn list_coupons(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
             .convercus
             .coupons
             .iter()
-            .filter(|c| s(c, "accountId") == a.id)
+            .filter(|c| text(c, "accountId") == a.id)
             .cloned()
             .collect();
         Reply::json(200, Value::Array(list))
@@ -461,7 +441,7 @@ async fn get_coupon(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
             .convercus
             .coupons
             .iter()
-            .find(|c| s(c, "accountCouponId") == id)
+            .find(|c| text(c, "accountCouponId") == id)
         {
             Some(c) => Reply::json(200, c.clone()),
             None => error(404, "COUPON_NOT_FOUND", &[]),
@@ -530,11 +510,11 @@ fn activate(d: &mut SimData, req: &HttpRequest, body: &[u8], key: &str) -> Reply
     let Some(i) = c
         .coupons
         .iter()
-        .position(|x| s(x, "accountCouponId") == key)
+        .position(|x| text(x, "accountCouponId") == key)
     else {
         return error(404, "COUPON_NOT_FOUND", &[]);
     };
-    let account = s(&c.coupons[i], "accountId");
+    let account = text(&c.coupons[i], "accountId");
     if c.accounts
         .iter()
         .any(|a| a.id == account && a.status != "ACTIVE")
@@ -597,19 +577,19 @@ fn redeem_one(d: &mut SimData, req: &HttpRequest, key: &str) -> Reply {
     let Some(i) = c
         .coupons
         .iter()
-        .position(|x| s(x, "accountCouponId") == key)
+        .position(|x| text(x, "accountCouponId") == key)
     else {
         return error(404, "COUPON_NOT_FOUND", &[]);
     };
     let coupon = c.coupons[i].clone();
-    let account = s(&coupon, "accountId");
+    let account = text(&coupon, "accountId");
     if c.accounts
         .iter()
         .any(|a| a.id == account && a.status != "ACTIVE")
     {
         return error(400, "ACCOUNT_LOCKED", &[]);
     }
-    let usage = s(&coupon, "usageType");
+    let usage = text(&coupon, "usageType");
     if usage == "EXTRAPOINT" || usage == "MULTIPLIER" {
         return error(400, "COUPON_NOT_MANUAL_REDEEMABLE", &[]);
     }
@@ -629,8 +609,8 @@ fn redeem_one(d: &mut SimData, req: &HttpRequest, key: &str) -> Reply {
         );
     }
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
-    let from = s(&coupon, "validFrom");
-    let to = s(&coupon, "validTo");
+    let from = text(&coupon, "validFrom");
+    let to = text(&coupon, "validTo");
     let mut failed = Vec::new();
     if !from.is_empty() && now < from {
         failed.push("NOT_YET_REDEEMABLE");
@@ -649,13 +629,9 @@ fn redeem_one(d: &mut SimData, req: &HttpRequest, key: &str) -> Reply {
             failed.push("NO_MORE_REDEEM_BY_ACCOUNT");
         }
     }
-    let points: Vec<String> = coupon
-        .get("pointsOfRedemption")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|p| s(p, "unitType") == "INTERACTIONPOINT")
-        .map(|p| s(p, "value"))
+    let points: Vec<String> = items(&coupon, "pointsOfRedemption")
+        .filter(|p| text(p, "unitType") == "INTERACTIONPOINT")
+        .map(|p| text(p, "value"))
         .collect();
     if !points.is_empty() && !points.contains(&interaction) {
         failed.push("WRONG_INTERACTION_POINT");
@@ -663,9 +639,9 @@ fn redeem_one(d: &mut SimData, req: &HttpRequest, key: &str) -> Reply {
     if !failed.is_empty() {
         return error(400, "CONDITION_NOT_FULFILLED", &failed);
     }
-    let coupon_id = s(&coupon, "couponId");
+    let coupon_id = text(&coupon, "couponId");
     for (j, x) in c.coupons.iter_mut().enumerate() {
-        let same_coupon = !coupon_id.is_empty() && s(x, "couponId") == coupon_id;
+        let same_coupon = !coupon_id.is_empty() && text(x, "couponId") == coupon_id;
         if let Some(o) = x.as_object_mut() {
             if j == i || same_coupon {
                 let g = o

@@ -1,7 +1,10 @@
 //! Simulated Coupontools v3 (`shared/api/coupontools.md`): every call a POST under `/v3/`,
 //! credentials in headers or body, status inside the JSON body.
 
-use super::{dispatch, header, ledger_body, query_pairs, Data as SimData, Provider, Reply, State};
+use super::{
+    dispatch, header, items, ledger_body, query_pairs, text, Data as SimData, Provider, Reply,
+    State,
+};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
@@ -15,13 +18,6 @@ pub struct Data {
     pub campaigns: Vec<Value>,
     /// Session records shaped like `couponsession/data` answers (without `status`/`action`).
     pub sessions: Vec<Value>,
-}
-
-fn s(v: &Value, k: &str) -> String {
-    v.get(k)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn stringify(v: &Value) -> Value {
@@ -43,13 +39,8 @@ fn now() -> String {
 impl Data {
     pub fn from_seed(v: &Value) -> Result<Data, String> {
         let mut d = Data::default();
-        for c in v
-            .get("campaigns")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let id = s(c, "ID");
+        for c in items(v, "campaigns") {
+            let id = text(c, "ID");
             if !valid_campaign(&id) {
                 return Err(format!(
                     "coupontools.campaigns[].ID must look like cam_123: {id:?}"
@@ -60,28 +51,23 @@ impl Data {
                 "url": "", "tags": "", "active": true
             });
             merge(&mut full, c);
-            if s(&full, "url").is_empty() {
-                full["url"] = json!(format!("https://digicpn.com/p/{}", s(&full, "code")));
+            if text(&full, "url").is_empty() {
+                full["url"] = json!(format!("https://digicpn.com/p/{}", text(&full, "code")));
             }
             d.campaigns.push(full);
         }
-        for x in v
-            .get("sessions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let id = s(x, "session");
+        for x in items(v, "sessions") {
+            let id = text(x, "session");
             if !valid_session(&id) {
                 return Err(format!("coupontools.sessions[].session is invalid: {id:?}"));
             }
-            let campaign = s(x, "campaign");
-            let Some(cam) = d.campaigns.iter().find(|c| s(c, "ID") == campaign) else {
+            let campaign = text(x, "campaign");
+            let Some(cam) = d.campaigns.iter().find(|c| text(c, "ID") == campaign) else {
                 return Err(format!(
                     "coupontools session {id}: unknown campaign {campaign:?}"
                 ));
             };
-            let code = s(cam, "code");
+            let code = text(cam, "code");
             let mut status = json!({
                 "created_date_utc": "2026-01-01 00:00:00", "opened": "1", "open_date_utc": "2026-01-01 00:00:00",
                 "played": "0", "played_date_utc": "", "claimed": "1", "claim_date_utc": "2026-01-01 00:00:00",
@@ -117,8 +103,8 @@ impl Data {
                 "data": {
                     "status": status,
                     "user": user,
-                    "campaign": {"ID": campaign, "code": code, "url": s(cam, "url"),
-                        "status": s(cam, "status"), "coupon_tags": s(cam, "tags")}
+                    "campaign": {"ID": campaign, "code": code, "url": text(cam, "url"),
+                        "status": text(cam, "status"), "coupon_tags": text(cam, "tags")}
                 }
             }));
         }
@@ -131,14 +117,14 @@ impl Data {
 
     /// By full session ID, or by a unique prefix of at least 6 characters (short code).
     fn find(&self, id: &str) -> Option<usize> {
-        if let Some(i) = self.sessions.iter().position(|x| s(x, "session") == id) {
+        if let Some(i) = self.sessions.iter().position(|x| text(x, "session") == id) {
             return Some(i);
         }
         if id.len() < 6 {
             return None;
         }
         let hits: Vec<usize> = (0..self.sessions.len())
-            .filter(|&i| s(&self.sessions[i], "session").starts_with(id))
+            .filter(|&i| text(&self.sessions[i], "session").starts_with(id))
             .collect();
         match hits.as_slice() {
             [one] => Some(*one),
@@ -371,16 +357,16 @@ fn answer(
                     !only_active || c.get("active").and_then(Value::as_bool).unwrap_or(true)
                 })
                 .filter(|c| {
-                    let have: Vec<String> = s(c, "tags")
+                    let have: Vec<String> = text(c, "tags")
                         .split(',')
                         .map(|t| t.trim().to_owned())
                         .collect();
                     tags.iter().all(|t| have.contains(t))
                 })
-                .filter(|c| category.is_empty() || s(c, "category") == category)
+                .filter(|c| category.is_empty() || text(c, "category") == category)
                 .map(|c| {
-                    json!({"ID": s(c, "ID"), "code": s(c, "code"), "name": s(c, "name"),
-                    "title": s(c, "title"), "status": s(c, "status"), "url": s(c, "url")})
+                    json!({"ID": text(c, "ID"), "code": text(c, "code"), "name": text(c, "name"),
+                    "title": text(c, "title"), "status": text(c, "status"), "url": text(c, "url")})
                 })
                 .collect();
             ok(json!({"coupon_info": list}))
@@ -393,20 +379,20 @@ fn answer(
             if !valid_campaign(&cam) {
                 return fail(301, "Invalid argument: campaign");
             }
-            match ct.campaigns.iter().find(|c| s(c, "ID") == cam) {
+            match ct.campaigns.iter().find(|c| text(c, "ID") == cam) {
                 Some(c) => {
                     let mut info = c.clone();
                     if matches!(get("show_usage_stats").as_str(), "true" | "1") {
                         let n = ct
                             .sessions
                             .iter()
-                            .filter(|x| s(x, "campaign") == cam)
+                            .filter(|x| text(x, "campaign") == cam)
                             .count();
                         let claimed = ct
                             .sessions
                             .iter()
                             .filter(|x| {
-                                s(x, "campaign") == cam
+                                text(x, "campaign") == cam
                                     && x.pointer("/data/status/claimed").and_then(Value::as_str)
                                         == Some("1")
                             })
@@ -427,7 +413,7 @@ fn answer(
             if !valid_campaign(&cam) {
                 return fail(301, "Invalid argument: campaign");
             }
-            if !ct.campaigns.iter().any(|c| s(c, "ID") == cam) {
+            if !ct.campaigns.iter().any(|c| text(c, "ID") == cam) {
                 return fail(502, "Campaign ID not found.");
             }
             let page = match get("page").as_str() {
@@ -458,7 +444,7 @@ fn answer(
             let all: Vec<&Value> = ct
                 .sessions
                 .iter()
-                .filter(|x| s(x, "campaign") == cam)
+                .filter(|x| text(x, "campaign") == cam)
                 .filter(|x| {
                     flag.is_none_or(|f| {
                         x.pointer(&format!("/data/status/{f}"))
@@ -544,7 +530,7 @@ fn answer(
             if !ACTIONS.contains(&action.as_str()) {
                 return fail(302, "Value not in the allowed list: action");
             }
-            let sid = s(&ct.sessions[i], "session");
+            let sid = text(&ct.sessions[i], "session");
             if d.faults.get(&P).is_some_and(|f| f.reject.contains(&sid)) {
                 return fail(513, "Coupon session not found.");
             }

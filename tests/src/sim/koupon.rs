@@ -3,7 +3,8 @@
 //! HMAC-SHA1 with the secret key over the exact URL up to `&authSignature=`).
 
 use super::{
-    dispatch, header, json_body, ledger_body, query_pairs, Data as SimData, Provider, Reply, State,
+    dispatch, header, items, json_body, ledger_body, query_pairs, text, Data as SimData, Provider,
+    Reply, State,
 };
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
@@ -23,27 +24,15 @@ pub struct Data {
     pub transactions: Vec<Value>,
 }
 
-fn s(v: &Value, k: &str) -> String {
-    v.get(k)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
-}
-
 impl Data {
     pub fn from_seed(v: &Value) -> Result<Data, String> {
         let mut d = Data::default();
-        for a in v
-            .get("assets")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if s(a, "discountAsset").is_empty() {
+        for a in items(v, "assets") {
+            if text(a, "discountAsset").is_empty() {
                 return Err("koupon.assets[].discountAsset is required".into());
             }
             let mut a = a.clone();
-            let loyalty = s(&a, "type") == "loyalty";
+            let loyalty = text(&a, "type") == "loyalty";
             if let Some(o) = a.as_object_mut() {
                 o.entry("type").or_insert(json!("barcode"));
                 if loyalty {
@@ -184,8 +173,8 @@ fn check(d: &SimData, req: &HttpRequest) -> Result<(), Reply> {
 
 fn entry_key(e: &Value) -> String {
     match e.get("couponCode").and_then(Value::as_str) {
-        Some(c) => format!("{}/{}", s(e, "discountAsset"), c),
-        None => s(e, "discountAsset"),
+        Some(c) => format!("{}/{}", text(e, "discountAsset"), c),
+        None => text(e, "discountAsset"),
     }
 }
 
@@ -209,7 +198,7 @@ async fn redeem(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Htt
                 let outcome = reply
                     .body
                     .as_ref()
-                    .map(|b| s(b, "errorCode"))
+                    .map(|b| text(b, "errorCode"))
                     .unwrap_or_else(|| reply.status.to_string());
                 for k in &keys {
                     d.ledger.record(
@@ -243,7 +232,7 @@ fn redeem_all(d: &mut SimData, req: &HttpRequest, body: &[u8]) -> Reply {
     }
     let mut seen = std::collections::HashSet::new();
     for e in &list {
-        if s(e, "discountAsset").is_empty() {
+        if text(e, "discountAsset").is_empty() {
             return error(
                 400,
                 "INVALID_REQUEST",
@@ -273,7 +262,7 @@ fn redeem_all(d: &mut SimData, req: &HttpRequest, body: &[u8]) -> Reply {
             .get(&P)
             .map(|f| f.reject.clone())
             .unwrap_or_default();
-        if reject.contains(&k) || reject.contains(&s(e, "discountAsset")) {
+        if reject.contains(&k) || reject.contains(&text(e, "discountAsset")) {
             return error(
                 400,
                 "INVALID_REQUEST",
@@ -283,7 +272,7 @@ fn redeem_all(d: &mut SimData, req: &HttpRequest, body: &[u8]) -> Reply {
     }
     let mut results = Vec::new();
     for e in &list {
-        let asset = s(e, "discountAsset");
+        let asset = text(e, "discountAsset");
         let code = e
             .get("couponCode")
             .and_then(Value::as_str)
@@ -313,10 +302,14 @@ fn redeem_all(d: &mut SimData, req: &HttpRequest, body: &[u8]) -> Reply {
 
 /// Redeems up to `qty`; returns (redeemed, exceptionCode).
 fn apply(k: &mut Data, asset: &str, code: Option<&str>, qty: u64) -> (u64, Option<&'static str>) {
-    let Some(a) = k.assets.iter_mut().find(|a| s(a, "discountAsset") == asset) else {
+    let Some(a) = k
+        .assets
+        .iter_mut()
+        .find(|a| text(a, "discountAsset") == asset)
+    else {
         return (0, Some("ASSET_NOT_FOUND"));
     };
-    let loyalty = s(a, "type") == "loyalty";
+    let loyalty = text(a, "type") == "loyalty";
     let slot = match (loyalty, code) {
         (false, Some(_)) => return (0, Some("COUPON_CODE_NOT_ALLOWED")),
         (true, None) => return (0, Some("COUPON_CODE_REQUIRED")),
@@ -349,7 +342,7 @@ async fn report(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Htt
         |d, req, body| {
             let reply = report_one(d, req, body);
             let outcome = match &reply.body {
-                Some(b) if reply.status != 200 => s(b, "errorCode"),
+                Some(b) if reply.status != 200 => text(b, "errorCode"),
                 _ if reply.status != 200 => reply.status.to_string(),
                 _ => "ok".into(),
             };
@@ -389,7 +382,7 @@ fn report_one(d: &mut SimData, req: &HttpRequest, body: &[u8]) -> Reply {
     let Some(v) = json_body(body) else {
         return error(400, "INVALID_REQUEST", "body is not JSON");
     };
-    let ts = s(&v, "timestamp");
+    let ts = text(&v, "timestamp");
     if !ts.ends_with('Z') || chrono::DateTime::parse_from_rfc3339(&ts).is_err() {
         return error(
             400,
@@ -426,13 +419,7 @@ fn report_one(d: &mut SimData, req: &HttpRequest, body: &[u8]) -> Reply {
             &format!("{a} rejected by the simulator's reject switch"),
         );
     }
-    for (i, p) in v
-        .get("products")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, p) in items(&v, "products").enumerate() {
         let index_ok = p.get("index").is_some_and(|x| {
             x.is_u64()
                 || x.as_str()
@@ -469,7 +456,7 @@ fn report_one(d: &mut SimData, req: &HttpRequest, body: &[u8]) -> Reply {
 
 async fn begin(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let key = json_body(&body)
-        .map(|v| s(&v, "posTransactionId"))
+        .map(|v| text(&v, "posTransactionId"))
         .unwrap_or_default();
     dispatch(
         &st,
@@ -485,7 +472,7 @@ async fn begin(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Http
                 reply
                     .body
                     .as_ref()
-                    .map(|b| s(b, "errorCode"))
+                    .map(|b| text(b, "errorCode"))
                     .unwrap_or_else(|| reply.status.to_string())
             };
             d.ledger.record(
@@ -521,7 +508,7 @@ fn begin_one(d: &mut SimData, req: &HttpRequest, body: &[u8]) -> Reply {
     let Some(v) = json_body(body) else {
         return error(400, "INVALID_REQUEST", "body is not JSON");
     };
-    let pos_id = s(&v, "posTransactionId");
+    let pos_id = text(&v, "posTransactionId");
     if pos_id.is_empty() || !v.get("store").is_some_and(Value::is_object) {
         return error(
             400,

@@ -40,6 +40,19 @@ impl Provider {
     }
 }
 
+/// A string field of a seed or request object (empty when missing or not a string).
+pub(crate) fn text(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The elements of an array field (none when missing or not an array).
+pub(crate) fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
 /// Fault switches of one provider.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
