@@ -134,6 +134,7 @@ fn snapshot() -> Snapshot {
                     .map(|o| ImportCoupon {
                         offer_id: format!("O{o}"),
                         state: shared::domain::CouponState::Clipped,
+                        provider_ref: None,
                     })
                     .collect(),
             })
@@ -378,7 +379,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     e2e::install_crypto();
-    edge_server::logging::init(log::LevelFilter::Warn);
+    shared::logging::init(log::LevelFilter::Warn);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
     std::fs::create_dir_all(&dir).unwrap();
     prepare(&dir);

@@ -292,18 +292,26 @@ fn set_clipped(
         CouponState::Available
     };
     repo::set_coupon_state(conn, customer, &offer.id, state, now, true)?;
-    let items = outbox::for_activation(event(offer, customer, customer_ref), clipped, now);
+    let coupon_ref = repo::coupon_provider_ref(conn, customer, &offer.id)?;
+    let items = outbox::for_activation(
+        event(offer, coupon_ref.as_deref(), customer, customer_ref),
+        clipped,
+        now,
+    );
     Ok(enqueue_all(conn, items, now)?)
 }
 
+/// The outbox event of a customer's coupon. `coupon_ref` is the provider's id of this
+/// customer's copy of the coupon (Convercus accountCouponId) when the provider has one.
 fn event<'a>(
     offer: &'a Offer,
+    coupon_ref: Option<&'a str>,
     customer: &'a str,
     customer_ref: Option<&'a str>,
 ) -> CouponEvent<'a> {
     CouponEvent {
         provider: &offer.provider,
-        provider_ref: &offer.provider_ref,
+        provider_ref: coupon_ref.unwrap_or(&offer.provider_ref),
         offer_id: &offer.id,
         external_id: &offer.external_id,
         customer_id: customer,
@@ -633,10 +641,16 @@ pub fn commit(
         if let Some(cost) = offer.loyalty_cost {
             repo::spend_points(conn, &input.customer, cost)?;
         }
+        let coupon_ref = repo::coupon_provider_ref(conn, &input.customer, id)?;
         enqueue_all(
             conn,
             outbox::for_redemption(
-                event(&offer, &input.customer, customer_ref.as_deref()),
+                event(
+                    &offer,
+                    coupon_ref.as_deref(),
+                    &input.customer,
+                    customer_ref.as_deref(),
+                ),
                 &input.site,
                 &input.txn,
                 discount.0,

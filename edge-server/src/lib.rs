@@ -137,8 +137,6 @@ fn start_hold_sweeper(db: &Db) {
 /// The shared state type handlers extract.
 pub type State = web::Data<AppState>;
 
-pub mod logging;
-
 /// Starts the server on the configured address and runs until SIGTERM/SIGINT.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let (db, tls) = prepare(&config)?;

@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     }
     let config = shared::config::Config::load(&cli.config)
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
-    edge_server::logging::init(config.log_level());
+    shared::logging::init(config.log_level());
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => edge_server::serve(config),
         Command::Import { file } => edge_server::import(&config, &file),

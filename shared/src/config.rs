@@ -62,13 +62,144 @@ pub struct Config {
     pub lanes: LanesConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
-    /// Sections owned by the sync daemon; kept opaque here so the edge server accepts them.
+    /// The upstream coupon providers the sync daemon talks to.
     #[serde(default)]
-    pub providers: toml::Table,
+    pub providers: ProvidersConfig,
+    /// How the sync daemon delivers the outbox.
     #[serde(default)]
-    pub outbox: toml::Table,
+    pub outbox: OutboxConfig,
+    /// Pricing rules for provider coupons, pushed by regional IT.
     #[serde(default)]
-    pub offer_rules: toml::Table,
+    pub offer_rules: Vec<OfferRuleConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    pub convercus: ConvercusConfig,
+    pub coupontools: CoupontoolsConfig,
+    pub koupon: KouponConfig,
+}
+
+/// Convercus authentication scheme (convercus.md §2).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvercusAuth {
+    /// `POST /auth/login` with org, user name and password; a 24 h JWT.
+    Legacy,
+    /// OAuth client credentials against the program's Keycloak token URL.
+    Oauth,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConvercusConfig {
+    pub enabled: bool,
+    pub base_url: String,
+    pub auth: ConvercusAuth,
+    /// OAuth only: the realm's token URL.
+    pub token_url: String,
+    pub org: String,
+    pub username: String,
+    pub password: Secret,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Prefix of the `Authorization` value: "" sends the bare token (legacy examples),
+    /// "Bearer" for OAuth. "auto" picks by `auth`.
+    pub auth_prefix: String,
+    /// Legacy tokens live 24 h: log in again after this many seconds. OAuth tokens are
+    /// renewed at 80 % of their `expires_in`.
+    pub token_refresh_secs: u64,
+    /// `interaction-id` header: this store's interaction point registered at Convercus.
+    pub interaction_id: String,
+    /// `id-type` of the lane's customer id (the card number): CARDCODE, APPCODE,
+    /// EXTERNALCODE or ID.
+    pub customer_id_type: String,
+    /// Language of `i18nFields` used for coupon titles (falls back to any).
+    pub language: String,
+    /// Cron schedule (sec min hour day month weekday) of the customer coupon list pull.
+    pub schedule: String,
+    /// Customer ids (card codes) to pull besides every customer seen at this store.
+    pub customers: Vec<String>,
+    /// Accounts fetched at the same time during a pull.
+    pub pull_concurrency: usize,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoupontoolsConfig {
+    pub enabled: bool,
+    /// API base ending in `/v3/`.
+    pub base_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Campaigns (`cam_…`) whose claimed sessions are pulled as vouchers.
+    pub campaigns: Vec<String>,
+    /// Cron schedule of the catalog and claimed-session pull.
+    pub schedule: String,
+    /// Records per page of `campaign/claims` (Coupontools pages by 5000).
+    pub page_size: usize,
+    /// Name of the update action parameter (coupontools.md §3.5 [GAP]).
+    pub action_param: String,
+    /// Allowed clock difference when deciding whether a validation found upstream is ours.
+    pub clock_skew_secs: i64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KouponConfig {
+    pub enabled: bool,
+    /// Store Connect host (redeem, report).
+    pub storeconnect_url: String,
+    /// Management host (offer list).
+    pub management_url: String,
+    pub api_key: String,
+    pub secret: Secret,
+    /// Koupon's id of this store (`storeid` of the offer list, `store` of reports).
+    pub store_id: String,
+    /// Cron schedule of the offer list pull.
+    pub schedule: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Items delivered at the same time (across ordering keys and providers).
+    pub concurrency: usize,
+    /// Seconds an item stays claimed by a worker; a crashed worker's items come back after.
+    pub lease_secs: u64,
+    /// How often the worker looks for due items when it has nothing to do, ms.
+    pub poll_ms: u64,
+    /// Backoff after a transient failure: base * 2^(attempt-1), capped, with jitter.
+    pub backoff_base_secs: u64,
+    pub backoff_cap_secs: u64,
+    pub jitter_percent: u64,
+    /// Consecutive transient failures that open a provider's circuit breaker.
+    pub breaker_threshold: u32,
+    /// Seconds between probes of a provider whose breaker is open.
+    pub breaker_probe_secs: u64,
+    /// Delivered items are deleted after this many days.
+    pub retention_days: u64,
+}
+
+/// A pricing rule for one provider coupon (or a whole Coupontools campaign).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OfferRuleConfig {
+    /// `convercus`, `coupontools` or `koupon`.
+    pub provider: String,
+    /// Convercus `externalReference` or `couponId`, Coupontools campaign id, Koupon offerId.
+    pub reference: String,
+    /// What the lanes and the catalog show.
+    #[serde(default)]
+    pub description: Option<String>,
+    pub rule: crate::domain::Rule,
+    /// Redemptions per customer (None = the provider's own limit).
+    #[serde(default)]
+    pub per_customer_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +364,79 @@ impl Default for LanesConfig {
     }
 }
 
+impl Default for ConvercusConfig {
+    fn default() -> Self {
+        ConvercusConfig {
+            enabled: false,
+            base_url: "https://api.convercus.io".to_owned(),
+            auth: ConvercusAuth::Legacy,
+            token_url: String::new(),
+            org: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            client_id: "machine-2-machine".to_owned(),
+            client_secret: Secret::default(),
+            auth_prefix: "auto".to_owned(),
+            token_refresh_secs: 20 * 3600,
+            interaction_id: "edge".to_owned(),
+            customer_id_type: "CARDCODE".to_owned(),
+            language: "en".to_owned(),
+            schedule: "0 */15 * * * *".to_owned(),
+            customers: Vec::new(),
+            pull_concurrency: 4,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for CoupontoolsConfig {
+    fn default() -> Self {
+        CoupontoolsConfig {
+            enabled: false,
+            base_url: "https://api.coupontools.com/v3/".to_owned(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            campaigns: Vec::new(),
+            schedule: "0 */5 * * * *".to_owned(),
+            page_size: 5000,
+            action_param: "action".to_owned(),
+            clock_skew_secs: 300,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for KouponConfig {
+    fn default() -> Self {
+        KouponConfig {
+            enabled: false,
+            storeconnect_url: "https://storeconnect.kouponmedia.com".to_owned(),
+            management_url: "https://management.kouponmedia.com".to_owned(),
+            api_key: String::new(),
+            secret: Secret::default(),
+            store_id: String::new(),
+            schedule: "0 0 * * * *".to_owned(),
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            concurrency: 4,
+            lease_secs: 120,
+            poll_ms: 250,
+            backoff_base_secs: 2,
+            backoff_cap_secs: 600,
+            jitter_percent: 20,
+            breaker_threshold: 3,
+            breaker_probe_secs: 15,
+            retention_days: 14,
+        }
+    }
+}
+
 impl Default for LoggingConfig {
     fn default() -> Self {
         LoggingConfig {
@@ -362,6 +566,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_sync()?;
         if log_level(&self.logging.level).is_none() {
             return Err(invalid(
                 "logging.level",
@@ -369,6 +574,163 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_sync(&self) -> Result<(), ConfigError> {
+        let p = &self.providers;
+        let schedules = [
+            ("providers.convercus.schedule", &p.convercus.schedule),
+            ("providers.coupontools.schedule", &p.coupontools.schedule),
+            ("providers.koupon.schedule", &p.koupon.schedule),
+        ];
+        for (key, expr) in schedules {
+            parse_schedule(expr).map_err(|reason| invalid(key, reason))?;
+        }
+        let urls = [
+            ("providers.convercus.base_url", &p.convercus.base_url),
+            ("providers.coupontools.base_url", &p.coupontools.base_url),
+            (
+                "providers.koupon.storeconnect_url",
+                &p.koupon.storeconnect_url,
+            ),
+            ("providers.koupon.management_url", &p.koupon.management_url),
+        ];
+        for (key, url) in urls {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(invalid(key, format!("`{url}` must start with https://")));
+            }
+        }
+        let c = &p.convercus;
+        if c.enabled {
+            match c.auth {
+                ConvercusAuth::Legacy if c.org.is_empty() || c.username.is_empty() => {
+                    return Err(invalid(
+                        "providers.convercus.username",
+                        "legacy login needs org, username and password",
+                    ))
+                }
+                ConvercusAuth::Oauth if c.token_url.is_empty() => {
+                    return Err(invalid(
+                        "providers.convercus.token_url",
+                        "OAuth needs the realm's token URL",
+                    ))
+                }
+                _ => {}
+            }
+            if c.interaction_id.is_empty() {
+                return Err(invalid(
+                    "providers.convercus.interaction_id",
+                    "set this store's interaction point registered at Convercus",
+                ));
+            }
+        }
+        if !["CARDCODE", "APPCODE", "EXTERNALCODE", "ID"].contains(&c.customer_id_type.as_str()) {
+            return Err(invalid(
+                "providers.convercus.customer_id_type",
+                "use CARDCODE, APPCODE, EXTERNALCODE or ID",
+            ));
+        }
+        if !["auto", "", "Bearer"].contains(&c.auth_prefix.as_str()) {
+            return Err(invalid(
+                "providers.convercus.auth_prefix",
+                "use \"auto\", \"\" or \"Bearer\"",
+            ));
+        }
+        if c.token_refresh_secs < 60 {
+            return Err(invalid(
+                "providers.convercus.token_refresh_secs",
+                "must be at least 60",
+            ));
+        }
+        if c.pull_concurrency == 0 || c.pull_concurrency > 32 {
+            return Err(invalid(
+                "providers.convercus.pull_concurrency",
+                "must be between 1 and 32",
+            ));
+        }
+        let t = &p.coupontools;
+        if t.enabled && (t.client_id.is_empty() || t.client_secret.expose().is_empty()) {
+            return Err(invalid(
+                "providers.coupontools.client_id",
+                "set client_id and client_secret",
+            ));
+        }
+        if let Some(bad) = t.campaigns.iter().find(|c| {
+            !(c.starts_with("cam_")
+                && c.len() > 4
+                && c[4..].chars().all(|x| x.is_ascii_alphanumeric()))
+        }) {
+            return Err(invalid(
+                "providers.coupontools.campaigns",
+                format!("`{bad}` is not a campaign id like cam_100001"),
+            ));
+        }
+        if t.page_size == 0 {
+            return Err(invalid(
+                "providers.coupontools.page_size",
+                "must be at least 1",
+            ));
+        }
+        let k = &p.koupon;
+        if k.enabled && (k.api_key.is_empty() || k.secret.expose().is_empty()) {
+            return Err(invalid(
+                "providers.koupon.api_key",
+                "set api_key and secret",
+            ));
+        }
+        for (key, ms) in [
+            ("providers.convercus.timeout_ms", c.timeout_ms),
+            ("providers.coupontools.timeout_ms", t.timeout_ms),
+            ("providers.koupon.timeout_ms", k.timeout_ms),
+        ] {
+            if !(100..=120_000).contains(&ms) {
+                return Err(invalid(key, "must be between 100 and 120000"));
+            }
+        }
+        let o = &self.outbox;
+        if o.concurrency == 0 || o.concurrency > 64 {
+            return Err(invalid("outbox.concurrency", "must be between 1 and 64"));
+        }
+        if o.lease_secs < 5 {
+            return Err(invalid("outbox.lease_secs", "must be at least 5"));
+        }
+        if o.poll_ms < 10 {
+            return Err(invalid("outbox.poll_ms", "must be at least 10"));
+        }
+        if o.backoff_base_secs == 0 || o.backoff_cap_secs < o.backoff_base_secs {
+            return Err(invalid(
+                "outbox.backoff_cap_secs",
+                "backoff_base_secs must be at least 1 and at most backoff_cap_secs",
+            ));
+        }
+        if o.jitter_percent > 100 {
+            return Err(invalid("outbox.jitter_percent", "must be at most 100"));
+        }
+        if o.breaker_threshold == 0 || o.breaker_probe_secs == 0 {
+            return Err(invalid(
+                "outbox.breaker_threshold",
+                "breaker_threshold and breaker_probe_secs must be at least 1",
+            ));
+        }
+        for r in &self.offer_rules {
+            if !["convercus", "coupontools", "koupon"].contains(&r.provider.as_str()) {
+                return Err(invalid(
+                    "offer_rules.provider",
+                    format!("`{}` is not convercus, coupontools or koupon", r.provider),
+                ));
+            }
+            if r.reference.is_empty() {
+                return Err(invalid("offer_rules.reference", "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured rule for a provider reference, if any.
+    pub fn offer_rule(&self, provider: &str, reference: &str) -> Option<&OfferRuleConfig> {
+        self.offer_rules
+            .iter()
+            .find(|r| r.provider == provider && r.reference == reference)
     }
 
     pub fn time_zone(&self) -> chrono_tz::Tz {
@@ -385,6 +747,13 @@ impl Config {
     pub fn log_level(&self) -> log::LevelFilter {
         log_level(&self.logging.level).unwrap_or(log::LevelFilter::Info)
     }
+}
+
+/// Parses a cron schedule (`sec min hour day-of-month month day-of-week [year]`).
+pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
+    expr.parse::<cron::Schedule>().map_err(|e| {
+        format!("`{expr}` is not a cron schedule (sec min hour day month weekday): {e}")
+    })
 }
 
 fn log_level(s: &str) -> Option<log::LevelFilter> {

@@ -17,12 +17,15 @@ pub type ReadConn = r2d2::PooledConnection<SqliteConnectionManager>;
 
 /// The numbered, append-only migrations. Never edit one that has shipped: add a new one.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../migrations/0001_initial.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../migrations/0001_initial.sql")),
+        M::up(include_str!("../migrations/0002_sync.sql")),
+    ])
 }
 
 /// Number of the newest migration this build knows.
 pub fn schema_version() -> i64 {
-    1
+    2
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -426,7 +429,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version(), 1);
+        assert_eq!(schema_version(), 2);
     }
 
     #[test]

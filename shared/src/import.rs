@@ -53,6 +53,9 @@ pub struct ImportCustomer {
 pub struct ImportCoupon {
     pub offer_id: String,
     pub state: CouponState,
+    /// The provider's id of this customer's copy (Convercus accountCouponId), if any.
+    #[serde(default)]
+    pub provider_ref: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,7 +188,14 @@ pub fn import(
                 };
                 repo::upsert_customer(c, &customer, now)?;
                 for k in &ic.coupons {
-                    repo::import_coupon_state(c, &ic.id, &k.offer_id, k.state, now)?;
+                    repo::import_coupon_state(
+                        c,
+                        &ic.id,
+                        &k.offer_id,
+                        k.state,
+                        k.provider_ref.as_deref(),
+                        now,
+                    )?;
                 }
             }
             Ok::<_, rusqlite::Error>(())

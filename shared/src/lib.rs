@@ -10,6 +10,8 @@ pub mod db;
 pub mod domain;
 pub mod engine;
 pub mod import;
+pub mod logging;
 pub mod money;
 pub mod outbox;
 pub mod repo;
+pub mod sync;

@@ -52,10 +52,15 @@ pub struct Item {
     pub state: String,
     pub attempts: i64,
     pub last_error: Option<String>,
+    /// Provider-specific notes written before an attempt (see [`set_progress`]).
+    pub progress: Option<Value>,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
-const ITEM_COLUMNS: &str =
-    "id, provider, operation, idempotency_key, ordering_key, payload, state, attempts, last_error";
+const ITEM_COLUMNS: &str = "id, provider, operation, idempotency_key, ordering_key, payload, state, attempts, last_error, \
+     progress, next_attempt_at, created_at, updated_at";
 
 fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     let payload: String = r.get(5)?;
@@ -69,7 +74,72 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         state: r.get(6)?,
         attempts: r.get(7)?,
         last_error: r.get(8)?,
+        progress: r
+            .get::<_, Option<String>>(9)?
+            .and_then(|p| serde_json::from_str(&p).ok()),
+        next_attempt_at: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
     })
+}
+
+/// One row by id.
+pub fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<Item>> {
+    conn.prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM outbox WHERE id = ?1"))?
+        .query_row([id], item_from_row)
+        .optional()
+}
+
+/// Records what the worker knows before (re)sending an item, durably, so a retry after an
+/// unknown outcome (lost answer, crash) can check what the provider already applied.
+pub fn set_progress(conn: &Connection, id: i64, progress: &Value) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE outbox SET progress = ?2 WHERE id = ?1")?
+        .execute(params![id, progress.to_string()])?;
+    Ok(())
+}
+
+/// After an item is delivered: the local rows it was about stop being "newer than
+/// upstream" once nothing else about them waits for delivery (promise 5 ends there).
+pub fn settle_local(conn: &Connection, item: &Item) -> rusqlite::Result<()> {
+    let text = |k: &str| {
+        item.payload
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    match (text("customer"), text("offerId"), text("code")) {
+        (Some(customer), Some(offer), _) => {
+            conn.prepare_cached(
+                "UPDATE customer_coupons SET local_dirty = 0 WHERE customer_id = ?1 AND offer_id = ?2 AND local_dirty = 1 \
+                 AND NOT EXISTS (SELECT 1 FROM outbox WHERE ordering_key = ?3 AND state IN ('pending', 'inflight', 'dead'))",
+            )?
+            .execute(params![customer, offer, item.ordering_key])?;
+        }
+        (_, _, Some(code)) => {
+            conn.prepare_cached(
+                "UPDATE vouchers SET local_dirty = 0 WHERE code = ?1 AND local_dirty = 1 \
+                 AND NOT EXISTS (SELECT 1 FROM outbox WHERE ordering_key = ?2 AND state IN ('pending', 'inflight', 'dead'))",
+            )?
+            .execute(params![code, item.ordering_key])?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Items in a state, newest first, at most `limit` (operators).
+pub fn list_recent(
+    conn: &Connection,
+    state: Option<&str>,
+    provider: Option<&str>,
+    limit: i64,
+) -> rusqlite::Result<Vec<Item>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {ITEM_COLUMNS} FROM outbox WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR provider = ?2) \
+         ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = st.query_map(params![state, provider, limit], item_from_row)?;
+    rows.collect()
 }
 
 /// Every row, oldest first (operators and tests).

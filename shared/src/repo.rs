@@ -277,6 +277,21 @@ pub fn customer_coupon_rows(conn: &Connection, customer_id: &str) -> Result<Vec<
     rows.collect()
 }
 
+/// The provider's id of this customer's copy of an offer (Convercus accountCouponId), when
+/// a pull recorded one.
+pub fn coupon_provider_ref(
+    conn: &Connection,
+    customer_id: &str,
+    offer_id: &str,
+) -> Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT provider_ref FROM customer_coupons WHERE customer_id = ?1 AND offer_id = ?2",
+    )?
+    .query_row([customer_id, offer_id], |r| r.get(0))
+    .optional()
+    .map(Option::flatten)
+}
+
 /// Sets a coupon's state, creating the row when needed. `dirty` marks a local change not
 /// yet acknowledged upstream.
 pub fn set_coupon_state(
@@ -647,13 +662,16 @@ pub fn import_coupon_state(
     customer_id: &str,
     offer_id: &str,
     state: CouponState,
+    provider_ref: Option<&str>,
     now: i64,
 ) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO customer_coupons (customer_id, offer_id, state, state_at) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (customer_id, offer_id) DO UPDATE SET state = excluded.state, state_at = excluded.state_at \
-         WHERE local_dirty = 0 AND state != excluded.state",
+        "INSERT INTO customer_coupons (customer_id, offer_id, state, state_at, provider_ref) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (customer_id, offer_id) DO UPDATE SET \
+           state = CASE WHEN local_dirty = 0 THEN excluded.state ELSE state END, \
+           state_at = CASE WHEN local_dirty = 0 AND state != excluded.state THEN excluded.state_at ELSE state_at END, \
+           provider_ref = coalesce(excluded.provider_ref, provider_ref)",
     )?
-    .execute(params![customer_id, offer_id, state.as_str(), now])?;
+    .execute(params![customer_id, offer_id, state.as_str(), now, provider_ref])?;
     Ok(())
 }

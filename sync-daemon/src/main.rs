@@ -1,8 +1,9 @@
-//! `sync-daemon` binary. Until the provider clients land (issue 3) it migrates the shared
-//! database to the current schema and exits, so both services agree on the schema.
+//! `sync-daemon` binary: parse the command line, load the config (refusing to start on a
+//! bad one, naming the key), start logging, and run the daemon until SIGTERM or SIGINT.
 
 use clap::Parser;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
@@ -17,24 +18,69 @@ struct Cli {
         env = "EDGE_CONFIG"
     )]
     config: PathBuf,
+    /// Migrate the database to the current schema and exit.
+    #[arg(long)]
+    migrate_only: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = shared::config::Config::load(&cli.config)
-        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
-    let _ = env_logger::Builder::new()
-        .filter_level(config.log_level())
-        .try_init();
-    let conn = shared::db::open_and_migrate(&config.database).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open database {}: {e}",
-            config.database.path.display()
-        )
-    })?;
-    log::info!(
-        "database at schema version {}",
-        shared::db::current_version(&conn)?
-    );
-    Ok(())
+    let config = match shared::config::Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sync-daemon: refusing to start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    shared::logging::init(config.log_level());
+    if cli.migrate_only {
+        return match shared::db::open_and_migrate(&config.database) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!(
+                    "cannot open database {}: {e}",
+                    config.database.path.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(sync_daemon::run(cli.config, config, stop_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

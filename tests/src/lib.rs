@@ -3,6 +3,7 @@
 //! to be ready by polling, and gives lane-like HTTPS clients. Processes are killed on drop.
 
 pub mod sim;
+pub mod stack;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;

@@ -14,6 +14,8 @@ pub fn init(level: log::LevelFilter) {
     let _ = env_logger::Builder::new()
         .filter_level(level)
         .filter_module("actix_server", log::LevelFilter::Warn.min(level))
+        .filter_module("reqwest", log::LevelFilter::Warn.min(level))
+        .filter_module("hyper_util", log::LevelFilter::Warn.min(level))
         .format_timestamp_millis()
         .try_init();
 }

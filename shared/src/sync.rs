@@ -1,0 +1,366 @@
+//! What the sync daemon writes besides the outbox: each provider's sync state, the rows a
+//! pull brings in (diffed against local state, never overwriting what is newer here), and
+//! the store status that `edge-ctl`, `/readyz` and the health page read.
+
+use crate::domain::{CouponState, Offer};
+use crate::repo;
+use rusqlite::{params, Connection, OptionalExtension, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+// ---------------------------------------------------------------- sync state
+
+fn ensure_row(conn: &Connection, provider: &str) -> Result<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO sync_state (provider) VALUES (?1)")?
+        .execute([provider])?;
+    Ok(())
+}
+
+/// A pull (or probe) of `provider` starts.
+pub fn record_attempt(conn: &Connection, provider: &str, now: i64) -> Result<()> {
+    ensure_row(conn, provider)?;
+    conn.prepare_cached("UPDATE sync_state SET last_attempt_at = ?2 WHERE provider = ?1")?
+        .execute(params![provider, now])?;
+    Ok(())
+}
+
+/// A pull of `provider` finished; `result` says what it changed.
+pub fn record_success(conn: &Connection, provider: &str, now: i64, result: &str) -> Result<()> {
+    ensure_row(conn, provider)?;
+    conn.prepare_cached(
+        "UPDATE sync_state SET last_success_at = ?2, last_result = ?3 WHERE provider = ?1",
+    )?
+    .execute(params![provider, now, result])?;
+    Ok(())
+}
+
+/// A pull or delivery of `provider` failed (kept until the next error; the last success
+/// stays as it was).
+pub fn record_error(conn: &Connection, provider: &str, now: i64, error: &str) -> Result<()> {
+    ensure_row(conn, provider)?;
+    conn.prepare_cached(
+        "UPDATE sync_state SET last_error = ?2, last_error_at = ?3 WHERE provider = ?1",
+    )?
+    .execute(params![provider, error, now])?;
+    Ok(())
+}
+
+/// `edge-ctl sync now PROVIDER`: the daemon pulls `provider` at its next look (about a
+/// second), whatever its schedule.
+pub fn request_sync(conn: &Connection, provider: &str, now: i64) -> Result<()> {
+    ensure_row(conn, provider)?;
+    conn.prepare_cached("UPDATE sync_state SET requested_at = ?2 WHERE provider = ?1")?
+        .execute(params![provider, now])?;
+    Ok(())
+}
+
+/// Whether any sync request waits (a read, so an idle daemon does not write).
+pub fn has_requests(conn: &Connection) -> Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM sync_state WHERE requested_at IS NOT NULL)")?
+        .query_row([], |r| r.get(0))
+}
+
+/// Providers with a pending sync request; the requests are cleared.
+pub fn take_requests(conn: &Connection) -> Result<Vec<String>> {
+    let mut st = conn.prepare_cached(
+        "UPDATE sync_state SET requested_at = NULL WHERE requested_at IS NOT NULL RETURNING provider",
+    )?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+// ---------------------------------------------------------------- status
+
+/// One provider's health as store IT sees it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ProviderStatus {
+    pub provider: String,
+    pub last_success_at: Option<i64>,
+    pub last_attempt_at: Option<i64>,
+    pub last_result: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+    pub sync_requested_at: Option<i64>,
+    /// Outbox items by state (`pending`, `inflight`, `delivered`, `dead`, `discarded`).
+    pub queue: BTreeMap<String, i64>,
+    /// Age in seconds of the oldest item not yet delivered (pending or in flight).
+    pub oldest_pending_age_secs: Option<i64>,
+}
+
+/// Status of every provider that is listed in `providers`, has sync state, or has outbox
+/// items, by name.
+pub fn status(conn: &Connection, providers: &[&str], now: i64) -> Result<Vec<ProviderStatus>> {
+    let mut out: BTreeMap<String, ProviderStatus> = providers
+        .iter()
+        .map(|p| {
+            (
+                (*p).to_owned(),
+                ProviderStatus {
+                    provider: (*p).to_owned(),
+                    ..ProviderStatus::default()
+                },
+            )
+        })
+        .collect();
+    let entry = |out: &mut BTreeMap<String, ProviderStatus>, p: &str| {
+        out.entry(p.to_owned())
+            .or_insert_with(|| ProviderStatus {
+                provider: p.to_owned(),
+                ..ProviderStatus::default()
+            })
+            .provider
+            .clone()
+    };
+    let mut st = conn.prepare_cached(
+        "SELECT provider, last_success_at, last_attempt_at, last_result, last_error, last_error_at, requested_at \
+         FROM sync_state",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(ProviderStatus {
+            provider: r.get(0)?,
+            last_success_at: r.get(1)?,
+            last_attempt_at: r.get(2)?,
+            last_result: r.get(3)?,
+            last_error: r.get(4)?,
+            last_error_at: r.get(5)?,
+            sync_requested_at: r.get(6)?,
+            ..ProviderStatus::default()
+        })
+    })?;
+    for row in rows {
+        let row = row?;
+        out.insert(row.provider.clone(), row);
+    }
+    let mut st = conn.prepare_cached(
+        "SELECT provider, state, count(*), min(CASE WHEN state IN ('pending', 'inflight') THEN created_at END) \
+         FROM outbox GROUP BY provider, state",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (provider, state, count, oldest) = row?;
+        let key = entry(&mut out, &provider);
+        if let Some(s) = out.get_mut(&key) {
+            s.queue.insert(state, count);
+            if let Some(created) = oldest {
+                let age = (now - created).max(0);
+                s.oldest_pending_age_secs =
+                    Some(s.oldest_pending_age_secs.map_or(age, |a| a.max(age)));
+            }
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+// ---------------------------------------------------------------- pulls
+
+/// The local id of the offer a provider knows as `provider_ref`, if it was pulled or
+/// imported before (so an imported id like `CVX1` keeps being used).
+pub fn offer_id_for_ref(
+    conn: &Connection,
+    provider: &str,
+    provider_ref: &str,
+) -> Result<Option<String>> {
+    conn.prepare_cached("SELECT id FROM offers WHERE provider = ?1 AND provider_ref = ?2")?
+        .query_row([provider, provider_ref], |r| r.get(0))
+        .optional()
+}
+
+/// Writes a pulled offer when it differs from the stored one. Returns whether it changed.
+pub fn apply_offer(conn: &Connection, offer: &Offer, now: i64) -> Result<bool> {
+    if repo::offer(conn, &offer.id)?.as_ref() == Some(offer) {
+        return Ok(false);
+    }
+    repo::upsert_offer(conn, offer, now)?;
+    Ok(true)
+}
+
+/// A customer's coupon as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledCoupon {
+    pub offer_id: String,
+    pub state: CouponState,
+    /// The provider's id of this customer's copy (Convercus accountCouponId).
+    pub provider_ref: Option<String>,
+    /// Redemptions upstream has recorded for this customer.
+    pub upstream_redemptions: Option<i64>,
+}
+
+/// What a pull changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    pub written: usize,
+    pub unchanged: usize,
+    /// Rows left alone because a local change is not yet acknowledged upstream.
+    pub kept_local: usize,
+}
+
+impl std::ops::AddAssign for Changes {
+    fn add_assign(&mut self, o: Changes) {
+        self.written += o.written;
+        self.unchanged += o.unchanged;
+        self.kept_local += o.kept_local;
+    }
+}
+
+/// Brings one customer's coupons of `provider` in line with a full pull: rows that differ
+/// are written, rows upstream no longer lists become `expired`; a row with a local change
+/// not yet acknowledged upstream (`local_dirty`) is never touched (promise 5).
+pub fn apply_customer_coupons(
+    conn: &Connection,
+    customer_id: &str,
+    provider: &str,
+    pulled: &[PulledCoupon],
+    now: i64,
+) -> Result<Changes> {
+    let mut local: BTreeMap<String, (String, Option<String>, Option<i64>, bool)> = BTreeMap::new();
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT c.offer_id, c.state, c.provider_ref, c.upstream_redemptions, c.local_dirty \
+             FROM customer_coupons c JOIN offers o ON o.id = c.offer_id \
+             WHERE c.customer_id = ?1 AND o.provider = ?2",
+        )?;
+        let rows = st.query_map([customer_id, provider], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+            ))
+        })?;
+        for row in rows {
+            let (k, v) = row?;
+            local.insert(k, v);
+        }
+    }
+    let mut changes = Changes::default();
+    let mut write = conn.prepare_cached(
+        "INSERT INTO customer_coupons (customer_id, offer_id, state, state_at, provider_ref, upstream_redemptions) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (customer_id, offer_id) DO UPDATE SET \
+           state = CASE WHEN local_dirty = 1 THEN state ELSE excluded.state END, \
+           state_at = CASE WHEN local_dirty = 1 OR state = excluded.state THEN state_at ELSE excluded.state_at END, \
+           provider_ref = excluded.provider_ref, upstream_redemptions = excluded.upstream_redemptions",
+    )?;
+    for p in pulled {
+        match local.remove(&p.offer_id) {
+            Some((state, pref, ups, _))
+                if state == p.state.as_str()
+                    && pref == p.provider_ref
+                    && ups == p.upstream_redemptions =>
+            {
+                changes.unchanged += 1;
+            }
+            Some((state, _, _, true)) if state != p.state.as_str() => {
+                // Keep the local state; still learn the provider's ids and counts.
+                write.execute(params![
+                    customer_id,
+                    p.offer_id,
+                    p.state.as_str(),
+                    now,
+                    p.provider_ref,
+                    p.upstream_redemptions
+                ])?;
+                changes.kept_local += 1;
+            }
+            _ => {
+                write.execute(params![
+                    customer_id,
+                    p.offer_id,
+                    p.state.as_str(),
+                    now,
+                    p.provider_ref,
+                    p.upstream_redemptions
+                ])?;
+                changes.written += 1;
+            }
+        }
+    }
+    // Upstream no longer lists these: they can no longer be used.
+    let mut expire = conn.prepare_cached(
+        "UPDATE customer_coupons SET state = 'expired', state_at = ?3 \
+         WHERE customer_id = ?1 AND offer_id = ?2 AND local_dirty = 0 AND state != 'expired'",
+    )?;
+    for (offer_id, (state, _, _, dirty)) in local {
+        if dirty {
+            changes.kept_local += 1;
+        } else if state != "expired" {
+            expire.execute(params![customer_id, offer_id, now])?;
+            changes.written += 1;
+        }
+    }
+    Ok(changes)
+}
+
+/// Customers the store knows (every one seen at a lane or imported), in id order, after
+/// `after`, at most `limit`: the pull walks them in pages.
+pub fn customer_ids(conn: &Connection, after: &str, limit: i64) -> Result<Vec<String>> {
+    let mut st =
+        conn.prepare_cached("SELECT id FROM customers WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+    let rows = st.query_map(params![after, limit], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Writes a pulled voucher when the provider's view of it changed. A voucher with a local
+/// change not yet acknowledged upstream keeps its local state ([`repo::upsert_voucher`]).
+/// Returns whether anything was written.
+pub fn apply_voucher(conn: &Connection, v: &repo::Voucher, now: i64) -> Result<bool> {
+    if let Some(old) = repo::voucher(conn, &v.code)? {
+        let same = old.provider == v.provider
+            && old.provider_ref == v.provider_ref
+            && old.description == v.description
+            && old.value == v.value
+            && old.min_spend == v.min_spend
+            && old.valid_from == v.valid_from
+            && old.valid_until == v.valid_until
+            && (old.state == v.state || old.state == "locked" && v.state == "active")
+            && (v.validated_at.is_none() || old.validated_at.is_some());
+        if same {
+            return Ok(false);
+        }
+    }
+    repo::upsert_voucher(conn, v, now)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn requests_are_taken_once_and_status_counts_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::DatabaseConfig {
+            path: dir.path().join("s.db"),
+            ..Default::default()
+        };
+        let c = crate::db::open_and_migrate(&cfg).unwrap();
+        request_sync(&c, "koupon", 5).unwrap();
+        assert_eq!(take_requests(&c).unwrap(), vec!["koupon".to_owned()]);
+        assert!(take_requests(&c).unwrap().is_empty());
+        record_success(&c, "koupon", 10, "3 offers").unwrap();
+        record_error(&c, "koupon", 11, "timeout").unwrap();
+        let item = crate::outbox::NewItem {
+            provider: "koupon",
+            operation: "redemption",
+            idempotency_key: "k1".into(),
+            ordering_key: "o1".into(),
+            payload: serde_json::json!({}),
+        };
+        crate::outbox::enqueue(&c, &item, 100).unwrap();
+        let s = status(&c, &["convercus", "koupon"], 130).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].provider, "convercus");
+        assert!(s[0].queue.is_empty());
+        let k = &s[1];
+        assert_eq!(k.last_success_at, Some(10));
+        assert_eq!(k.last_error.as_deref(), Some("timeout"));
+        assert_eq!(k.queue.get("pending"), Some(&1));
+        assert_eq!(k.oldest_pending_age_secs, Some(30));
+    }
+}

@@ -1,0 +1,716 @@
+//! Convercus client (shared/api/convercus.md): login and token cache, account coupon lists
+//! of the store's customers, and delivery of activations and redemptions.
+//!
+//! Redemption has no idempotency key and answers with no body, so before the first attempt
+//! the worker durably records the coupon's `redeemCount`; a retry reads it again first and
+//! counts the item delivered when it has grown (never applied twice).
+
+use crate::http::{self, CallError, Delivery};
+use crate::pull::{short_id, CustomerPull};
+use chrono::NaiveDate;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{json, Value};
+use shared::config::{Config, ConvercusAuth, ConvercusConfig};
+use shared::domain::{CouponState, ItemSet, Mechanic, Offer, Rule};
+use shared::outbox::Item;
+use shared::repo::Customer;
+use shared::sync::PulledCoupon;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+pub const NAME: &str = shared::outbox::provider::CONVERCUS;
+
+struct Token {
+    value: String,
+    renew_at: Instant,
+}
+
+pub struct Client {
+    cfg: ConvercusConfig,
+    http: reqwest::Client,
+    token: Mutex<Option<Token>>,
+}
+
+/// The progress note of a redemption: the coupon's redeemCount before our first attempt.
+const BASELINE: &str = "redeemCountBefore";
+
+impl Client {
+    pub fn new(cfg: &ConvercusConfig) -> Client {
+        Client {
+            cfg: cfg.clone(),
+            http: http::client(cfg.timeout_ms),
+            token: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &ConvercusConfig {
+        &self.cfg
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cfg.base_url.trim_end_matches('/'))
+    }
+
+    fn prefix(&self) -> &str {
+        match (self.cfg.auth_prefix.as_str(), self.cfg.auth) {
+            ("auto", ConvercusAuth::Legacy) => "",
+            ("auto", ConvercusAuth::Oauth) => "Bearer",
+            (p, _) => p,
+        }
+    }
+
+    /// Logs in (legacy JWT or OAuth client credentials) and returns a fresh token.
+    async fn login(&self) -> Result<Token, CallError> {
+        let started = Instant::now();
+        let (request, oauth) = match self.cfg.auth {
+            ConvercusAuth::Legacy => (
+                self.http.post(self.url("/auth/login")).json(&json!({
+                    "org": self.cfg.org,
+                    "userName": self.cfg.username,
+                    "password": self.cfg.password.expose(),
+                })),
+                false,
+            ),
+            ConvercusAuth::Oauth => {
+                let mut form = vec![
+                    ("grant_type", "client_credentials".to_owned()),
+                    ("client_id", self.cfg.client_id.clone()),
+                    ("client_secret", self.cfg.client_secret.expose().to_owned()),
+                    ("scope", "openid".to_owned()),
+                ];
+                if !self.cfg.username.is_empty() {
+                    form[0].1 = "password".to_owned();
+                    form.push(("username", self.cfg.username.clone()));
+                    form.push(("password", self.cfg.password.expose().to_owned()));
+                }
+                (self.http.post(&self.cfg.token_url).form(&form), true)
+            }
+        };
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| CallError::from_reqwest(&e))?;
+        let status = resp.status();
+        let body = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(CallError::Auth(format!(
+                "Convercus login refused (HTTP {status}); check providers.convercus credentials"
+            )));
+        }
+        if !status.is_success() {
+            return Err(error_of(status.as_u16(), &body));
+        }
+        // The legacy answer's shape is a [GAP]: a bare token or an object with a token field.
+        let parsed: Option<Value> = serde_json::from_str(&body).ok();
+        let token = match &parsed {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(v) => ["token", "jwt", "access_token", "id_token"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(Value::as_str).map(str::to_owned)),
+            None if !body.trim().is_empty() && !body.contains(['{', ' ']) => {
+                Some(body.trim().to_owned())
+            }
+            None => None,
+        }
+        .ok_or_else(|| CallError::Malformed("login answer holds no token".into()))?;
+        let lifetime = if oauth {
+            let expires = parsed
+                .as_ref()
+                .and_then(|v| v.get("expires_in"))
+                .and_then(Value::as_u64)
+                .unwrap_or(300);
+            Duration::from_secs(expires * 8 / 10)
+        } else {
+            Duration::from_secs(self.cfg.token_refresh_secs)
+        };
+        log::info!(provider = NAME; "logged in to Convercus; token renewed in {} s", lifetime.as_secs());
+        Ok(Token {
+            value: token,
+            renew_at: started + lifetime,
+        })
+    }
+
+    /// The cached token, logging in when there is none or it is due for renewal.
+    async fn token(&self, force: bool) -> Result<String, CallError> {
+        let mut guard = self.token.lock().await;
+        match guard.as_ref() {
+            Some(t) if !force && Instant::now() < t.renew_at => Ok(t.value.clone()),
+            _ => {
+                let t = self.login().await?;
+                let value = t.value.clone();
+                *guard = Some(t);
+                Ok(value)
+            }
+        }
+    }
+
+    /// Sends a call with the token and the common headers; on a 401 logs in again and
+    /// retries once; a second 401 is an auth failure.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        id_type: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, String), CallError> {
+        for attempt in 0..2 {
+            let token = self.token(attempt > 0).await?;
+            let auth = match self.prefix() {
+                "" => token,
+                p => format!("{p} {token}"),
+            };
+            let mut req: RequestBuilder = self
+                .http
+                .request(method.clone(), self.url(path))
+                .header("Authorization", auth)
+                .header("interaction-id", &self.cfg.interaction_id)
+                .header("Content-Type", "application/json");
+            if let Some(t) = id_type {
+                req = req.header("id-type", t);
+            }
+            if let Some(b) = body {
+                req = req.body(b.to_string());
+            }
+            let resp = req.send().await.map_err(|e| CallError::from_reqwest(&e))?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
+            if status == 401 {
+                if attempt == 0 {
+                    log::info!(provider = NAME; "Convercus answered 401; logging in again");
+                    continue;
+                }
+                return Err(CallError::Auth(
+                    "Convercus refused a fresh token (HTTP 401); check the credentials and the program's rights".into(),
+                ));
+            }
+            if (200..300).contains(&status) {
+                return Ok((status, text));
+            }
+            return Err(error_of(status, &text));
+        }
+        Err(CallError::Auth("Convercus login loop".into()))
+    }
+
+    async fn get_json(&self, path: &str, id_type: Option<&str>) -> Result<Value, CallError> {
+        let (_, text) = self.call(Method::GET, path, id_type, None).await?;
+        serde_json::from_str(&text)
+            .map_err(|e| CallError::Malformed(format!("GET {}: {e}", redact_path(path))))
+    }
+
+    /// A cheap authenticated call to see whether Convercus answers (circuit breaker probe).
+    pub async fn probe(&self) -> Result<(), CallError> {
+        self.token(true).await.map(|_| ())
+    }
+
+    // ------------------------------------------------------------ delivery
+
+    /// Delivers one outbox item. `record` stores a progress note durably before a send.
+    pub async fn deliver<F, Fut>(&self, item: &Item, record: F) -> Delivery
+    where
+        F: FnOnce(Value) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        // Coupons carry `accountCouponId`; vouchers (codes) carry it as `providerRef`.
+        let Some(id) = item
+            .payload
+            .get("accountCouponId")
+            .or_else(|| item.payload.get("providerRef"))
+            .and_then(Value::as_str)
+        else {
+            return Delivery::Dead("item has no accountCouponId".into());
+        };
+        match item.operation.as_str() {
+            "activate" | "deactivate" => {
+                let body = json!({"activated": item.operation == "activate"});
+                let path = format!("/v2/accountcoupons/{}/activation", enc(id));
+                match self
+                    .call(Method::PATCH, &path, Some("ID"), Some(&body))
+                    .await
+                {
+                    Ok(_) => Delivery::delivered(),
+                    Err(e) => Delivery::from_error(&e),
+                }
+            }
+            "redeem" | "validate" => self.redeem(item, id, record).await,
+            other => Delivery::Dead(format!("unknown Convercus operation {other}")),
+        }
+    }
+
+    async fn redeem_count(&self, id: &str) -> Result<i64, CallError> {
+        let c = self
+            .get_json(&format!("/v2/accountcoupons/{}", enc(id)), Some("ID"))
+            .await?;
+        Ok(c.get("redeemCount").and_then(Value::as_i64).unwrap_or(0))
+    }
+
+    async fn redeem<F, Fut>(&self, item: &Item, id: &str, record: F) -> Delivery
+    where
+        F: FnOnce(Value) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let baseline = item
+            .progress
+            .as_ref()
+            .and_then(|p| p.get(BASELINE))
+            .and_then(Value::as_i64);
+        let count = match self.redeem_count(id).await {
+            Ok(c) => c,
+            Err(CallError::Status { status: 404, .. }) => {
+                return Delivery::Dead(
+                    "COUPON_NOT_FOUND: the account coupon no longer exists".into(),
+                )
+            }
+            Err(e) => return Delivery::from_error(&e),
+        };
+        let baseline = match baseline {
+            // An earlier attempt may have been applied: its count tells.
+            Some(b) if count > b => {
+                return Delivery::Delivered {
+                    note: Some(format!(
+                        "verified: redeemCount {count} > {b} before our first attempt"
+                    )),
+                }
+            }
+            Some(b) => b,
+            None => {
+                if let Err(e) = record(json!({BASELINE: count})).await {
+                    return Delivery::Retry(format!("cannot record progress: {e}"));
+                }
+                count
+            }
+        };
+        let path = format!("/v2/accountcoupons/{}", enc(id));
+        match self.call(Method::PATCH, &path, Some("ID"), None).await {
+            Ok(_) => Delivery::delivered(),
+            Err(CallError::Status { code, detail, .. }) => {
+                redeem_refusal(&code, &detail, item.attempts, baseline)
+            }
+            Err(e) => Delivery::from_error(&e),
+        }
+    }
+
+    // ------------------------------------------------------------ pull
+
+    /// Everything about one customer: profile (demographics) and coupon list. `None` when
+    /// Convercus does not know the card (not one of its customers).
+    pub async fn pull_customer(
+        &self,
+        customer_id: &str,
+        config: &Config,
+    ) -> Result<Option<CustomerPull>, CallError> {
+        let id_type = self.cfg.customer_id_type.as_str();
+        let account = match self
+            .get_json(&format!("/accounts/{}", enc(customer_id)), Some(id_type))
+            .await
+        {
+            Ok(a) => a,
+            Err(CallError::Status { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let account_id = text(&account, "id");
+        let active = text(&account, "status") == "ACTIVE";
+        let mut customer = Customer {
+            id: customer_id.to_owned(),
+            provider: Some(NAME.to_owned()),
+            provider_ref: Some(account_id),
+            ..Customer::default()
+        };
+        let memberships = self
+            .get_json(
+                &format!("/accounts/{}/memberships", enc(customer_id)),
+                Some(id_type),
+            )
+            .await?;
+        let owner = memberships.as_array().and_then(|m| {
+            m.iter()
+                .find(|x| text(x, "memberRole") == "OWNER")
+                .or_else(|| m.first())
+        });
+        if let Some(user_id) = owner.map(|o| text(o, "userId")).filter(|u| !u.is_empty()) {
+            match self
+                .get_json(&format!("/users/{}", enc(&user_id)), None)
+                .await
+            {
+                Ok(user) => {
+                    customer.first_name = field(&user, "givenName", 25);
+                    customer.last_name = field(&user, "familyName", 25);
+                    customer.email = field(&user, "emailAddress", 254);
+                    customer.phone = field(&user, "phone", 14);
+                }
+                Err(CallError::Status { status: 404, .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let coupons = self
+            .get_json(
+                &format!("/v2/accounts/{}/accountcoupons", enc(customer_id)),
+                Some(id_type),
+            )
+            .await?;
+        let today = config.today();
+        let mut out = Vec::new();
+        for c in coupons.as_array().into_iter().flatten() {
+            if let Some(mapped) = map_coupon(c, &self.cfg, config, today, active) {
+                out.push(mapped);
+            }
+        }
+        Ok(Some(CustomerPull {
+            customer,
+            coupons: out,
+        }))
+    }
+}
+
+/// What a refused redemption means (convercus.md §4.9).
+fn redeem_refusal(code: &str, detail: &str, attempts: i64, _baseline: i64) -> Delivery {
+    let reason = format!("{code}: {detail}");
+    match code {
+        "INTERNAL_SERVER_ERROR" | "COUPON_REDEMPTION_IN_PROGRESS" => Delivery::Retry(reason),
+        "CONDITION_NOT_FULFILLED" if detail.contains("NOT_YET_REDEEMABLE") => {
+            Delivery::Retry(reason)
+        }
+        // The activation is queued before the redemption on the same key; one more try.
+        "COUPON_NOT_ACTIVATABLE" if attempts < 2 => Delivery::Retry(reason),
+        _ => Delivery::Dead(reason),
+    }
+}
+
+/// Reads a Convercus error answer (`{"code", "detail"}`, parsed defensively).
+fn error_of(status: u16, body: &str) -> CallError {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let code = v
+        .get("code")
+        .or_else(|| v.get("error"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let detail = match v.get("detail") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(Value::String(s)) => s.clone(),
+        _ => body.chars().take(200).collect(),
+    };
+    CallError::Status {
+        status,
+        code,
+        detail,
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._~".contains(c) {
+                c.to_string()
+            } else {
+                format!("%{:02X}", c as u32 & 0xff)
+            }
+        })
+        .collect()
+}
+
+/// Card numbers are customer data: keep them out of error texts.
+fn redact_path(path: &str) -> String {
+    path.split('/')
+        .map(|p| if p.len() > 8 { "…" } else { p })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn text(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A profile field (number or string, as the user object may carry either), cut to the
+/// CATAPULT length.
+fn field(v: &Value, k: &str, max: usize) -> Option<String> {
+    let s = text(v, k);
+    (!s.is_empty()).then(|| s.chars().take(max).collect())
+}
+
+fn date_of(s: &str) -> Option<NaiveDate> {
+    s.get(..10)
+        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+}
+
+/// Maps one AccountCoupon to the offer the lanes see and this customer's state of it.
+/// Rules (convercus.md §4.5–4.8): EXTRAPOINT and MULTIPLIER coupons are applied by
+/// Convercus itself and never offered to the lanes; an activatable coupon is usable only
+/// once activated (clipped); a coupon whose points of redemption exclude this store's
+/// interaction point is left out; one used `maxRedeemCount` times is redeemed.
+pub fn map_coupon(
+    c: &Value,
+    cfg: &ConvercusConfig,
+    config: &Config,
+    today: NaiveDate,
+    account_active: bool,
+) -> Option<(Offer, PulledCoupon)> {
+    let coupon_id = text(c, "couponId");
+    let account_coupon_id = text(c, "accountCouponId");
+    if coupon_id.is_empty() || account_coupon_id.is_empty() {
+        return None;
+    }
+    let usage = text(c, "usageType");
+    let points: Vec<&Value> = c
+        .get("pointsOfRedemption")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let ips: Vec<String> = points
+        .iter()
+        .filter(|p| text(p, "unitType") == "INTERACTIONPOINT")
+        .map(|p| text(p, "value"))
+        .collect();
+    if !ips.is_empty() && !ips.contains(&cfg.interaction_id) {
+        return None;
+    }
+    let external = text(c, "externalReference");
+    let i18n = c.get("i18nFields");
+    let lang = i18n.and_then(|m| m.get(&cfg.language)).or_else(|| {
+        i18n.and_then(Value::as_object)
+            .and_then(|m| m.values().next())
+    });
+    let lang_text = |k: &str| lang.map(|l| text(l, k)).unwrap_or_default();
+    let rule_cfg = config
+        .offer_rule(NAME, &external)
+        .or_else(|| config.offer_rule(NAME, &coupon_id));
+    let value = text(c, "couponValue");
+    let manual = usage == "DISCOUNT" || usage == "REWARD";
+    let (rule, described) = match (rule_cfg, usage.as_str()) {
+        (Some(r), _) => (Some(r.rule.clone()), r.description.clone()),
+        // Default: a DISCOUNT coupon is couponValue percent off the whole basket.
+        (None, "DISCOUNT") => (
+            http::decimal_to_cents(&value)
+                .filter(|bp| (1..=10_000).contains(bp))
+                .map(|bp| Rule {
+                    mechanic: Mechanic::PercentOff {
+                        basis_points: bp as u32,
+                    },
+                    requirement: ItemSet::default(),
+                    reward: None,
+                    min_qty: 1,
+                    min_basket: None,
+                    max_applications: None,
+                }),
+            None,
+        ),
+        _ => (None, None),
+    };
+    let title = described
+        .clone()
+        .unwrap_or_else(|| lang_text("title"))
+        .chars()
+        .take(100)
+        .collect::<String>();
+    let max = c.get("maxRedeemCount").and_then(Value::as_i64);
+    let count = c.get("redeemCount").and_then(Value::as_i64).unwrap_or(0);
+    let activatable = c
+        .pointer("/activation/activatable")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let activated = c
+        .pointer("/activation/activated")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let start = date_of(&text(c, "validFrom")).unwrap_or(NaiveDate::MIN);
+    let end = date_of(&text(c, "validTo")).unwrap_or(NaiveDate::MAX);
+    let (start, end) = (
+        start.max(NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or(NaiveDate::MIN)),
+        end.min(NaiveDate::from_ymd_opt(2099, 12, 31).unwrap_or(NaiveDate::MAX)),
+    );
+    let rule_known = rule.is_some();
+    let offer = Offer {
+        id: String::new(),
+        provider: NAME.to_owned(),
+        provider_ref: coupon_id,
+        short_description: if title.is_empty() {
+            format!("Convercus {usage}")
+        } else {
+            title.clone()
+        },
+        requirement_description: lang_text("description").chars().take(200).collect(),
+        long_description: lang_text("subTitle").chars().take(500).collect(),
+        category: usage.clone(),
+        brand: String::new(),
+        start_date: start,
+        end_date: end,
+        image_url: c
+            .get("images")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .map(|i| text(i, "path"))
+            .filter(|p| !p.is_empty()),
+        targeted: true,
+        enabled: manual && rule_known,
+        featured: false,
+        requires_clip: activatable,
+        rule: rule.unwrap_or_else(|| Rule {
+            mechanic: Mechanic::AmountOff {
+                cents: shared::money::Cents(0),
+            },
+            requirement: ItemSet::default(),
+            reward: None,
+            min_qty: 1,
+            min_basket: None,
+            max_applications: Some(1),
+        }),
+        receipt_alias: {
+            let b = lang_text("bookingText");
+            if b.is_empty() { title } else { b }
+                .chars()
+                .take(40)
+                .collect()
+        },
+        reduces_tax: true,
+        coupon_type: String::new(),
+        external_id: external,
+        per_customer_limit: rule_cfg
+            .and_then(|r| r.per_customer_limit)
+            .or_else(|| max.and_then(|m| u32::try_from(m).ok())),
+        global_limit: None,
+        loyalty_cost: None,
+    };
+    let state = if max.is_some_and(|m| count >= m) {
+        CouponState::Redeemed
+    } else if today > end || !account_active {
+        CouponState::Expired
+    } else if activatable && !activated {
+        CouponState::Available
+    } else {
+        CouponState::Clipped
+    };
+    let offer = Offer {
+        id: short_id("CV", &offer.provider_ref),
+        ..offer
+    };
+    let pulled = PulledCoupon {
+        offer_id: offer.id.clone(),
+        state,
+        provider_ref: Some(account_coupon_id),
+        upstream_redemptions: Some(count),
+    };
+    Some((offer, pulled))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_toml_str(
+            "[store]\nsites=[\"S\"]\n[[lanes.credentials]]\nusername=\"a\"\npassword=\"b\"\n\
+             [[offer_rules]]\nprovider=\"convercus\"\nreference=\"EXT-R\"\ndescription=\"Free coffee\"\n\
+             rule={mechanic={type=\"amountOff\",cents=350},maxApplications=1}\n",
+        )
+        .unwrap()
+    }
+
+    fn coupon(usage: &str, extra: Value) -> Value {
+        let mut c = json!({
+            "accountCouponId": "ACID", "couponId": "c-1", "usageType": usage,
+            "externalReference": "EXT-1", "couponValue": 15, "maxRedeemCount": 1, "redeemCount": 0,
+            "validFrom": "2026-01-01T00:00:00", "validTo": "",
+            "i18nFields": {"de": {"title": "Kaffee"}, "en": {"title": "Coffee 15%"}},
+        });
+        if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        c
+    }
+
+    fn map(c: &Value) -> Option<(Offer, PulledCoupon)> {
+        let config = config();
+        let today = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+        map_coupon(c, &config.providers.convercus, &config, today, true)
+    }
+
+    #[test]
+    fn discount_defaults_to_percent_off_the_basket() {
+        let (offer, pulled) = map(&coupon("DISCOUNT", json!({}))).unwrap();
+        assert_eq!(offer.short_description, "Coffee 15%");
+        assert!(offer.enabled && offer.targeted && !offer.requires_clip);
+        assert_eq!(
+            offer.rule.mechanic,
+            Mechanic::PercentOff { basis_points: 1500 }
+        );
+        assert!(offer.rule.requirement.is_everything());
+        assert_eq!(offer.id.len(), 14);
+        assert_eq!(pulled.state, CouponState::Clipped);
+        assert_eq!(pulled.provider_ref.as_deref(), Some("ACID"));
+    }
+
+    #[test]
+    fn usage_types_activation_and_counts() {
+        for usage in ["EXTRAPOINT", "MULTIPLIER"] {
+            let (offer, _) = map(&coupon(usage, json!({}))).unwrap();
+            assert!(!offer.enabled, "{usage} is never redeemed at a lane");
+        }
+        let (reward, _) = map(&coupon("REWARD", json!({}))).unwrap();
+        assert!(!reward.enabled, "a REWARD without a configured rule");
+        let (reward, _) = map(&coupon("REWARD", json!({"externalReference": "EXT-R"}))).unwrap();
+        assert!(reward.enabled);
+        assert_eq!(reward.short_description, "Free coffee");
+        let (o, p) = map(&coupon(
+            "DISCOUNT",
+            json!({"activation": {"activatable": true, "activated": false}}),
+        ))
+        .unwrap();
+        assert!(o.requires_clip);
+        assert_eq!(p.state, CouponState::Available);
+        let (_, p) = map(&coupon(
+            "DISCOUNT",
+            json!({"activation": {"activatable": true, "activated": true}}),
+        ))
+        .unwrap();
+        assert_eq!(p.state, CouponState::Clipped);
+        let (_, p) = map(&coupon("DISCOUNT", json!({"redeemCount": 1}))).unwrap();
+        assert_eq!(p.state, CouponState::Redeemed);
+        assert_eq!(p.upstream_redemptions, Some(1));
+        let (_, p) = map(&coupon(
+            "DISCOUNT",
+            json!({"validTo": "2026-02-01T00:00:00"}),
+        ))
+        .unwrap();
+        assert_eq!(p.state, CouponState::Expired);
+        assert!(map(&coupon(
+            "DISCOUNT",
+            json!({"pointsOfRedemption": [{"unitType": "INTERACTIONPOINT", "value": "app"}]})
+        ))
+        .is_none());
+        assert!(map(&coupon(
+            "DISCOUNT",
+            json!({"pointsOfRedemption": [{"unitType": "INTERACTIONPOINT", "value": "edge"}]})
+        ))
+        .is_some());
+    }
+
+    #[test]
+    fn refusals_are_classified() {
+        assert!(matches!(
+            redeem_refusal("CONDITION_NOT_FULFILLED", "NOT_YET_REDEEMABLE", 1, 0),
+            Delivery::Retry(_)
+        ));
+        assert!(matches!(
+            redeem_refusal("CONDITION_NOT_FULFILLED", "NO_LONGER_REDEEMABLE", 1, 0),
+            Delivery::Dead(_)
+        ));
+        assert!(matches!(
+            redeem_refusal("COUPON_NOT_ASSIGNED_ACCOUNT", "", 1, 0),
+            Delivery::Dead(_)
+        ));
+        assert!(matches!(
+            redeem_refusal("COUPON_REDEMPTION_IN_PROGRESS", "", 5, 0),
+            Delivery::Retry(_)
+        ));
+    }
+}

@@ -1,0 +1,436 @@
+//! Coupontools client (shared/api/coupontools.md): every call a `POST` with the client id
+//! and secret headers; success or failure is decided on the body (`status.status`), since
+//! errors arrive inside HTTP 200 answers.
+//!
+//! There are no idempotency keys: before a session is first sent, the worker durably notes
+//! the time; a retried `validate` looks the session up first, and a validation found there
+//! no older than that time (less the allowed clock skew) is ours: delivered, not refused.
+
+use crate::http::{self, CallError, Delivery};
+use chrono::{NaiveDateTime, TimeZone, Utc};
+use serde_json::{json, Map, Value};
+use shared::config::{Config, CoupontoolsConfig};
+use shared::money::Cents;
+use shared::outbox::Item;
+use shared::repo::Voucher;
+
+pub const NAME: &str = shared::outbox::provider::COUPONTOOLS;
+
+/// The progress note of an item: when we first sent it (seconds since the epoch).
+const FIRST_ATTEMPT: &str = "firstAttemptAt";
+
+pub struct Client {
+    cfg: CoupontoolsConfig,
+    http: reqwest::Client,
+}
+
+/// What a documented error code means for us (coupontools.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeClass {
+    /// 1000, 101–104: credentials or account: pause the queue, never dead-letter.
+    Credentials,
+    /// 200, 300–349: a parameter is missing or wrong: permanent.
+    BadRequest,
+    /// 5xx family (502, 503, 505, 507, 509, 510, 513, 515): the entity does not exist.
+    NotFound,
+    Unknown,
+}
+
+pub fn classify(code: i64) -> CodeClass {
+    match code {
+        1000 | 101..=104 => CodeClass::Credentials,
+        200 | 300..=349 => CodeClass::BadRequest,
+        500..=599 => CodeClass::NotFound,
+        _ => CodeClass::Unknown,
+    }
+}
+
+/// A failed answer: its first error code and all messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub code: i64,
+    pub message: String,
+}
+
+/// Reads both documented failure envelopes (`error_code` an integer or an array).
+pub fn failure_of(body: &Value) -> Option<Failure> {
+    let status = body.pointer("/status/status").and_then(Value::as_str)?;
+    if status.eq_ignore_ascii_case("OK") {
+        return None;
+    }
+    let errors = body.pointer("/status/errors");
+    let code = match errors.and_then(|e| e.get("error_code")) {
+        Some(Value::Array(a)) => a.first().and_then(Value::as_i64),
+        Some(v) => v
+            .as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok())),
+        None => None,
+    }
+    .unwrap_or(0);
+    let mut message = errors
+        .and_then(|e| e.get("error_message"))
+        .and_then(Value::as_str)
+        .unwrap_or("failed")
+        .to_owned();
+    if let Some(d) = errors
+        .and_then(|e| e.get("error_message_description"))
+        .and_then(Value::as_array)
+    {
+        for x in d.iter().filter_map(Value::as_str) {
+            message.push(' ');
+            message.push_str(x);
+        }
+    }
+    Some(Failure { code, message })
+}
+
+impl Client {
+    pub fn new(cfg: &CoupontoolsConfig) -> Client {
+        Client {
+            cfg: cfg.clone(),
+            http: http::client(cfg.timeout_ms),
+        }
+    }
+
+    pub fn config(&self) -> &CoupontoolsConfig {
+        &self.cfg
+    }
+
+    /// One call; `Ok` only when the body says `OK`.
+    async fn call(&self, path: &str, params: Value) -> Result<Value, CallError> {
+        let url = format!("{}/{path}", self.cfg.base_url.trim_end_matches('/'));
+        let resp = self
+            .http
+            .post(url)
+            .header("X-Client-Id", &self.cfg.client_id)
+            .header("X-Client-Secret", self.cfg.client_secret.expose())
+            .header("Accept", "application/json")
+            .json(&params)
+            .send()
+            .await
+            .map_err(|e| CallError::from_reqwest(&e))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
+        if status == 429 || status >= 500 {
+            return Err(CallError::Status {
+                status,
+                code: String::new(),
+                detail: text.chars().take(200).collect(),
+            });
+        }
+        let body: Value = serde_json::from_str(&text)
+            .map_err(|e| CallError::Malformed(format!("{path}: {e}")))?;
+        match failure_of(&body) {
+            None if body.pointer("/status/status").is_some() => Ok(body),
+            None => Err(CallError::Malformed(format!(
+                "{path}: no status in the answer"
+            ))),
+            Some(f) if classify(f.code) == CodeClass::Credentials => Err(CallError::Auth(format!(
+                "Coupontools error {}: {}; check providers.coupontools.client_id/client_secret",
+                f.code, f.message
+            ))),
+            Some(f) => Err(CallError::Status {
+                status,
+                code: f.code.to_string(),
+                detail: f.message,
+            }),
+        }
+    }
+
+    pub async fn probe(&self) -> Result<(), CallError> {
+        self.call("coupon/list", json!({"only_active": "true"}))
+            .await
+            .map(|_| ())
+    }
+
+    /// One session's record (`couponsession/data`); `None` when Coupontools does not know it.
+    pub async fn session(&self, session: &str) -> Result<Option<Value>, CallError> {
+        match self
+            .call("couponsession/data", json!({"couponsession": session}))
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(CallError::Status { code, .. }) if code == "513" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ------------------------------------------------------------ delivery
+
+    pub async fn deliver<F, Fut>(&self, item: &Item, record: F) -> Delivery
+    where
+        F: FnOnce(Value) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let session = item
+            .payload
+            .get("providerRef")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .or_else(|| item.payload.get("code").and_then(Value::as_str))
+            .unwrap_or_default()
+            .to_owned();
+        if session.is_empty() {
+            return Delivery::Dead("item names no coupon session".into());
+        }
+        let action = item.operation.as_str();
+        if !["lock", "unlock", "validate"].contains(&action) {
+            return Delivery::Dead(format!("unknown Coupontools operation {action}"));
+        }
+        let first_attempt = item
+            .progress
+            .as_ref()
+            .and_then(|p| p.get(FIRST_ATTEMPT))
+            .and_then(Value::as_i64);
+        let first_attempt = match first_attempt {
+            Some(t) if action == "validate" => {
+                // A retry: look first, the earlier attempt may have been applied.
+                match self.validated_by_us(&session, t).await {
+                    Ok(Some(d)) => return d,
+                    Ok(None) => t,
+                    Err(e) => return Delivery::from_error(&e),
+                }
+            }
+            Some(t) => t,
+            None => {
+                let now = shared::db::now_secs();
+                if let Err(e) = record(json!({FIRST_ATTEMPT: now})).await {
+                    return Delivery::Retry(format!("cannot record progress: {e}"));
+                }
+                now
+            }
+        };
+        let mut params = Map::new();
+        params.insert("couponsession".into(), json!(session));
+        params.insert(self.cfg.action_param.clone(), json!(action));
+        if action == "validate" {
+            if let Some(c) = item.payload.get("moneySpentCents").and_then(Value::as_i64) {
+                params.insert("money_spent".into(), json!(http::cents_to_decimal(c, 3)));
+            }
+        }
+        match self
+            .call("couponsession/update", Value::Object(params))
+            .await
+        {
+            Ok(_) => Delivery::delivered(),
+            Err(CallError::Status { code, detail, .. })
+                if action == "validate" && detail.contains("already used") =>
+            {
+                // Our lost first answer, or someone else's use: the session tells which.
+                match self.validated_by_us(&session, first_attempt).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => Delivery::Dead(format!("{code}: {detail}")),
+                    Err(e) => Delivery::from_error(&e),
+                }
+            }
+            Err(CallError::Status {
+                code,
+                detail,
+                status,
+            }) if status < 500 && status != 429 => {
+                Delivery::Dead(format!("Coupontools error {code}: {detail}"))
+            }
+            Err(e) => Delivery::from_error(&e),
+        }
+    }
+
+    /// `Some(Delivered)` when the session is validated at or after our first attempt (less
+    /// the clock skew), `Some(Dead)` when it was validated before (someone else used it),
+    /// `None` when it is not validated.
+    async fn validated_by_us(
+        &self,
+        session: &str,
+        first_attempt: i64,
+    ) -> Result<Option<Delivery>, CallError> {
+        let Some(record) = self.session(session).await? else {
+            return Ok(Some(Delivery::Dead(
+                "513: coupon session not found".to_owned(),
+            )));
+        };
+        let status = record
+            .pointer("/data/status")
+            .cloned()
+            .unwrap_or(Value::Null);
+        if flag(&status, "validated") {
+            let at = str_of(&status, "validation_date_utc");
+            let when = parse_utc(&at).unwrap_or(i64::MAX);
+            return Ok(Some(if when >= first_attempt - self.cfg.clock_skew_secs {
+                Delivery::Delivered {
+                    note: Some(format!(
+                        "verified: validated at {at} UTC by our earlier attempt"
+                    )),
+                }
+            } else {
+                Delivery::Dead(format!(
+                    "conflict: the session was already used at {at} UTC, before this store's validation"
+                ))
+            }));
+        }
+        Ok(None)
+    }
+
+    // ------------------------------------------------------------ pull
+
+    /// Titles of the account's active campaigns.
+    pub async fn campaigns(&self) -> Result<Vec<(String, String)>, CallError> {
+        let v = self
+            .call("coupon/list", json!({"only_active": "true"}))
+            .await?;
+        Ok(v.get("coupon_info")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let title = str_of(c, "title");
+                (
+                    str_of(c, "ID"),
+                    if title.is_empty() {
+                        str_of(c, "name")
+                    } else {
+                        title
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// One page (1-based) of a campaign's claimed sessions.
+    pub async fn claims_page(&self, campaign: &str, page: usize) -> Result<Vec<Value>, CallError> {
+        let v = self
+            .call(
+                "campaign/claims",
+                json!({"campaign": campaign, "page": page.to_string()}),
+            )
+            .await?;
+        Ok(v.get("sessions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+fn str_of(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn flag(status: &Value, k: &str) -> bool {
+    matches!(str_of(status, k).as_str(), "1" | "true")
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) as seconds since the epoch.
+fn parse_utc(s: &str) -> Option<i64> {
+    NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|d| Utc.from_utc_datetime(&d).timestamp())
+}
+
+/// A claimed session as the voucher the lanes can validate offline. Its value comes from
+/// the campaign's configured rule (an `amountOff`), else from the session's `value` field.
+pub fn voucher_of(record: &Value, title: &str, config: &Config) -> Option<Voucher> {
+    let session = str_of(record, "session");
+    if session.is_empty() {
+        return None;
+    }
+    let campaign = {
+        let c = str_of(record, "campaign");
+        if c.is_empty() {
+            record
+                .pointer("/data/campaign/ID")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            c
+        }
+    };
+    let status = record
+        .pointer("/data/status")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let rule = config.offer_rule(NAME, &campaign);
+    let value = match rule.map(|r| &r.rule.mechanic) {
+        Some(shared::domain::Mechanic::AmountOff { cents }) => *cents,
+        _ => Cents(http::decimal_to_cents(&str_of(&status, "value")).unwrap_or(0)),
+    };
+    let min_spend = rule.and_then(|r| r.rule.min_basket).unwrap_or(Cents(0));
+    let expiry = str_of(&status, "expiration_date");
+    let validated = flag(&status, "validated");
+    let state = if flag(&status, "voided") {
+        "void"
+    } else if validated {
+        "validated"
+    } else if flag(&status, "locked") {
+        "locked"
+    } else {
+        "active"
+    };
+    let description = rule
+        .and_then(|r| r.description.clone())
+        .unwrap_or_else(|| title.to_owned());
+    Some(Voucher {
+        code: session,
+        provider: NAME.to_owned(),
+        provider_ref: campaign,
+        description: description.chars().take(100).collect(),
+        value,
+        min_spend,
+        valid_from: None,
+        valid_until: expiry.get(..10).map(str::to_owned),
+        state: state.to_owned(),
+        lock_site: None,
+        lock_txn: None,
+        lock_expires_at: None,
+        validated_at: validated.then(|| str_of(&status, "validation_date_utc")),
+        validated_site: None,
+        validated_txn: None,
+        money_spent: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn both_failure_envelopes_are_read() {
+        let a = json!({"status":{"status":"failed","errors":{"error_code":1000,"error_message":"HTTP/1.0 401 Unauthorized."}}});
+        let f = failure_of(&a).unwrap();
+        assert_eq!(f.code, 1000);
+        assert_eq!(classify(f.code), CodeClass::Credentials);
+        let b = json!({"status":{"status":"failed","errors":{"error_message":"HTTP/1.0 422 Unprocessable entity.",
+            "error_message_description":["The coupon or voucher s1 was already used at 2026-11-01 10:00:00"],"error_code":[300]}}});
+        let f = failure_of(&b).unwrap();
+        assert_eq!(f.code, 300);
+        assert!(f.message.contains("already used at 2026-11-01 10:00:00"));
+        assert_eq!(classify(f.code), CodeClass::BadRequest);
+        assert_eq!(classify(513), CodeClass::NotFound);
+        assert_eq!(classify(101), CodeClass::Credentials);
+        assert!(failure_of(&json!({"status":{"status":"OK"}})).is_none());
+    }
+
+    #[test]
+    fn sessions_become_vouchers() {
+        let config = Config::from_toml_str(
+            "[store]\nsites=[\"S\"]\n[[lanes.credentials]]\nusername=\"a\"\npassword=\"b\"\n",
+        )
+        .unwrap();
+        let rec = json!({"session": "ac6s7u3g8a25ja7x9qg87", "campaign": "cam_100001",
+            "data": {"status": {"value": "5.00", "validated": "0", "locked": "1",
+                                 "expiration_date": "2099-12-31 23:59:59"}}});
+        let v = voucher_of(&rec, "Five off", &config).unwrap();
+        assert_eq!(v.value, Cents(500));
+        assert_eq!(v.state, "locked");
+        assert_eq!(v.valid_until.as_deref(), Some("2099-12-31"));
+        let rec = json!({"session": "s2", "campaign": "cam_1",
+            "data": {"status": {"value": "2.5", "validated": "1", "validation_date_utc": "2026-11-01 10:00:00"}}});
+        let v = voucher_of(&rec, "", &config).unwrap();
+        assert_eq!(v.state, "validated");
+        assert_eq!(v.validated_at.as_deref(), Some("2026-11-01 10:00:00"));
+        assert_eq!(parse_utc("1970-01-01 00:01:00"), Some(60));
+    }
+}

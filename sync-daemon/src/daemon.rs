@@ -1,0 +1,260 @@
+//! The daemon: the current configuration and provider clients (swapped whole on a reload),
+//! one pull scheduler per provider on its cron schedule, the outbox worker, the config
+//! watcher, and an orderly stop.
+
+use crate::pull;
+use crate::worker::{self, Breakers, PROVIDERS};
+use crate::{convercus, coupontools, koupon};
+use shared::config::Config;
+use shared::db::{now_secs, Db};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// The clients of the enabled providers. A client is kept across a reload when its
+/// provider's section did not change (so its token cache survives).
+#[derive(Clone, Default)]
+pub struct Clients {
+    pub convercus: Option<Arc<convercus::Client>>,
+    pub coupontools: Option<Arc<coupontools::Client>>,
+    pub koupon: Option<Arc<koupon::Client>>,
+}
+
+impl Clients {
+    pub fn build(config: &Config, old: Option<&Clients>) -> Clients {
+        let p = &config.providers;
+        Clients {
+            convercus: p.convercus.enabled.then(|| {
+                old.and_then(|o| o.convercus.clone())
+                    .filter(|c| *c.config() == p.convercus)
+                    .unwrap_or_else(|| Arc::new(convercus::Client::new(&p.convercus)))
+            }),
+            coupontools: p.coupontools.enabled.then(|| {
+                old.and_then(|o| o.coupontools.clone())
+                    .filter(|c| *c.config() == p.coupontools)
+                    .unwrap_or_else(|| Arc::new(coupontools::Client::new(&p.coupontools)))
+            }),
+            koupon: p.koupon.enabled.then(|| {
+                old.and_then(|o| o.koupon.clone())
+                    .filter(|c| *c.config() == p.koupon)
+                    .unwrap_or_else(|| Arc::new(koupon::Client::new(&p.koupon)))
+            }),
+        }
+    }
+
+    pub fn enabled(&self, provider: &str) -> bool {
+        match provider {
+            convercus::NAME => self.convercus.is_some(),
+            coupontools::NAME => self.coupontools.is_some(),
+            koupon::NAME => self.koupon.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// The configuration in force and its clients.
+pub struct Snapshot {
+    pub config: Config,
+    pub clients: Clients,
+}
+
+fn schedule_of<'a>(config: &'a Config, provider: &str) -> &'a str {
+    match provider {
+        convercus::NAME => &config.providers.convercus.schedule,
+        coupontools::NAME => &config.providers.coupontools.schedule,
+        _ => &config.providers.koupon.schedule,
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    crate::http::install_crypto();
+    let db = Db::open(&config.database, false).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open database {}: {e}",
+            config.database.path.display()
+        )
+    })?;
+    let clients = Clients::build(&config, None);
+    let enabled: Vec<&str> = PROVIDERS
+        .into_iter()
+        .filter(|p| clients.enabled(p))
+        .collect();
+    log::info!(
+        "sync daemon started: providers enabled: {}",
+        if enabled.is_empty() {
+            "none".to_owned()
+        } else {
+            enabled.join(", ")
+        }
+    );
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot { config, clients }));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let breakers = Arc::new(Breakers::default());
+    let kicks: Arc<Vec<(&'static str, Notify)>> =
+        Arc::new(PROVIDERS.iter().map(|p| (*p, Notify::new())).collect());
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(worker::run(
+        db.clone(),
+        snap_rx.clone(),
+        Arc::clone(&breakers),
+        stop_rx.clone(),
+        Duration::from_secs(10),
+    ));
+    for (i, p) in PROVIDERS.into_iter().enumerate() {
+        tasks.spawn(scheduler(
+            p,
+            i,
+            db.clone(),
+            snap_rx.clone(),
+            Arc::clone(&breakers),
+            Arc::clone(&kicks),
+            stop_rx.clone(),
+        ));
+    }
+    tasks.spawn(requests(db.clone(), Arc::clone(&kicks), stop_rx.clone()));
+    let _watcher = crate::reload::watch(&config_path, snap_tx, stop_rx.clone())?;
+
+    shutdown.await;
+    log::info!("stopping: finishing in-flight deliveries");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    log::info!("sync daemon stopped");
+    Ok(())
+}
+
+/// Pulls `provider` on its schedule, or at once when kicked (`edge-ctl sync now`).
+async fn scheduler(
+    provider: &'static str,
+    index: usize,
+    db: Db,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    breakers: Arc<Breakers>,
+    kicks: Arc<Vec<(&'static str, Notify)>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_schedule = String::new();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let snap = snapshots.borrow().clone();
+        let expr = schedule_of(&snap.config, provider).to_owned();
+        if expr != last_schedule {
+            if !last_schedule.is_empty() {
+                log::info!(provider = provider; "{provider} pull schedule is now `{expr}`");
+            }
+            last_schedule = expr.clone();
+        }
+        let next = shared::config::parse_schedule(&expr)
+            .ok()
+            .and_then(|s| s.upcoming(chrono::Utc).next())
+            .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+            .unwrap_or(Duration::from_secs(3600));
+        let kicked = tokio::select! {
+            _ = stop.changed() => return,
+            _ = snapshots.changed() => continue,
+            _ = tokio::time::sleep(next) => false,
+            _ = kicks[index].1.notified() => true,
+        };
+        if !snap.clients.enabled(provider) {
+            if kicked {
+                log::warn!(provider = provider; "sync of {provider} requested, but it is disabled in the configuration");
+            }
+            continue;
+        }
+        if breakers.is_open(provider) {
+            log::info!(provider = provider; "{provider} pull skipped: the provider is unreachable (probing)");
+            continue;
+        }
+        pull_once(provider, &db, &snap, &breakers).await;
+    }
+}
+
+async fn pull_once(provider: &'static str, db: &Db, snap: &Snapshot, breakers: &Breakers) {
+    let started = std::time::Instant::now();
+    let _ = db
+        .writer
+        .write(move |conn| shared::sync::record_attempt(conn, provider, now_secs()))
+        .await;
+    log::info!(provider = provider; "{provider} pull started");
+    let result = pull::run(provider, &snap.clients, &snap.config, db).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    match result {
+        Ok(summary) => {
+            breakers.record(provider, Ok(()), &snap.config.outbox);
+            let text = format!("{summary} in {elapsed:.1} s");
+            log::info!(provider = provider; "{provider} pull done: {text}");
+            let r = db
+                .writer
+                .write(move |conn| shared::sync::record_success(conn, provider, now_secs(), &text))
+                .await;
+            if let Err(e) = r {
+                log::error!(provider = provider; "cannot record the pull: {e}");
+            }
+        }
+        Err(e) => {
+            if let pull::PullError::Call(c) = &e {
+                breakers.record(provider, Err(c), &snap.config.outbox);
+            }
+            let text = format!("pull failed after {elapsed:.1} s: {e}");
+            log::warn!(provider = provider; "{provider} {text}");
+            let _ = db
+                .writer
+                .write(move |conn| shared::sync::record_error(conn, provider, now_secs(), &text))
+                .await;
+        }
+    }
+}
+
+/// Looks for `edge-ctl sync now` requests once a second.
+async fn requests(
+    db: Db,
+    kicks: Arc<Vec<(&'static str, Notify)>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let reader = db.clone();
+        let any = tokio::task::spawn_blocking(move || {
+            reader
+                .read()
+                .ok()
+                .and_then(|c| shared::sync::has_requests(&c).ok())
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if !any {
+            continue;
+        }
+        match db.writer.write(shared::sync::take_requests).await {
+            Ok(providers) => {
+                for p in providers {
+                    match kicks.iter().find(|(name, _)| *name == p) {
+                        Some((_, n)) => {
+                            log::info!(provider = p.as_str(); "sync of {p} requested by an operator");
+                            n.notify_one();
+                        }
+                        None => log::warn!("sync requested for unknown provider {p}"),
+                    }
+                }
+            }
+            Err(e) => log::error!("cannot read sync requests: {e}"),
+        }
+    }
+}
+
+/// Loads the configuration the way the daemon does at start (file, conf.d, environment).
+pub fn load(path: &Path) -> Result<Config, shared::config::ConfigError> {
+    Config::load(path)
+}

@@ -1,0 +1,170 @@
+//! What every provider client shares: the HTTP client, how a failed call is classified, and
+//! what the outbox worker is told about a delivery.
+
+use std::time::Duration;
+
+/// Makes ring the process's rustls provider (reqwest is built without one of its own).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTP client with the provider's timeout. TLS 1.2+ by rustls.
+pub fn client(timeout_ms: u64) -> reqwest::Client {
+    install_crypto();
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .connect_timeout(Duration::from_millis(timeout_ms.min(5000)))
+        .user_agent(concat!("edge-coupon-sync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_else(|e| {
+            log::error!("cannot build the HTTP client with a timeout ({e}); using defaults");
+            reqwest::Client::new()
+        })
+}
+
+/// Why a provider call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// No answer. `maybe_sent`: the request may have reached the provider (timeout, cut
+    /// connection) so its effect is unknown; false when the connection was never made.
+    #[error("network: {message}")]
+    Transport { message: String, maybe_sent: bool },
+    /// Credentials refused even after logging in again.
+    #[error("credentials refused: {0}")]
+    Auth(String),
+    /// An answer the provider documents as an error: HTTP status and the provider's code.
+    #[error("HTTP {status} {code}: {detail}")]
+    Status {
+        status: u16,
+        code: String,
+        detail: String,
+    },
+    /// The call was answered but the answer cannot be read: the effect is unknown.
+    #[error("unreadable answer: {0}")]
+    Malformed(String),
+}
+
+impl CallError {
+    pub fn from_reqwest(e: &reqwest::Error) -> CallError {
+        let maybe_sent = !e.is_connect() && !e.is_builder();
+        CallError::Transport {
+            message: without_url(e),
+            maybe_sent,
+        }
+    }
+
+    /// Retrying can succeed (network, timeout, 5xx, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CallError::Transport { .. } | CallError::Malformed(_) => true,
+            CallError::Status { status, .. } => *status == 429 || *status >= 500,
+            CallError::Auth(_) => false,
+        }
+    }
+
+    /// The provider may have applied the call.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            CallError::Transport { maybe_sent, .. } => *maybe_sent,
+            CallError::Malformed(_) => true,
+            CallError::Status { status, .. } => *status >= 500,
+            CallError::Auth(_) => false,
+        }
+    }
+}
+
+/// reqwest's messages include the URL, which for Koupon carries the signature: leave it out.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut e = e.to_string();
+    if let Some(i) = e.find(" for url (") {
+        e.truncate(i);
+    }
+    e
+}
+
+/// What a delivery attempt came to; the worker turns it into the item's next state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// The provider has applied the item (now or, verified, by an earlier attempt).
+    Delivered { note: Option<String> },
+    /// Try again later (network, timeout, 5xx, 429): counts towards the circuit breaker.
+    Retry(String),
+    /// The provider refused our credentials even after logging in again: the item waits
+    /// and the provider's queue pauses until credentials work (never dead-lettered).
+    AuthFailed(String),
+    /// Refused permanently: dead-letter with the reason.
+    Dead(String),
+}
+
+impl Delivery {
+    pub fn delivered() -> Delivery {
+        Delivery::Delivered { note: None }
+    }
+
+    /// The usual mapping of a failed call: transient → retry, auth → pause, else dead.
+    pub fn from_error(e: &CallError) -> Delivery {
+        match e {
+            CallError::Auth(m) => Delivery::AuthFailed(m.clone()),
+            e if e.is_transient() => Delivery::Retry(e.to_string()),
+            e => Delivery::Dead(e.to_string()),
+        }
+    }
+}
+
+/// Cents as a decimal string with `places` decimals (2 for Koupon, 3 for Coupontools'
+/// `money_spent`): exact, no floating point.
+pub fn cents_to_decimal(cents: i64, places: u32) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let c = cents.unsigned_abs();
+    let whole = c / 100;
+    let frac = c % 100;
+    match places {
+        0 => format!("{sign}{whole}"),
+        1 => format!("{sign}{whole}.{}", frac / 10),
+        p => format!("{sign}{whole}.{frac:02}{}", "0".repeat(p as usize - 2)),
+    }
+}
+
+/// A decimal in text ("5", "5.5", "12.345") as cents, rounded half away from zero.
+pub fn decimal_to_cents(text: &str) -> Option<i64> {
+    let d: rust_decimal::Decimal = text.trim().parse().ok()?;
+    let cents = (d * rust_decimal::Decimal::from(100))
+        .round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    i64::try_from(cents).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_is_formatted_exactly() {
+        assert_eq!(cents_to_decimal(1234, 3), "12.340");
+        assert_eq!(cents_to_decimal(5, 2), "0.05");
+        assert_eq!(cents_to_decimal(-150, 2), "-1.50");
+        assert_eq!(decimal_to_cents("5.00"), Some(500));
+        assert_eq!(decimal_to_cents("12.345"), Some(1235));
+        assert_eq!(decimal_to_cents("7"), Some(700));
+        assert_eq!(decimal_to_cents("x"), None);
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let s = |status| CallError::Status {
+            status,
+            code: String::new(),
+            detail: String::new(),
+        };
+        assert!(s(503).is_transient());
+        assert!(s(429).is_transient());
+        assert!(!s(400).is_transient());
+        assert_eq!(
+            Delivery::from_error(&s(404)),
+            Delivery::Dead("HTTP 404 : ".into())
+        );
+        assert!(matches!(
+            Delivery::from_error(&CallError::Auth("x".into())),
+            Delivery::AuthFailed(_)
+        ));
+    }
+}

@@ -1,0 +1,446 @@
+//! Koupon client (shared/api/koupon.md): every call carries a signed URL, computed afresh
+//! for every attempt (§2 defaults: HMAC-SHA1 keyed by the secret over the exact URL sent,
+//! lowercase hex, epoch seconds), and `Accept: application/json`.
+//!
+//! Redemptions have no idempotency key. A retry after an unknown outcome that Koupon answers
+//! with `ALREADY_REDEEMED` (nothing left to redeem) is taken as our earlier attempt having
+//! been applied: delivered, not dead. Any other exception code dead-letters the item with
+//! the code as the reason, for store IT.
+
+use crate::http::{self, CallError, Delivery};
+use serde_json::{json, Value};
+use shared::config::{Config, KouponConfig};
+use shared::domain::Offer;
+use shared::outbox::Item;
+
+pub const NAME: &str = shared::outbox::provider::KOUPON;
+
+pub struct Client {
+    cfg: KouponConfig,
+    http: reqwest::Client,
+}
+
+/// HMAC-SHA1 of `url` keyed by `secret`, lowercase hex.
+pub fn sign(secret: &str, url: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    ring::hmac::sign(&key, url.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `base + path + query`, with `identifier` and `timestamp` appended and signed.
+pub fn signed_url(
+    base: &str,
+    path: &str,
+    query: &str,
+    api_key: &str,
+    secret: &str,
+    now: i64,
+) -> String {
+    let sep = if query.is_empty() { "" } else { "&" };
+    let url = format!(
+        "{}{path}?{query}{sep}identifier={api_key}&timestamp={now}",
+        base.trim_end_matches('/')
+    );
+    let sig = sign(secret, &url);
+    format!("{url}&authSignature={sig}")
+}
+
+impl Client {
+    pub fn new(cfg: &KouponConfig) -> Client {
+        Client {
+            cfg: cfg.clone(),
+            http: http::client(cfg.timeout_ms),
+        }
+    }
+
+    pub fn config(&self) -> &KouponConfig {
+        &self.cfg
+    }
+
+    async fn call(
+        &self,
+        base: &str,
+        path: &str,
+        query: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CallError> {
+        let url = signed_url(
+            base,
+            path,
+            query,
+            &self.cfg.api_key,
+            self.cfg.secret.expose(),
+            shared::db::now_secs(),
+        );
+        let req = match body {
+            Some(b) => self
+                .http
+                .post(url)
+                .header("Content-Type", "application/json")
+                .body(b.to_string()),
+            None => self.http.get(url),
+        };
+        let resp = req
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| CallError::from_reqwest(&e))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
+        let parsed: Option<Value> = serde_json::from_str(&text).ok();
+        if status == 401 {
+            return Err(CallError::Auth(
+                "Koupon refused the signature (HTTP 401); check providers.koupon.api_key/secret and the clock".into(),
+            ));
+        }
+        if !(200..300).contains(&status) {
+            let code = parsed
+                .as_ref()
+                .and_then(|v| v.get("errorCode"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let detail = parsed
+                .as_ref()
+                .and_then(|v| v.get("errorMessage"))
+                .and_then(Value::as_str)
+                .map_or_else(|| text.chars().take(200).collect(), str::to_owned);
+            return Err(CallError::Status {
+                status,
+                code,
+                detail,
+            });
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        parsed.ok_or_else(|| CallError::Malformed(format!("{path}: not JSON")))
+    }
+
+    pub async fn probe(&self) -> Result<(), CallError> {
+        self.offers().await.map(|_| ())
+    }
+
+    // ------------------------------------------------------------ delivery
+
+    pub async fn deliver(&self, item: &Item) -> Delivery {
+        match item.operation.as_str() {
+            "redemption" => self.redeem(item).await,
+            "transaction" => self.report(item).await,
+            "validate" => self.redeem(item).await,
+            other => Delivery::Dead(format!("unknown Koupon operation {other}")),
+        }
+    }
+
+    async fn redeem(&self, item: &Item) -> Delivery {
+        let p = &item.payload;
+        let asset = p
+            .get("discountAsset")
+            .or_else(|| p.get("providerRef"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .or_else(|| p.get("code").and_then(Value::as_str))
+            .unwrap_or_default();
+        if asset.is_empty() {
+            return Delivery::Dead("item names no discountAsset".into());
+        }
+        let mut entry = json!({"discountAsset": asset, "qty": p.get("qty").and_then(Value::as_i64).unwrap_or(1)});
+        if let Some(code) = p.get("couponCode").and_then(Value::as_str) {
+            entry["couponCode"] = json!(code);
+        }
+        let body = json!({"redemptions": [entry]});
+        let base = self.cfg.storeconnect_url.clone();
+        match self
+            .call(&base, "/v1/transaction/redeem", "", Some(&body))
+            .await
+        {
+            Ok(v) => {
+                let r = v
+                    .get("results")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.first())
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let qty = r.get("redeemedQty").and_then(Value::as_i64).unwrap_or(0);
+                let exception = r
+                    .get("exceptionCode")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                redemption_result(qty, exception, item.attempts)
+            }
+            Err(e) => Delivery::from_error(&e),
+        }
+    }
+
+    async fn report(&self, item: &Item) -> Delivery {
+        let body = report_body(&item.payload);
+        let query = if self.cfg.store_id.is_empty() {
+            String::new()
+        } else {
+            format!("storeId={}", self.cfg.store_id)
+        };
+        let base = self.cfg.storeconnect_url.clone();
+        match self
+            .call(&base, "/v1/transaction/report", &query, Some(&body))
+            .await
+        {
+            Ok(_) => Delivery::delivered(),
+            // Analytics only, safe to repeat: an unreadable answer is retried.
+            Err(e) => Delivery::from_error(&e),
+        }
+    }
+
+    // ------------------------------------------------------------ pull
+
+    /// The client's offer list (`Offers`, parsed leniently).
+    pub async fn offers(&self) -> Result<Vec<Value>, CallError> {
+        let query = if self.cfg.store_id.is_empty() {
+            String::new()
+        } else {
+            format!("storeid={}", self.cfg.store_id)
+        };
+        let base = self.cfg.management_url.clone();
+        let v = self.call(&base, "/v2/offers/list", &query, None).await?;
+        Ok(v.get("Offers")
+            .or_else(|| v.get("offers"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// What one redemption entry's result means.
+fn redemption_result(qty: i64, exception: &str, attempts: i64) -> Delivery {
+    if qty >= 1 && exception.is_empty() {
+        return Delivery::delivered();
+    }
+    if qty >= 1 {
+        return Delivery::Delivered {
+            note: Some(format!("partly redeemed: {exception}")),
+        };
+    }
+    if exception == "ALREADY_REDEEMED" && attempts > 1 {
+        return Delivery::Delivered {
+            note: Some("verified: Koupon reports it redeemed, by our earlier attempt".into()),
+        };
+    }
+    Delivery::Dead(format!(
+        "Koupon did not redeem it: {}",
+        if exception.is_empty() {
+            "no quantity redeemed"
+        } else {
+            exception
+        }
+    ))
+}
+
+/// The analytics report of a committed sale (koupon.md §3.3) from the outbox payload: the
+/// basket as the lane sent it, money as decimals with 2 places from exact cents.
+pub fn report_body(payload: &Value) -> Value {
+    let basket = payload.get("basket").cloned().unwrap_or(Value::Null);
+    let money = |v: Option<&Value>| -> Value {
+        let cents = v
+            .map(|x| match x {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.clone(),
+                _ => String::new(),
+            })
+            .and_then(|t| http::decimal_to_cents(&t))
+            .unwrap_or(0);
+        // A JSON number with exactly two decimals (serde_json keeps the text).
+        serde_json::from_str(&http::cents_to_decimal(cents, 2)).unwrap_or(json!(0))
+    };
+    let products: Vec<Value> = basket
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, it)| {
+            let upc = match it.get("upc") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => String::new(),
+            };
+            json!({
+                "index": it.get("id").and_then(Value::as_i64).unwrap_or(i as i64 + 1),
+                "description": it.get("description").and_then(Value::as_str).unwrap_or(&upc),
+                "scanCode": upc,
+                "price": money(it.get("price")),
+                "quantity": it.get("quantity").cloned().unwrap_or(json!(1)),
+                "discounts": [],
+            })
+        })
+        .collect();
+    let discounts: i64 = payload
+        .get("discounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("discountCents").and_then(Value::as_i64))
+        .sum();
+    let assets: Vec<Value> = payload
+        .get("discounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("discountAsset").cloned())
+        .collect();
+    let committed = payload
+        .get("committedAt")
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(chrono::Utc::now);
+    json!({
+        "timestamp": committed.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "currency": "USD",
+        "products": products,
+        "summary": {
+            "subTotal": money(basket.get("subTotal")),
+            "totalDiscounts": serde_json::from_str::<Value>(&http::cents_to_decimal(discounts, 2)).unwrap_or(json!(0)),
+            "total": money(basket.get("grossTotal").or_else(|| basket.get("subTotal"))),
+        },
+        "discountAssets": assets,
+    })
+}
+
+/// A Koupon offer as a catalog offer. Koupon publishes no pricing rule, so an offer is
+/// applied only when regional IT configured one for its `offerId`; otherwise it is listed
+/// disabled so the catalog still shows it.
+pub fn offer_of(o: &Value, config: &Config) -> Option<Offer> {
+    let s = |k: &str| match o.get(k) {
+        Some(Value::String(x)) => x.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    let offer_id = s("offerId");
+    if offer_id.is_empty() {
+        return None;
+    }
+    let barcode = s("barcodeString");
+    let provider_ref = if barcode.is_empty() {
+        offer_id.clone()
+    } else {
+        barcode
+    };
+    let rule = config.offer_rule(NAME, &offer_id);
+    let active = matches!(s("is_active").as_str(), "1" | "true" | "yes" | "");
+    let title = rule
+        .and_then(|r| r.description.clone())
+        .or_else(|| Some(s("title")).filter(|t| !t.is_empty()))
+        .or_else(|| Some(s("name")).filter(|t| !t.is_empty()))
+        .unwrap_or_else(|| format!("Koupon offer {offer_id}"));
+    let date = |k: &str| {
+        s(k).get(..10)
+            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+    };
+    Some(Offer {
+        id: crate::pull::short_id("KP", &provider_ref),
+        provider: NAME.to_owned(),
+        provider_ref,
+        short_description: title.chars().take(100).collect(),
+        requirement_description: s("description").chars().take(200).collect(),
+        long_description: String::new(),
+        category: String::new(),
+        brand: s("brand"),
+        start_date: date("startDate")
+            .or_else(|| date("start_date"))
+            .unwrap_or(chrono::NaiveDate::from_ymd_opt(2000, 1, 1)?),
+        end_date: date("endDate")
+            .or_else(|| date("end_date"))
+            .unwrap_or(chrono::NaiveDate::from_ymd_opt(2099, 12, 31)?),
+        image_url: Some(s("companyImage")).filter(|i| i.starts_with("http")),
+        targeted: false,
+        enabled: active && rule.is_some(),
+        featured: matches!(s("featured").as_str(), "1" | "true"),
+        requires_clip: true,
+        rule: rule
+            .map(|r| r.rule.clone())
+            .unwrap_or(shared::domain::Rule {
+                mechanic: shared::domain::Mechanic::AmountOff {
+                    cents: shared::money::Cents(0),
+                },
+                requirement: Default::default(),
+                reward: None,
+                min_qty: 1,
+                min_basket: None,
+                max_applications: Some(1),
+            }),
+        receipt_alias: title.chars().take(40).collect(),
+        reduces_tax: true,
+        coupon_type: String::new(),
+        external_id: offer_id,
+        per_customer_limit: rule.and_then(|r| r.per_customer_limit).or(Some(1)),
+        global_limit: None,
+        loyalty_cost: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_reference_test_vector() {
+        assert_eq!(
+            sign(
+                "demo-secret",
+                "https://storeconnect.kouponmedia.com/v1/transaction/redeem?identifier=demo-api-key&timestamp=1700000000"
+            ),
+            "5c570383118afdca34f576943b151ca2974061f1"
+        );
+        let url = signed_url(
+            "https://storeconnect.kouponmedia.com/",
+            "/v1/transaction/redeem",
+            "",
+            "demo-api-key",
+            "demo-secret",
+            1_700_000_000,
+        );
+        assert!(url.ends_with("&authSignature=5c570383118afdca34f576943b151ca2974061f1"));
+        // A fresh timestamp is a fresh signature.
+        let later = signed_url("https://x", "/p", "storeId=7", "k", "s", 1_700_000_001);
+        let earlier = signed_url("https://x", "/p", "storeId=7", "k", "s", 1_700_000_000);
+        assert_ne!(later, earlier);
+        assert!(earlier
+            .starts_with("https://x/p?storeId=7&identifier=k&timestamp=1700000000&authSignature="));
+    }
+
+    #[test]
+    fn redemption_results() {
+        assert_eq!(redemption_result(1, "", 1), Delivery::delivered());
+        assert!(matches!(
+            redemption_result(0, "ALREADY_REDEEMED", 1),
+            Delivery::Dead(_)
+        ));
+        assert!(matches!(
+            redemption_result(0, "ALREADY_REDEEMED", 2),
+            Delivery::Delivered { .. }
+        ));
+        assert!(
+            matches!(redemption_result(0, "ASSET_NOT_FOUND", 3), Delivery::Dead(r) if r.contains("ASSET_NOT_FOUND"))
+        );
+    }
+
+    #[test]
+    fn report_has_exact_money_and_string_scan_codes() {
+        let payload = json!({
+            "discounts": [{"discountAsset": "asset-1234", "discountCents": 100}],
+            "basket": {"items": [{"id": 1, "upc": 894773001193u64, "price": 1.99, "quantity": 2}],
+                       "subTotal": 3.98, "grossTotal": 4.18},
+            "committedAt": "2026-11-22T10:00:00+00:00",
+        });
+        let r = report_body(&payload);
+        assert_eq!(r["timestamp"], "2026-11-22T10:00:00Z");
+        assert_eq!(r["products"][0]["scanCode"], "894773001193");
+        assert_eq!(r["products"][0]["price"].to_string(), "1.99");
+        assert_eq!(r["summary"]["subTotal"].to_string(), "3.98");
+        assert_eq!(r["summary"]["totalDiscounts"].to_string(), "1.00");
+        assert_eq!(r["discountAssets"], json!(["asset-1234"]));
+    }
+}

@@ -1,0 +1,418 @@
+//! The outbox worker: claims due items atomically with a lease (strictly in order per
+//! ordering key, concurrently across keys), delivers each with its provider's client, and
+//! records the outcome. Transient failures wait with capped exponential backoff and jitter;
+//! permanent refusals go to the dead-letter state with the reason; a per-provider circuit
+//! breaker stops claiming for a provider that keeps failing, and a timer probes it until
+//! it answers (no item burns an attempt meanwhile).
+
+use crate::daemon::{Clients, Snapshot};
+use crate::http::{CallError, Delivery};
+use crate::{convercus, coupontools, koupon};
+use shared::db::{now_secs, Db};
+use shared::outbox::{self, Item};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub const PROVIDERS: [&str; 3] = [convercus::NAME, coupontools::NAME, koupon::NAME];
+
+/// One provider's circuit breaker.
+#[derive(Debug, Default, Clone)]
+pub struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+    reason: String,
+}
+
+impl Breaker {
+    pub fn is_open(&self) -> bool {
+        self.open_until.is_some()
+    }
+
+    fn probe_due(&self, now: Instant) -> bool {
+        !self.probing && self.open_until.is_some_and(|t| now >= t)
+    }
+
+    fn success(&mut self, provider: &str) {
+        if self.is_open() {
+            log::info!(provider = provider; "{provider} answers again; delivering its queue");
+        }
+        *self = Breaker::default();
+    }
+
+    /// A transient failure; opens after `threshold` in a row (at once for `auth`).
+    fn failure(
+        &mut self,
+        provider: &str,
+        reason: &str,
+        threshold: u32,
+        probe: Duration,
+        auth: bool,
+    ) {
+        self.failures += 1;
+        self.reason = reason.to_owned();
+        if (auth || self.failures >= threshold) && !self.is_open() {
+            log::warn!(provider = provider; "{provider} unreachable or refusing ({reason}); pausing its queue and probing every {} s", probe.as_secs());
+        }
+        if auth || self.failures >= threshold {
+            self.open_until = Some(Instant::now() + probe);
+        }
+    }
+}
+
+/// Breakers of all providers, shared with pulls (a pull skips an open provider).
+#[derive(Default)]
+pub struct Breakers(Mutex<HashMap<&'static str, Breaker>>);
+
+impl Breakers {
+    fn with<R>(&self, provider: &'static str, f: impl FnOnce(&mut Breaker) -> R) -> R {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(map.entry(provider).or_default())
+    }
+
+    pub fn is_open(&self, provider: &'static str) -> bool {
+        self.with(provider, |b| b.is_open())
+    }
+
+    /// Records the outcome of any call to `provider` (deliveries, pulls, probes).
+    pub fn record(
+        &self,
+        provider: &'static str,
+        result: Result<(), &CallError>,
+        o: &shared::config::OutboxConfig,
+    ) {
+        let probe = Duration::from_secs(o.breaker_probe_secs);
+        self.with(provider, |b| match result {
+            Ok(()) => b.success(provider),
+            Err(CallError::Auth(m)) => b.failure(provider, m, o.breaker_threshold, probe, true),
+            Err(e) if e.is_transient() => {
+                b.failure(provider, &e.to_string(), o.breaker_threshold, probe, false)
+            }
+            // A refusal of one item says the provider is up.
+            Err(_) => b.success(provider),
+        });
+    }
+}
+
+fn name_of(provider: &str) -> Option<&'static str> {
+    PROVIDERS.into_iter().find(|p| *p == provider)
+}
+
+/// Delivers one item with its provider's client.
+async fn deliver(clients: &Clients, db: &Db, item: &Item) -> Delivery {
+    let id = item.id;
+    let record = |progress: serde_json::Value| {
+        let db = db.clone();
+        async move {
+            db.writer
+                .write(move |conn| outbox::set_progress(conn, id, &progress))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    match item.provider.as_str() {
+        convercus::NAME => match &clients.convercus {
+            Some(c) => c.deliver(item, record).await,
+            None => Delivery::Retry("convercus is disabled".into()),
+        },
+        coupontools::NAME => match &clients.coupontools {
+            Some(c) => c.deliver(item, record).await,
+            None => Delivery::Retry("coupontools is disabled".into()),
+        },
+        koupon::NAME => match &clients.koupon {
+            Some(c) => c.deliver(item).await,
+            None => Delivery::Retry("koupon is disabled".into()),
+        },
+        other => Delivery::Dead(format!("no client for provider {other}")),
+    }
+}
+
+async fn probe(clients: &Clients, provider: &str) -> Result<(), CallError> {
+    let r = match provider {
+        convercus::NAME => match &clients.convercus {
+            Some(c) => c.probe().await,
+            None => Ok(()),
+        },
+        coupontools::NAME => match &clients.coupontools {
+            Some(c) => c.probe().await,
+            None => Ok(()),
+        },
+        koupon::NAME => match &clients.koupon {
+            Some(c) => c.probe().await,
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    };
+    // Only reachability matters to the breaker: a refusal of the probe itself is an answer.
+    match r {
+        Err(e) if e.is_transient() || matches!(e, CallError::Auth(_)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Writes what a delivery came to. Returns the message to log, if any.
+async fn settle(db: &Db, snap: &Snapshot, item: Item, outcome: Delivery) {
+    let o = snap.config.outbox.clone();
+    let now = now_secs();
+    let unit: f64 = rand::random();
+    let backoff = outbox::backoff_secs(
+        u32::try_from(item.attempts).unwrap_or(u32::MAX),
+        o.backoff_base_secs,
+        o.backoff_cap_secs,
+        o.jitter_percent,
+        unit,
+    );
+    let id = item.id;
+    let provider = item.provider.clone();
+    let op = item.operation.clone();
+    match &outcome {
+        Delivery::Delivered { note } => {
+            log::debug!(provider = provider.as_str(), outbox_item = id; "{op} delivered");
+            if let Some(n) = note {
+                log::info!(provider = provider.as_str(), outbox_item = id; "{op} delivered ({n})");
+            }
+        }
+        Delivery::Retry(r) => {
+            log::info!(provider = provider.as_str(), outbox_item = id, attempts = item.attempts; "{op} not delivered, retrying in {backoff} s: {r}")
+        }
+        Delivery::AuthFailed(r) => {
+            log::error!(provider = provider.as_str(), outbox_item = id; "{op} not delivered: {r}")
+        }
+        Delivery::Dead(r) => {
+            log::warn!(provider = provider.as_str(), outbox_item = id; "{op} refused permanently, dead-lettered for store IT (edge-ctl outbox list --state dead): {r}")
+        }
+    }
+    let probe_secs = i64::try_from(o.breaker_probe_secs).unwrap_or(15);
+    let result = db
+        .writer
+        .write(move |conn| -> rusqlite::Result<()> {
+            match outcome {
+                Delivery::Delivered { .. } => {
+                    outbox::mark_delivered(conn, id, now)?;
+                    outbox::settle_local(conn, &item)?;
+                }
+                Delivery::Retry(r) => {
+                    let next = now + i64::try_from(backoff).unwrap_or(600);
+                    outbox::retry_later(conn, id, now, next, &r)?;
+                    shared::sync::record_error(conn, &provider, now, &r)?;
+                }
+                Delivery::AuthFailed(r) => {
+                    outbox::retry_later(conn, id, now, now + probe_secs, &r)?;
+                    shared::sync::record_error(conn, &provider, now, &r)?;
+                }
+                Delivery::Dead(r) => {
+                    outbox::dead_letter(conn, id, now, &r)?;
+                    shared::sync::record_error(
+                        conn,
+                        &provider,
+                        now,
+                        &format!("item {id} dead-lettered: {r}"),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = result {
+        log::error!(outbox_item = id; "cannot record the outcome of item {id}: {e}; its lease will run out and it will be verified and retried");
+    }
+}
+
+/// Runs until `shutdown` turns true; then stops claiming, lets in-flight deliveries finish
+/// for up to `grace`, and releases the rest.
+pub async fn run(
+    db: Db,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    breakers: Arc<Breakers>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let mut inflight: JoinSet<(Item, Delivery)> = JoinSet::new();
+    let mut probes: JoinSet<(&'static str, Result<(), CallError>)> = JoinSet::new();
+    let mut claimed: HashMap<i64, Item> = HashMap::new();
+    let mut last_rescue = Instant::now() - Duration::from_secs(3600);
+    let mut last_prune = Instant::now() - Duration::from_secs(24 * 3600);
+    let mut probing: HashMap<&'static str, bool> = HashMap::new();
+    let mut rr = 0usize;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let snap = snapshots.borrow().clone();
+        let o = &snap.config.outbox;
+        // Expired leases (a crashed worker's items) come back, and old deliveries go.
+        if last_rescue.elapsed() >= Duration::from_secs(5) {
+            last_rescue = Instant::now();
+            let retention = i64::try_from(o.retention_days).unwrap_or(14) * 86_400;
+            let prune = last_prune.elapsed() >= Duration::from_secs(3600);
+            if prune {
+                last_prune = Instant::now();
+            }
+            let r = db
+                .writer
+                .write(move |conn| -> rusqlite::Result<(usize, usize)> {
+                    let now = now_secs();
+                    let rescued = outbox::rescue_expired_leases(conn, now)?;
+                    let pruned = if prune {
+                        outbox::prune_delivered(conn, now - retention)?
+                    } else {
+                        0
+                    };
+                    Ok((rescued, pruned))
+                })
+                .await;
+            match r {
+                Ok((rescued, pruned)) => {
+                    if rescued > 0 {
+                        log::warn!("{rescued} outbox items were left in flight by a stopped worker; they will be verified and retried");
+                    }
+                    if pruned > 0 {
+                        log::info!(
+                            "pruned {pruned} delivered outbox items older than {} days",
+                            o.retention_days
+                        );
+                    }
+                }
+                Err(e) => log::error!("outbox maintenance failed: {e}"),
+            }
+        }
+        // Probe providers whose breaker is open, on the timer.
+        let now = Instant::now();
+        for p in PROVIDERS {
+            let due = breakers.with(p, |b| {
+                let due = b.probe_due(now);
+                if due {
+                    b.probing = true;
+                }
+                due
+            });
+            if due && !probing.get(p).copied().unwrap_or(false) {
+                probing.insert(p, true);
+                let clients = snap.clients.clone();
+                probes.spawn(async move { (p, probe(&clients, p).await) });
+            }
+        }
+        // Claim as many due items as there are free slots, round robin over providers
+        // that are enabled and whose breaker is closed.
+        let free = o.concurrency.saturating_sub(inflight.len());
+        let allowed: Vec<&'static str> = PROVIDERS
+            .into_iter()
+            .filter(|p| snap.clients.enabled(p) && !breakers.is_open(p))
+            .collect();
+        if free > 0 && !allowed.is_empty() {
+            rr = rr.wrapping_add(1);
+            let lease = i64::try_from(o.lease_secs).unwrap_or(120);
+            let start = rr % allowed.len();
+            let order: Vec<&'static str> = allowed[start..]
+                .iter()
+                .chain(&allowed[..start])
+                .copied()
+                .collect();
+            let got = db
+                .writer
+                .write(move |conn| -> rusqlite::Result<Vec<Item>> {
+                    let now = now_secs();
+                    let mut out = Vec::new();
+                    let mut exhausted = vec![false; order.len()];
+                    while out.len() < free && exhausted.iter().any(|e| !e) {
+                        for (i, p) in order.iter().enumerate() {
+                            if exhausted[i] || out.len() >= free {
+                                continue;
+                            }
+                            match outbox::claim_next(conn, Some(p), now, now + lease)? {
+                                Some(item) => out.push(item),
+                                None => exhausted[i] = true,
+                            }
+                        }
+                    }
+                    Ok(out)
+                })
+                .await;
+            match got {
+                Ok(items) => {
+                    for item in items {
+                        claimed.insert(item.id, item.clone());
+                        let clients = snap.clients.clone();
+                        let db = db.clone();
+                        inflight.spawn(async move {
+                            let d = deliver(&clients, &db, &item).await;
+                            (item, d)
+                        });
+                    }
+                }
+                Err(e) => log::error!("cannot claim outbox items: {e}"),
+            }
+        }
+        let poll = Duration::from_millis(o.poll_ms);
+        let full = inflight.len() >= o.concurrency;
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = snapshots.changed() => {}
+            Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                if let Ok((item, outcome)) = done {
+                    claimed.remove(&item.id);
+                    if let Some(p) = name_of(&item.provider) {
+                        let call = match &outcome {
+                            Delivery::Retry(r) => Err(CallError::Transport { message: r.clone(), maybe_sent: true }),
+                            Delivery::AuthFailed(r) => Err(CallError::Auth(r.clone())),
+                            _ => Ok(()),
+                        };
+                        breakers.record(p, call.as_ref().map(|_| ()), o);
+                    }
+                    settle(&db, &snap, item, outcome).await;
+                }
+            }
+            Some(done) = probes.join_next(), if !probes.is_empty() => {
+                if let Ok((p, r)) = done {
+                    probing.insert(p, false);
+                    breakers.with(p, |b| b.probing = false);
+                    if let Err(e) = &r {
+                        log::info!(provider = p; "probe of {p} failed: {e}");
+                    }
+                    breakers.record(p, r.as_ref().map(|_| ()), o);
+                }
+            }
+            _ = tokio::time::sleep(poll), if !full => {}
+        }
+    }
+    // Stopping: let in-flight deliveries finish, then release what is left.
+    let deadline = tokio::time::Instant::now() + grace;
+    let snap = snapshots.borrow().clone();
+    while !inflight.is_empty() {
+        match tokio::time::timeout_at(deadline, inflight.join_next()).await {
+            Ok(Some(Ok((item, outcome)))) => {
+                claimed.remove(&item.id);
+                settle(&db, &snap, item, outcome).await;
+            }
+            Ok(Some(Err(_))) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    inflight.abort_all();
+    if !claimed.is_empty() {
+        let ids: Vec<i64> = claimed.keys().copied().collect();
+        let n = ids.len();
+        let r = db
+            .writer
+            .write(move |conn| -> rusqlite::Result<()> {
+                let now = now_secs();
+                for id in ids {
+                    outbox::retry_later(conn, id, now, now, "released at shutdown")?;
+                }
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => log::info!("released {n} in-flight outbox items at shutdown"),
+            Err(e) => log::error!(
+                "cannot release in-flight items at shutdown ({e}); their leases will run out"
+            ),
+        }
+    }
+}

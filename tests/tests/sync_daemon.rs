@@ -1,0 +1,718 @@
+//! The sync daemon end to end: the real `edge-server`, `sync-daemon` and `provider-sim`
+//! binaries as processes, lanes over HTTPS, faults switched over the simulator's admin API,
+//! and the simulator's ledger as the proof of what reached the providers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::stack::{Daemon, Providers};
+use e2e::{Store, StoreOptions, SITE};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Customers with a Convercus account and a multi-use coupon (so a redemption applied twice
+/// would show), Coupontools sessions and Koupon barcodes for the vouchers.
+const CUSTOMERS: usize = 40;
+const COUPON: &str = "d1d1d1d1-0000-4000-8000-000000000001";
+
+fn card(i: usize) -> String {
+    format!("5000000000{i:03}")
+}
+fn account(i: usize) -> String {
+    format!("aaaaaaaa-0000-4000-8000-000000000{i:03}")
+}
+fn account_coupon(i: usize) -> String {
+    format!("ACID-{i:03}")
+}
+fn session(i: usize) -> String {
+    format!("sess{i:04}")
+}
+fn barcode(i: usize) -> String {
+    format!("kbar-{i:04}")
+}
+
+/// The simulator's data for `txns` transactions.
+fn sim_seed(txns: usize) -> Value {
+    let accounts: Vec<Value> = (0..CUSTOMERS)
+        .map(|i| json!({"id": account(i), "program": "Pgr-A", "status": "ACTIVE", "cardCode": card(i), "memberships": []}))
+        .collect();
+    let coupons: Vec<Value> = (0..CUSTOMERS)
+        .map(|i| json!({"accountCouponId": account_coupon(i), "accountId": account(i), "couponId": COUPON,
+                        "usageType": "DISCOUNT", "externalReference": "EXT-TEN", "couponValue": 10,
+                        "maxRedeemCount": 1000, "validFrom": "2026-01-01T00:00:00", "validTo": "2099-12-31T23:59:00",
+                        "i18nFields": {"en": {"title": "10% off"}}}))
+        .collect();
+    let sessions: Vec<Value> = (0..txns)
+        .map(|i| json!({"session": session(i), "campaign": "cam_200001", "status": {"value": "1.00", "claimed": "1"}}))
+        .collect();
+    let assets: Vec<Value> = (0..txns)
+        .map(|i| json!({"discountAsset": barcode(i), "type": "barcode", "remaining": 1}))
+        .collect();
+    json!({
+        "convercus": {"accounts": accounts, "users": [], "accountCoupons": coupons},
+        "coupontools": {"campaigns": [{"ID": "cam_200001", "title": "One off", "active": true}], "sessions": sessions},
+        "koupon": {"assets": assets, "offers": []},
+    })
+}
+
+/// The store's snapshot for the same data: the Convercus coupon clipped for every customer
+/// (with its accountCouponId), a Coupontools voucher per even transaction and a Koupon
+/// barcode voucher per odd one.
+fn store_snapshot(txns: usize) -> Value {
+    let customers: Vec<Value> = (0..CUSTOMERS)
+        .map(|i| json!({"id": card(i), "provider": "convercus", "providerRef": account(i),
+                        "coupons": [{"offerId": "CVTEN", "state": "clipped", "providerRef": account_coupon(i)}]}))
+        .collect();
+    let vouchers: Vec<Value> = (0..txns)
+        .map(|i| {
+            if i.is_multiple_of(2) {
+                json!({"code": session(i), "provider": "coupontools", "providerRef": session(i), "valueCents": 100})
+            } else {
+                json!({"code": barcode(i), "provider": "koupon", "providerRef": barcode(i), "valueCents": 100})
+            }
+        })
+        .collect();
+    json!({
+        "offers": [{"id": "CVTEN", "provider": "convercus", "providerRef": COUPON, "shortDescription": "10% off",
+                    "startDate": "2026-01-01", "endDate": "2099-12-31", "targeted": true, "externalId": "EXT-TEN",
+                    "perCustomerLimit": null,
+                    "rule": {"mechanic": {"type": "percentOff", "basisPoints": 1000}}}],
+        "customers": customers,
+        "vouchers": vouchers,
+    })
+}
+
+struct Stack {
+    store: Store,
+    providers: Providers,
+    daemon: Option<Daemon>,
+}
+
+/// Simulator seeded, store started with the snapshot imported, providers configured in the
+/// store's config (pulls yearly unless `schedule` says otherwise); the daemon not started.
+async fn stack(txns: usize, schedule: &str, extra: &str) -> Stack {
+    let providers = Providers::start().unwrap();
+    providers.seed(&sim_seed(txns)).await.unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: format!(
+            "{}\n[outbox]\nconcurrency = 4\nlease_secs = 10\npoll_ms = 50\nbackoff_base_secs = 1\nbackoff_cap_secs = 2\nbreaker_threshold = 3\nbreaker_probe_secs = 1\n{extra}",
+            providers.config_toml(schedule)
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let snap = store.dir.join("stack.json");
+    std::fs::write(&snap, store_snapshot(txns).to_string()).unwrap();
+    store.import(&snap).unwrap();
+    Stack {
+        store,
+        providers,
+        daemon: None,
+    }
+}
+
+impl Stack {
+    fn start_daemon(&mut self) {
+        let d = Daemon::start(
+            &self.store.config_path,
+            &self.store.dir.join("sync-daemon.log"),
+        )
+        .unwrap();
+        self.daemon = Some(d);
+    }
+
+    fn daemon(&mut self) -> &mut Daemon {
+        self.daemon.as_mut().unwrap()
+    }
+
+    fn outbox_counts(&self) -> BTreeMap<String, i64> {
+        let conn = rusqlite::Connection::open(self.store.db_path()).unwrap();
+        let mut st = conn
+            .prepare("SELECT state, count(*) FROM outbox GROUP BY state")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// Waits until nothing is pending or in flight.
+    async fn drained(&mut self, timeout: Duration) -> BTreeMap<String, i64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.outbox_counts();
+            if c.get("pending").copied().unwrap_or(0) == 0
+                && c.get("inflight").copied().unwrap_or(0) == 0
+            {
+                return c;
+            }
+            if Instant::now() > deadline {
+                let log = self.daemon.as_ref().map(Daemon::log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "outbox not drained after {timeout:?}: {c:?}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// One lane sale: total (non-transient update holding the Convercus coupon), the voucher
+/// locked (Coupontools) and validated, then commit. Returns the latencies.
+async fn sale(store: &Store, i: usize, lane: usize) -> Vec<Duration> {
+    let customer = card(i % CUSTOMERS);
+    let txn = format!("L{lane}-T{i:04}");
+    let q = format!("?site={SITE}&customer={customer}&transaction={txn}");
+    let items = json!([{"id": 1, "quantity": 1, "upc": 12000001000u64, "price": 10.00, "discountPrice": 10.00, "dept": 1}]);
+    let mut took = Vec::new();
+    let mut call = |d: Duration| took.push(d);
+    let t = Instant::now();
+    let (s, r) = store
+        .post(
+            &format!("/transaction{q}"),
+            &json!({"site": SITE, "customer": customer, "transaction": txn, "transientRequest": false,
+                    "items": items, "subTotal": 10.0, "taxTotal": 0.0, "grossTotal": 10.0}),
+        )
+        .await
+        .unwrap();
+    call(t.elapsed());
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["applied"][0]["couponId"], "CVTEN", "{r}");
+    let code = if i.is_multiple_of(2) {
+        session(i)
+    } else {
+        barcode(i)
+    };
+    let vbody = json!({"site": SITE, "transaction": txn, "moneySpent": 10.0});
+    if i.is_multiple_of(2) {
+        let t = Instant::now();
+        let (s, r) = store
+            .post(&format!("/vouchers/{code}/lock"), &vbody)
+            .await
+            .unwrap();
+        call(t.elapsed());
+        assert_eq!(s, 200, "{r}");
+    }
+    let t = Instant::now();
+    let (s, r) = store
+        .post(&format!("/vouchers/{code}/validate"), &vbody)
+        .await
+        .unwrap();
+    call(t.elapsed());
+    assert_eq!(s, 200, "{r}");
+    let t = Instant::now();
+    let (s, r) = store
+        .post(
+            &format!("/transaction/commit{q}"),
+            &json!({"site": SITE, "customer": customer, "transaction": txn, "coupons": ["CVTEN"]}),
+        )
+        .await
+        .unwrap();
+    call(t.elapsed());
+    assert_eq!(s, 200, "{r}");
+    assert!(r.get("errors").is_none(), "{r}");
+    took
+}
+
+/// `lanes` lanes run `txns` sales between them.
+async fn run_lanes(store: &Store, lanes: usize, txns: usize) -> Vec<Duration> {
+    let store = std::sync::Arc::new(store);
+    let mut all = Vec::new();
+    // Lanes take transactions round robin; each lane is sequential like a real register.
+    let futs = (0..lanes).map(|lane| {
+        let store = std::sync::Arc::clone(&store);
+        async move {
+            let mut took = Vec::new();
+            for i in (lane..txns).step_by(lanes) {
+                took.extend(sale(&store, i, lane).await);
+            }
+            took
+        }
+    });
+    for t in futures_util::future::join_all(futs).await {
+        all.extend(t);
+    }
+    all
+}
+
+fn p(durations: &mut [Duration], q: f64) -> Duration {
+    durations.sort();
+    durations[((durations.len() as f64 - 1.0) * q) as usize]
+}
+
+/// Checks the ledger holds exactly the expected writes for `txns` sales, each applied once,
+/// in per-key order.
+async fn assert_exactly_once(providers: &Providers, txns: usize) {
+    let ledger = providers.ledger().await.unwrap();
+    let applied: Vec<&Value> = ledger.iter().filter(|e| e["applied"] == true).collect();
+    let count = |prov: &str, op: &str, key: &str| {
+        applied
+            .iter()
+            .filter(|e| e["provider"] == prov && e["operation"] == op && e["key"] == key)
+            .count()
+    };
+    for c in 0..CUSTOMERS {
+        let expected = (0..txns).filter(|i| i % CUSTOMERS == c).count();
+        assert_eq!(
+            count("convercus", "redemption", &account_coupon(c)),
+            expected,
+            "Convercus redemptions of customer {c}"
+        );
+    }
+    for i in 0..txns {
+        if i.is_multiple_of(2) {
+            assert_eq!(
+                count("coupontools", "lock", &session(i)),
+                1,
+                "lock of {}",
+                session(i)
+            );
+            assert_eq!(
+                count("coupontools", "validate", &session(i)),
+                1,
+                "validate of {}",
+                session(i)
+            );
+            let seq = |op: &str| {
+                applied
+                    .iter()
+                    .find(|e| e["operation"] == op && e["key"] == session(i).as_str())
+                    .and_then(|e| e["seq"].as_u64())
+                    .unwrap()
+            };
+            assert!(
+                seq("lock") < seq("validate"),
+                "lock before validate for {}",
+                session(i)
+            );
+        } else {
+            assert_eq!(
+                count("koupon", "redeem", &barcode(i)),
+                1,
+                "Koupon redemption of {}",
+                barcode(i)
+            );
+        }
+    }
+    let total_expected = txns + txns.div_ceil(2) * 2 + txns / 2;
+    assert_eq!(applied.len(), total_expected, "no other write was applied");
+    // The state agrees: every Coupontools session used once, every barcode used up.
+    let state = providers.state().await.unwrap();
+    let redeemed: i64 = state["convercus"]["accountCoupons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["redeemCount"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(redeemed, txns as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wan_outage_lanes_unaffected_then_everything_delivered_once_in_order() {
+    const TXNS: usize = 300;
+    let mut st = stack(TXNS, "0 0 0 1 1 *", "").await;
+    st.providers.all_down(true).await.unwrap();
+    st.start_daemon();
+    let mut took = run_lanes(&st.store, 8, TXNS).await;
+    let (p50, p99) = (p(&mut took, 0.5), p(&mut took, 0.99));
+    eprintln!(
+        "lane calls during the outage: {} calls, p50 {p50:?}, p99 {p99:?}",
+        took.len()
+    );
+    // Everything waits in the outbox; nothing was lost or refused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = st.outbox_counts();
+    assert_eq!(counts.get("dead"), None, "{counts:?}");
+    assert!(
+        counts.get("pending").copied().unwrap_or(0) > 0,
+        "{counts:?}"
+    );
+    assert!(
+        st.providers.ledger().await.unwrap().is_empty(),
+        "nothing reached a provider"
+    );
+    // The breaker is open: items are not burning attempts while the WAN is down.
+    let conn = rusqlite::Connection::open(st.store.db_path()).unwrap();
+    let max_attempts: i64 = conn
+        .query_row("SELECT max(attempts) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    assert!(max_attempts <= 3, "attempts while down: {max_attempts}");
+    // The WAN comes back: everything is delivered.
+    st.providers.all_down(false).await.unwrap();
+    let counts = st.drained(Duration::from_secs(120)).await;
+    assert_eq!(counts.get("dead"), None, "{counts:?}");
+    assert_exactly_once(&st.providers, TXNS).await;
+    // edge-ctl agrees.
+    let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
+        .arg("--config")
+        .arg(&st.store.config_path)
+        .args(["--json", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for p in status["providers"].as_array().unwrap() {
+        assert_eq!(p["queue"].get("pending"), None, "{p}");
+        assert!(p["queue"]["delivered"].as_i64().unwrap() > 0, "{p}");
+    }
+    assert!(st.daemon().terminate(Duration::from_secs(15)).unwrap());
+}
+
+/// Fills the outbox with `txns` sales while the providers are down.
+async fn sales_while_down(st: &Stack, txns: usize) {
+    st.providers.all_down(true).await.unwrap();
+    run_lanes(&st.store, 4, txns).await;
+    st.providers.all_down(false).await.unwrap();
+}
+
+fn edge_ctl(st: &Stack, args: &[&str]) -> (bool, Value) {
+    let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
+        .arg("--config")
+        .arg(&st.store.config_path)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_of_the_daemon_during_a_drain_loses_nothing_and_applies_nothing_twice() {
+    const TXNS: usize = 80;
+    let mut st = stack(TXNS, "0 0 0 1 1 *", "").await;
+    sales_while_down(&st, TXNS).await;
+    // Slow providers and unreadable answers now and then keep items in flight at the kills.
+    for p in ["convercus", "coupontools", "koupon"] {
+        st.providers
+            .faults(p, json!({"slow_ms": 15}))
+            .await
+            .unwrap();
+    }
+    st.start_daemon();
+    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..10 {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        let wait = 150 + rng_state % 450;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        st.daemon().kill9();
+        eprintln!("kill -9 #{round} after {wait} ms: {:?}", st.outbox_counts());
+        st.daemon().restart().unwrap();
+    }
+    let counts = st.drained(Duration::from_secs(120)).await;
+    assert_eq!(counts.get("dead"), None, "{counts:?}");
+    assert_exactly_once(&st.providers, TXNS).await;
+    assert!(
+        st.daemon()
+            .log()
+            .contains("left in flight by a stopped worker"),
+        "some kill hit items in flight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_expiry_in_the_middle_of_a_drain_is_refreshed_and_no_item_fails() {
+    const TXNS: usize = 60;
+    let mut st = stack(TXNS, "0 0 0 1 1 *", "").await;
+    sales_while_down(&st, TXNS).await;
+    st.providers
+        .faults("convercus", json!({"slow_ms": 20}))
+        .await
+        .unwrap();
+    st.start_daemon();
+    // Wait until the drain is under way, then revoke every token.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = st
+            .providers
+            .ledger()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e["provider"] == "convercus" && e["applied"] == true)
+            .count();
+        if done >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drain did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    st.providers
+        .faults("convercus", json!({"expire_tokens": true}))
+        .await
+        .unwrap();
+    let counts = st.drained(Duration::from_secs(60)).await;
+    assert_eq!(counts.get("dead"), None, "{counts:?}");
+    assert_exactly_once(&st.providers, TXNS).await;
+    let log = st.daemon().log();
+    assert!(log.contains("answered 401; logging in again"), "{log}");
+    assert!(
+        log.matches("logged in to Convercus").count() >= 2,
+        "a second login: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_item_is_dead_lettered_and_the_rest_delivered_without_waiting() {
+    const TXNS: usize = 20;
+    let mut st = stack(TXNS, "0 0 0 1 1 *", "").await;
+    sales_while_down(&st, TXNS).await;
+    // Coupontools refuses everything about session 0 permanently.
+    st.providers
+        .faults("coupontools", json!({"reject": [session(0)]}))
+        .await
+        .unwrap();
+    st.start_daemon();
+    // Everything else is delivered: only the poison lock (dead) and the validate queued
+    // behind it on the same session (pending) remain.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let counts = loop {
+        let c = st.outbox_counts();
+        if c.get("dead") == Some(&1) && c.get("pending") == Some(&1) && c.get("inflight").is_none()
+        {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "{c:?}\n{}", st.daemon().log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let total: i64 = counts.values().sum();
+    assert_eq!(counts.get("delivered"), Some(&(total - 2)), "{counts:?}");
+    // Store IT sees it, with the reason.
+    let (ok, dead) = edge_ctl(&st, &["outbox", "list", "--state", "dead"]);
+    assert!(ok);
+    let item = &dead["items"][0];
+    assert_eq!(item["operation"], "lock");
+    assert_eq!(item["payload"]["code"], session(0));
+    assert!(
+        item["last_error"].as_str().unwrap().contains("513"),
+        "{item}"
+    );
+    let (_, status) = edge_ctl(&st, &["status"]);
+    let ct = status["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "coupontools")
+        .unwrap()
+        .clone();
+    assert_eq!(ct["queue"]["dead"], 1, "{ct}");
+    // The provider is fixed; store IT retries it: it and the item behind it go out.
+    st.providers
+        .faults("coupontools", json!({"reject": []}))
+        .await
+        .unwrap();
+    let id = item["id"].as_i64().unwrap().to_string();
+    let (ok, _) = edge_ctl(&st, &["outbox", "retry", &id]);
+    assert!(ok);
+    let counts = st.drained(Duration::from_secs(30)).await;
+    assert_eq!(counts.get("dead"), None, "{counts:?}");
+    assert_exactly_once(&st.providers, TXNS).await;
+    // Retrying an item that is not dead says so.
+    let (ok, v) = edge_ctl(&st, &["outbox", "retry", &id]);
+    assert!(!ok);
+    assert_eq!(v["ok"], false);
+}
+
+fn rewrite_schedule(config: &std::path::Path, provider: &str, schedule: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut out = String::new();
+    let mut in_section = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_section = line.trim() == format!("[providers.{provider}]");
+        }
+        if in_section && line.starts_with("schedule") {
+            out.push_str(&format!("schedule = \"{schedule}\"\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(config, out).unwrap();
+}
+
+fn last_success(st: &Stack, provider: &str) -> Option<i64> {
+    let conn = rusqlite::Connection::open(st.store.db_path()).unwrap();
+    conn.query_row(
+        "SELECT last_success_at FROM sync_state WHERE provider = ?1",
+        [provider],
+        |r| r.get(0),
+    )
+    .ok()
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schedule_change_applies_without_restart_and_a_broken_file_keeps_the_last_good_config() {
+    let mut st = stack(4, "0 0 0 1 1 *", "").await;
+    st.start_daemon();
+    st.daemon()
+        .wait_for_log("watching", 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        last_success(&st, "coupontools"),
+        None,
+        "yearly: no pull yet"
+    );
+    // Every second from now on.
+    rewrite_schedule(&st.store.config_path, "coupontools", "* * * * * *");
+    st.daemon()
+        .wait_for_log(
+            "configuration reloaded: providers.coupontools",
+            0,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while last_success(&st, "coupontools").is_none() {
+        assert!(Instant::now() < deadline, "{}", st.daemon().log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The pull brought the campaign's claimed sessions in as vouchers.
+    let (status, v) = st
+        .store
+        .get(&format!("/vouchers/{}?site={SITE}", session(3)))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["value"].as_f64(), Some(1.0));
+    // A broken file: refused, logged, and the last good config (pulls every second) stays.
+    let mark = st.daemon().log().len();
+    let good = std::fs::read_to_string(&st.store.config_path).unwrap();
+    std::fs::write(
+        &st.store.config_path,
+        format!("{good}\n[outbox]\nconcurrency = \"many\"\n"),
+    )
+    .unwrap();
+    st.daemon()
+        .wait_for_log(
+            "keeping the last good configuration",
+            mark,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let before = last_success(&st, "coupontools").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while last_success(&st, "coupontools").unwrap() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "pulls stopped: {}",
+            st.daemon().log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(st.daemon().is_running());
+    assert!(st.daemon().terminate(Duration::from_secs(15)).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pull_brings_customers_and_coupons_but_never_undoes_an_undelivered_redemption() {
+    // The default simulator seed and the sample store: Jane (4000000000001) has the
+    // Convercus coffee coupon CVX1 (couponId c0c0…01) and a REWARD coupon.
+    let providers = Providers::start().unwrap();
+    let mut store = Store::start(StoreOptions {
+        extra_toml: format!(
+            "{}\n[outbox]\npoll_ms = 50\nbackoff_base_secs = 1\nbackoff_cap_secs = 2\n",
+            providers.config_toml("0 0 0 1 1 *")
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let jane = "4000000000001";
+    let coffee = "QUNDT1VOVENPVVBPTi0wMDAxLWNvZmZlZS0xNS1wZXJjZW50";
+    // The redemption will be refused upstream, so it stays undelivered (dead-lettered).
+    providers
+        .faults("convercus", json!({"reject": [coffee]}))
+        .await
+        .unwrap();
+    let q = format!("?site={SITE}&customer={jane}&transaction=P1");
+    let (s, r) = store
+        .post(
+            &format!("/transaction/commit{q}"),
+            &json!({"site": SITE, "customer": jane, "transaction": "P1", "coupons": ["CVX1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let st_dir = store.dir.clone();
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(e2e::binary("edge-ctl").unwrap())
+            .arg("--config")
+            .arg(st_dir.join("edge-coupon.toml"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["sync", "now", "convercus"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon
+        .wait_for_log("convercus pull done", 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    // Demographics came from the Convercus user.
+    let (first, email): (String, String) = conn
+        .query_row(
+            "SELECT first_name, email FROM customers WHERE id = ?1",
+            [jane],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (first.as_str(), email.as_str()),
+        ("Jane", "jane@example.com")
+    );
+    // Upstream still says redeemCount 0 (clipped); the store redeemed it and has not
+    // delivered that: it stays redeemed.
+    let state: String = conn
+        .query_row(
+            "SELECT state FROM customer_coupons WHERE customer_id = ?1 AND offer_id = 'CVX1'",
+            [jane],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(state, "redeemed");
+    // The REWARD coupon arrived as an offer without a rule: listed, not applied.
+    let (enabled, provider_ref): (bool, String) = conn
+        .query_row(
+            "SELECT o.enabled, c.provider_ref FROM customer_coupons c JOIN offers o ON o.id = c.offer_id \
+             WHERE c.customer_id = ?1 AND o.provider_ref = 'c0c0c0c0-0000-4000-8000-000000000002'",
+            [jane],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(!enabled);
+    assert_eq!(provider_ref, "QUNDT1VOVENPVVBPTi0wMDAy");
+    let out = ctl(&["--json", "status"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cv = status["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "convercus")
+        .unwrap()
+        .clone();
+    assert!(cv["last_success_at"].as_i64().is_some(), "{cv}");
+    assert_eq!(cv["queue"]["dead"], 1, "{cv}");
+    daemon.kill9();
+    store.kill9();
+}
