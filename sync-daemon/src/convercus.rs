@@ -221,7 +221,29 @@ impl Client {
         };
         match item.operation.as_str() {
             "activate" | "deactivate" => {
-                let body = json!({"activated": item.operation == "activate"});
+                let wanted = item.operation == "activate";
+                if item.attempts > 1 {
+                    // A retry: already in the wanted state means an earlier attempt applied.
+                    let path = format!("/v2/accountcoupons/{}", enc(id));
+                    match self.get_json(&path, Some("ID")).await {
+                        Ok(c)
+                            if c.pointer("/activation/activated").and_then(Value::as_bool)
+                                == Some(wanted) =>
+                        {
+                            return Delivery::Delivered {
+                                note: Some("verified: activation already as wanted".into()),
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(CallError::Status { status: 404, .. }) => {
+                            return Delivery::Dead(
+                                "COUPON_NOT_FOUND: the account coupon no longer exists".into(),
+                            )
+                        }
+                        Err(e) => return Delivery::from_error(&e),
+                    }
+                }
+                let body = json!({"activated": wanted});
                 let path = format!("/v2/accountcoupons/{}/activation", enc(id));
                 match self
                     .call(Method::PATCH, &path, Some("ID"), Some(&body))

@@ -191,7 +191,22 @@ impl Client {
                     Err(e) => return Delivery::from_error(&e),
                 }
             }
-            Some(t) => t,
+            Some(t) => {
+                // A retried lock or unlock: already in the wanted state means applied.
+                match self.session(&session).await {
+                    Ok(Some(rec)) => {
+                        let status = rec.pointer("/data/status").cloned().unwrap_or(Value::Null);
+                        if flag(&status, "locked") == (action == "lock") {
+                            return Delivery::Delivered {
+                                note: Some(format!("verified: the session is already {action}ed")),
+                            };
+                        }
+                        t
+                    }
+                    Ok(None) => return Delivery::Dead("513: coupon session not found".into()),
+                    Err(e) => return Delivery::from_error(&e),
+                }
+            }
             None => {
                 let now = shared::db::now_secs();
                 if let Err(e) = record(json!({FIRST_ATTEMPT: now})).await {

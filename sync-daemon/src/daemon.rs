@@ -157,6 +157,7 @@ async fn scheduler(
             .and_then(|s| s.upcoming(chrono::Utc).next())
             .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
             .unwrap_or(Duration::from_secs(3600));
+        log::debug!(provider = provider; "next {provider} pull in {} s", next.as_secs());
         let kicked = tokio::select! {
             _ = stop.changed() => return,
             _ = snapshots.changed() => continue,

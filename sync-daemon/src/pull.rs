@@ -248,7 +248,15 @@ async fn pull_coupontools(
         let title = titles.get(campaign).cloned().unwrap_or_default();
         let mut page = 1;
         loop {
-            let records = client.claims_page(campaign, page).await?;
+            let records = match client.claims_page(campaign, page).await {
+                Ok(r) => r,
+                // A campaign Coupontools does not know: say so, go on with the others.
+                Err(CallError::Status { code, detail, .. }) if code == "502" => {
+                    log::warn!(provider = coupontools::NAME, campaign = campaign.as_str(); "campaign {campaign} is unknown to Coupontools ({detail}); check providers.coupontools.campaigns");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let n = records.len();
             summary.seen += n;
             let vouchers: Vec<_> = records

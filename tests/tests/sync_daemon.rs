@@ -43,14 +43,14 @@ fn sim_seed(txns: usize) -> Value {
                         "i18nFields": {"en": {"title": "10% off"}}}))
         .collect();
     let sessions: Vec<Value> = (0..txns)
-        .map(|i| json!({"session": session(i), "campaign": "cam_200001", "status": {"value": "1.00", "claimed": "1"}}))
+        .map(|i| json!({"session": session(i), "campaign": "cam_100001", "status": {"value": "1.00", "claimed": "1"}}))
         .collect();
     let assets: Vec<Value> = (0..txns)
         .map(|i| json!({"discountAsset": barcode(i), "type": "barcode", "remaining": 1}))
         .collect();
     json!({
         "convercus": {"accounts": accounts, "users": [], "accountCoupons": coupons},
-        "coupontools": {"campaigns": [{"ID": "cam_200001", "title": "One off", "active": true}], "sessions": sessions},
+        "coupontools": {"campaigns": [{"ID": "cam_100001", "title": "One off", "active": true}], "sessions": sessions},
         "koupon": {"assets": assets, "offers": []},
     })
 }
