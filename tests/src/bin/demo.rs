@@ -1,10 +1,11 @@
 //! The demo: starts the store stack on this machine with embedded defaults (database and a
 //! self-signed certificate under ./demo-data, the sample catalog and customers, and the
 //! simulated Convercus, Coupontools and Koupon providers with their sample data), then plays
-//! one lane: card scan → transient update → total (update) → commit, and prints what was
-//! applied and what was queued for the providers. Keeps serving until Ctrl-C unless `--once`.
+//! one lane: card scan → transient update → total (update) → commit, prints what was
+//! applied and queued, starts the sync daemon and shows what reached the providers. Keeps serving until Ctrl-C unless `--once`.
 
 use anyhow::Result;
+use e2e::stack::{Daemon, Providers};
 use e2e::{Store, StoreOptions, SITE};
 use serde_json::{json, Value};
 
@@ -21,14 +22,25 @@ async fn main() -> Result<()> {
         "== starting the store stack in {} (port {port})",
         dir.display()
     );
-    let mut providers = SimulatedProviders::start()?;
-    for line in &providers.addresses {
-        println!("   simulated provider: {line}");
-    }
+    let mut providers = Providers::start()?;
+    println!("   simulated Convercus   {}", providers.convercus_url);
+    println!("   simulated Coupontools {}", providers.coupontools_url);
+    println!("   simulated Koupon      {}", providers.koupon_url);
+    println!(
+        "   simulator admin (seed, faults, ledger) http://{}/__sim/",
+        providers.admin
+    );
+    // A fresh run each time: the simulator starts empty-handed, so must the store.
+    let _ = std::fs::remove_dir_all(&dir);
     let mut store = Store::in_dir(
         &dir,
         StoreOptions {
             port: Some(port),
+            // Pull every provider at start-up-ish (every 2 minutes) from the simulator.
+            extra_toml: format!(
+                "{}\n[outbox]\npoll_ms = 100\n",
+                providers.config_toml("0 */2 * * * *")
+            ),
             ..StoreOptions::default()
         },
         true,
@@ -117,8 +129,56 @@ async fn main() -> Result<()> {
             item.id, item.provider, item.operation, item.ordering_key, item.state
         );
     }
-    println!("   (delivering them to the providers is the sync daemon's job: the next issue)");
+
+    println!("\n== starting sync-daemon: it delivers the outbox to the providers");
+    let mut daemon = Daemon::start(&store.config_path, &dir.join("sync-daemon.log"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let items = rusqlite_free_read(&store)?;
+        if items
+            .iter()
+            .all(|i| i.state != "pending" && i.state != "inflight")
+        {
+            for item in items {
+                println!(
+                    "   #{} {} {} -> {}{}",
+                    item.id,
+                    item.provider,
+                    item.operation,
+                    item.state,
+                    item.last_error
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+            }
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            println!(
+                "   not all delivered within 30 s; see {}",
+                dir.join("sync-daemon.log").display()
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    println!("\n== what the simulated providers received (their ledger):");
+    for e in providers.ledger().await? {
+        println!(
+            "   {} {} {} -> {} {}",
+            e["provider"].as_str().unwrap_or(""),
+            e["operation"].as_str().unwrap_or(""),
+            e["key"].as_str().unwrap_or(""),
+            e["status"],
+            e["outcome"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "\n   operator view: ./target/release/edge-ctl --config {} status",
+        store.config_path.display()
+    );
     if once {
+        let _ = daemon.terminate(std::time::Duration::from_secs(15));
         providers.stop();
         return Ok(());
     }
@@ -127,42 +187,10 @@ async fn main() -> Result<()> {
         store.url("/")
     );
     tokio::signal::ctrl_c().await?;
+    let _ = daemon.terminate(std::time::Duration::from_secs(15));
     store.kill9();
     providers.stop();
     Ok(())
-}
-
-/// The `provider-sim` process, started next to the store.
-struct SimulatedProviders {
-    child: std::process::Child,
-    addresses: Vec<String>,
-}
-
-impl SimulatedProviders {
-    fn start() -> Result<SimulatedProviders> {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(e2e::binary("provider-sim")?)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("provider-sim has no stdout"))?;
-        // Its first four lines: the admin address, then each provider's base URL.
-        let mut lines = std::io::BufReader::new(stdout).lines().take(4);
-        let admin = lines.next().transpose()?.unwrap_or_default();
-        let mut addresses = lines.collect::<std::io::Result<Vec<String>>>()?;
-        addresses.push(format!(
-            "admin (seed, faults, ledger) http://{admin}/__sim/"
-        ));
-        Ok(SimulatedProviders { child, addresses })
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn print_applied(update: &Value) {
