@@ -40,7 +40,8 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // The simulator is built from this crate's sources; the services from their own.
     let own_src = match name {
-        "provider-sim" => "tests/src".to_owned(),
+        "provider-sim" => "tests/src/sim".to_owned(),
+        "edge-ctl" => "sync-daemon/src".to_owned(),
         other => format!("{other}/src"),
     };
     for dir in ["shared/src", "shared/migrations", &own_src] {
