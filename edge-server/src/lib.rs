@@ -134,6 +134,27 @@ fn start_hold_sweeper(db: &Db) {
         });
 }
 
+/// systemd watchdog heartbeats from the server's own runtime, each after a round trip
+/// through the database writer: a stuck runtime or writer stops them.
+fn start_watchdog(writer: shared::db::Writer) {
+    let watchdog = shared::service::Watchdog::from_env();
+    if !watchdog.enabled() {
+        return;
+    }
+    actix_web::rt::spawn(async move {
+        loop {
+            if writer
+                .write(|_| Ok::<_, std::convert::Infallible>(()))
+                .await
+                .is_ok()
+            {
+                watchdog.ping();
+            }
+            actix_web::rt::time::sleep(watchdog.period() / 2).await;
+        }
+    });
+}
+
 /// The shared state type handlers extract.
 pub type State = web::Data<AppState>;
 
@@ -152,8 +173,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
+        let writer = db.writer.clone();
         let server = run(config, db, tls, listener)?;
-        server.await
+        shared::service::ready("serving the lanes");
+        start_watchdog(writer);
+        let r = server.await;
+        shared::service::stopping();
+        r
     })?;
     log::info!("edge-server stopped");
     Ok(())

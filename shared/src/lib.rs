@@ -14,4 +14,5 @@ pub mod logging;
 pub mod money;
 pub mod outbox;
 pub mod repo;
+pub mod service;
 pub mod sync;

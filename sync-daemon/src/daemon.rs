@@ -99,6 +99,7 @@ pub async fn run(
     let kicks: Arc<Vec<(&'static str, Notify)>> =
         Arc::new(PROVIDERS.iter().map(|p| (*p, Notify::new())).collect());
 
+    let watchdog = Arc::new(shared::service::Watchdog::from_env());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(worker::run(
         db.clone(),
@@ -106,6 +107,7 @@ pub async fn run(
         Arc::clone(&breakers),
         stop_rx.clone(),
         Duration::from_secs(10),
+        Arc::clone(&watchdog),
     ));
     for (i, p) in PROVIDERS.into_iter().enumerate() {
         tasks.spawn(scheduler(
@@ -120,8 +122,17 @@ pub async fn run(
     }
     tasks.spawn(requests(db.clone(), Arc::clone(&kicks), stop_rx.clone()));
     let _watcher = crate::reload::watch(&config_path, snap_tx, stop_rx.clone())?;
+    shared::service::ready(&format!(
+        "delivering the outbox; providers enabled: {}",
+        if enabled.is_empty() {
+            "none".to_owned()
+        } else {
+            enabled.join(", ")
+        }
+    ));
 
     shutdown.await;
+    shared::service::stopping();
     log::info!("stopping: finishing in-flight deliveries");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}

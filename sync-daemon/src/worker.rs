@@ -232,6 +232,7 @@ pub async fn run(
     breakers: Arc<Breakers>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
+    watchdog: Arc<shared::service::Watchdog>,
 ) {
     let mut inflight: JoinSet<(Item, Delivery)> = JoinSet::new();
     let mut probes: JoinSet<(&'static str, Result<(), CallError>)> = JoinSet::new();
@@ -244,6 +245,8 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
+        // The main loop goes round at least every poll interval: systemd's heartbeat.
+        watchdog.ping();
         let snap = snapshots.borrow().clone();
         let o = &snap.config.outbox;
         // Expired leases (a crashed worker's items) come back, and old deliveries go.
@@ -379,6 +382,7 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep(poll), if !full => {}
+            _ = tokio::time::sleep(watchdog.period()), if full => {}
         }
     }
     // Stopping: let in-flight deliveries finish, then release what is left.
