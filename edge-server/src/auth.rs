@@ -33,6 +33,19 @@ pub async fn basic_auth(
 }
 
 fn authorised(value: Option<&header::HeaderValue>, creds: &[shared::config::Credential]) -> bool {
+    let pairs: Vec<(&str, &str)> = creds
+        .iter()
+        .map(|c| (c.username.as_str(), c.password.expose()))
+        .collect();
+    matches(value, &pairs)
+}
+
+/// Whether the request's basic-auth credentials are one of `pairs` (the admin listener's).
+pub fn credentials_match(headers: &header::HeaderMap, pairs: &[(&str, &str)]) -> bool {
+    matches(headers.get(header::AUTHORIZATION), pairs)
+}
+
+fn matches(value: Option<&header::HeaderValue>, pairs: &[(&str, &str)]) -> bool {
     let Some(value) = value.and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -51,9 +64,9 @@ fn authorised(value: Option<&header::HeaderValue>, creds: &[shared::config::Cred
     let (user, pass) = (&decoded[..split], &decoded[split + 1..]);
     // Check every pair without stopping early so timing reveals nothing.
     let mut any = subtle::Choice::from(0u8);
-    for c in creds {
-        let u = c.username.as_bytes().ct_eq(user);
-        let p = c.password.expose().as_bytes().ct_eq(pass);
+    for (u, p) in pairs {
+        let u = u.as_bytes().ct_eq(user);
+        let p = p.as_bytes().ct_eq(pass);
         any |= u & p;
     }
     bool::from(any)

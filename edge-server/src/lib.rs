@@ -3,6 +3,7 @@
 //!
 //! Architecture Invariant: no request handler talks to a provider; only sync-daemon does.
 
+pub mod admin;
 pub mod auth;
 pub mod catapult;
 pub mod error;
@@ -26,6 +27,7 @@ pub struct AppState {
     pub db: Db,
     pub policy: lane::Policy,
     pub catalog: Arc<CatalogCache>,
+    pub metrics: admin::Metrics,
 }
 
 impl AppState {
@@ -41,6 +43,7 @@ impl AppState {
             db,
             policy,
             catalog,
+            metrics: admin::Metrics::new(),
         }
     }
 }
@@ -83,6 +86,17 @@ pub fn run(
     tls: Option<rustls::ServerConfig>,
     listener: TcpListener,
 ) -> std::io::Result<Server> {
+    run_with_admin(config, db, tls, listener, None).map(|(lanes, _)| lanes)
+}
+
+/// [`run`], plus the admin listener (store health) on `admin` when given.
+pub fn run_with_admin(
+    config: Config,
+    db: Db,
+    tls: Option<rustls::ServerConfig>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+) -> std::io::Result<(Server, Option<Server>)> {
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(2, usize::from),
         n => n,
@@ -97,10 +111,16 @@ pub fn run(
     catalog.start_refresher(db.reads.clone(), std::time::Duration::from_secs(1));
     let state = web::Data::new(AppState::new(config, db, catalog));
     let app_state = state.clone();
+    let admin_tls = if state.config.admin.plain_http {
+        None
+    } else {
+        tls.clone()
+    };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
             .wrap(actix_web::middleware::from_fn(auth::basic_auth))
+            .wrap(actix_web::middleware::from_fn(admin::record))
             .configure(|cfg| routes::configure(cfg, &app_state.config))
     })
     .workers(workers)
@@ -113,7 +133,11 @@ pub fn run(
         Some(tls) => server.listen_rustls_0_23(listener, tls)?,
         None => server.listen(listener)?,
     };
-    Ok(server.run())
+    let admin = match admin {
+        Some(l) => Some(admin::run(state, admin_tls, l)?),
+        None => None,
+    };
+    Ok((server.run(), admin))
 }
 
 /// Releases lapsed holds every 30 s so the metadata lists and global limits stay exact
@@ -168,15 +192,31 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     log::info!(addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default().as_str(), tls = tls.is_some(); "edge-server listening");
+    let admin = if config.admin.enabled() {
+        let l = TcpListener::bind(config.admin.listen).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (admin.listen): {e}",
+                config.admin.listen
+            )
+        })?;
+        log::info!(addr = config.admin.listen.to_string().as_str(); "store health (admin) listening: /status, /metrics");
+        Some(l)
+    } else {
+        log::info!("no admin listener: admin.password is not set");
+        None
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let writer = db.writer.clone();
-        let server = run(config, db, tls, listener)?;
+        let (server, admin) = run_with_admin(config, db, tls, listener, admin)?;
         shared::service::ready("serving the lanes");
         start_watchdog(writer);
+        if let Some(admin) = admin {
+            actix_web::rt::spawn(admin);
+        }
         let r = server.await;
         shared::service::stopping();
         r

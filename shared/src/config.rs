@@ -62,6 +62,9 @@ pub struct Config {
     pub lanes: LanesConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// The store health listener for store and regional IT (separate port and credentials).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The upstream coupon providers the sync daemon talks to.
     #[serde(default)]
     pub providers: ProvidersConfig,
@@ -71,6 +74,35 @@ pub struct Config {
     /// Pricing rules for provider coupons, pushed by regional IT.
     #[serde(default)]
     pub offer_rules: Vec<OfferRuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the health listener (`/metrics`, `/status`, `/status.json`).
+    pub listen: SocketAddr,
+    /// Basic-auth credentials of store and regional IT. Empty password = no admin listener.
+    pub username: String,
+    pub password: Secret,
+    /// Serve plain HTTP instead of HTTPS with the lanes' certificate.
+    pub plain_http: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9443)),
+            username: "admin".to_owned(),
+            password: Secret::default(),
+            plain_http: false,
+        }
+    }
+}
+
+impl AdminConfig {
+    pub fn enabled(&self) -> bool {
+        !self.password.expose().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -565,6 +597,18 @@ impl Config {
                     format!("path `{p}` must start with '/'"),
                 ));
             }
+        }
+        if self.admin.enabled() && self.admin.username.is_empty() {
+            return Err(invalid(
+                "admin.username",
+                "set a user name for the admin password",
+            ));
+        }
+        if self.admin.enabled() && self.admin.listen == self.server.listen {
+            return Err(invalid(
+                "admin.listen",
+                "must differ from server.listen (the lanes' port)",
+            ));
         }
         self.validate_sync()?;
         if log_level(&self.logging.level).is_none() {

@@ -1,0 +1,209 @@
+//! The store health listener: separate port and credentials, Prometheus `/metrics`, the
+//! HTML `/status` page (checked in headless Chromium, as store IT's browser would render
+//! it) and `/status.json`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::{Store, StoreOptions, SITE};
+use serde_json::{json, Value};
+
+const ADMIN_PASSWORD: &str = "health-secret";
+
+async fn store_with_admin() -> (Store, u16) {
+    let port = e2e::free_port().unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: format!(
+            "[admin]\nlisten = \"127.0.0.1:{port}\"\nusername = \"it\"\npassword = \"{ADMIN_PASSWORD}\"\n"
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    (store, port)
+}
+
+/// One dead-lettered item with a reason, one pending, as the sync daemon would leave them.
+fn outbox_with_a_dead_letter(store: &Store) {
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    for (key, ordering) in [("k-dead", "voucher:S1"), ("k-pending", "voucher:S2")] {
+        let item = shared::outbox::NewItem {
+            provider: "coupontools",
+            operation: "validate",
+            idempotency_key: key.into(),
+            ordering_key: ordering.into(),
+            payload: json!({"code": ordering}),
+        };
+        shared::outbox::enqueue(&conn, &item, shared::db::now_secs() - 100).unwrap();
+    }
+    let now = shared::db::now_secs();
+    let claimed = shared::outbox::claim_next(&conn, None, now, now + 60)
+        .unwrap()
+        .unwrap();
+    shared::outbox::dead_letter(
+        &conn,
+        claimed.id,
+        now,
+        "Coupontools error 513: Coupon session not found.",
+    )
+    .unwrap();
+    shared::sync::record_success(&conn, "koupon", now - 30, "12 offers").unwrap();
+}
+
+#[tokio::test]
+async fn metrics_status_json_and_credentials() {
+    let (store, port) = store_with_admin().await;
+    outbox_with_a_dead_letter(&store);
+    // Some lane traffic to count.
+    for _ in 0..3 {
+        let (s, _) = store
+            .get(&format!(
+                "/coupons/customer?site={SITE}&customer=4000000000001"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(s, 200);
+    }
+    let admin = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    // Lane credentials do not open the admin listener; no credentials neither.
+    let r = store.client.get(admin("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = store
+        .client
+        .get(admin("/metrics"))
+        .basic_auth(e2e::USER, Some(e2e::PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // And the admin credentials do not open the lanes' API.
+    let r = store
+        .client
+        .get(store.url(&format!("/coupons?site={SITE}")))
+        .basic_auth("it", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let text = store
+        .client
+        .get(admin("/metrics"))
+        .basic_auth("it", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in\n{text}"))
+            .to_owned()
+    };
+    assert!(line(
+        "edge_lane_requests_total{endpoint=\"/coupons/customer\",method=\"GET\",status=\"200\"}"
+    )
+    .ends_with(" 3"));
+    assert!(line(
+        "edge_lane_request_duration_seconds_bucket{endpoint=\"/coupons/customer\",le=\"+Inf\"}"
+    )
+    .ends_with(" 3"));
+    assert!(line("edge_outbox_items{provider=\"coupontools\",state=\"dead\"}").ends_with(" 1"));
+    assert!(line("edge_outbox_items{provider=\"coupontools\",state=\"pending\"}").ends_with(" 1"));
+    assert!(line("edge_outbox_dead_letters{provider=\"coupontools\"}").ends_with(" 1"));
+    let oldest: f64 = line("edge_outbox_oldest_pending_age_seconds{provider=\"coupontools\"}")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(oldest >= 100.0, "{oldest}");
+    let age: f64 = line("edge_provider_last_success_age_seconds{provider=\"koupon\"}")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((30.0..100.0).contains(&age), "{age}");
+
+    let v: Value = store
+        .client
+        .get(admin("/status.json"))
+        .basic_auth("it", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["deadLetters"][0]["reason"],
+        "Coupontools error 513: Coupon session not found."
+    );
+    assert_eq!(v["deadLetters"][0]["orderingKey"], "voucher:S1");
+}
+
+/// The page as headless Chromium renders it (Debian's `chromium` package).
+#[tokio::test]
+async fn status_page_renders_in_headless_chromium() {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .expect(
+            "headless Chromium is needed for this test: apt-get install chromium (.ci/run does)",
+        );
+    let (store, port) = store_with_admin().await;
+    outbox_with_a_dead_letter(&store);
+    let profile = store.dir.join("chromium-profile");
+    let url = format!("https://it:{ADMIN_PASSWORD}@127.0.0.1:{port}/status");
+    let out = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--ignore-certificate-errors",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .await
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<table id=\"providers\">"),
+        "Chromium did not render the page: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The verdict, per provider, and the dead letter with its reason.
+    assert!(dom.contains("id=\"overall\" class=\"attention\""), "{dom}");
+    assert!(dom.contains("data-provider=\"coupontools\""), "{dom}");
+    assert!(
+        dom.contains("Coupontools error 513: Coupon session not found."),
+        "{dom}"
+    );
+    assert!(dom.contains("voucher:S1"), "{dom}");
+    // Without credentials the browser gets no page.
+    let out = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--ignore-certificate-errors",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("https://127.0.0.1:{port}/status"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("id=\"providers\""));
+}
