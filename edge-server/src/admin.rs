@@ -262,9 +262,12 @@ pub fn status_html(snap: &Value) -> String {
         let q = |s: &str| p["queue"][s].as_i64().unwrap_or(0);
         let enabled = p["enabled"] == json!(true);
         let last_age = p["last_success_age_secs"].as_i64();
-        let verdict = if !enabled {
+        // Dead letters need store IT whether or not the provider is still enabled.
+        let verdict = if q("dead") > 0 {
+            "attention"
+        } else if !enabled {
             "off"
-        } else if q("dead") > 0 || last_age.is_none_or(|a| a > 3 * 3600) {
+        } else if last_age.is_none_or(|a| a > 3 * 3600) {
             "attention"
         } else if p["oldest_pending_age_secs"].as_i64().unwrap_or(0) > 600 {
             "waiting"

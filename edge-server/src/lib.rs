@@ -225,6 +225,33 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `tls-init` command: the lanes' certificate (generated when missing and allowed),
+/// its fingerprint, and the steps to make the POS trust it.
+pub fn tls_init(config: &Config) -> anyhow::Result<()> {
+    let tls = &config.server.tls;
+    let generated = tls::ensure_certificate(tls)?;
+    let fp = tls::certificate_fingerprint(tls)?;
+    println!(
+        "{} {}",
+        if generated {
+            "generated a self-signed certificate:"
+        } else {
+            "using the configured certificate:"
+        },
+        tls.cert.display()
+    );
+    println!("SHA-256 fingerprint: {fp}");
+    println!(
+        "Lanes must trust it. On each POS (CATAPULT runs on Java), import it into the trust store:"
+    );
+    println!(
+        "  keytool -importcert -noprompt -alias edge-coupon -file {} -keystore \"$JAVA_HOME/lib/security/cacerts\" -storepass changeit",
+        tls.cert.display()
+    );
+    println!("and compare the fingerprint keytool shows with the one above. A replaced certificate is picked up by the running server within seconds.");
+    Ok(())
+}
+
 /// The `import` command: loads a snapshot through the same writer the server uses.
 pub fn import(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
     let db = Db::open(&config.database, false).map_err(|e| {

@@ -32,6 +32,9 @@ enum Command {
     CheckConfig,
     /// Print the commented default configuration.
     PrintDefaultConfig,
+    /// Create the self-signed lane certificate if none exists, and print its fingerprint and
+    /// how to import it into the POS Java trust store (run by the package on install).
+    TlsInit,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +54,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::PrintDefaultConfig => Ok(()),
+        Command::TlsInit => edge_server::tls_init(&config),
     }
 }

@@ -3,8 +3,12 @@
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use shared::config::TlsConfig;
 use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -56,8 +60,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)
 }
 
-/// The rustls server configuration for the lanes.
-pub fn server_config(cfg: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
+/// The certificate and key as rustls serves them.
+fn load_certified_key(cfg: &TlsConfig) -> Result<CertifiedKey, TlsError> {
     let read_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Read {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -66,11 +70,118 @@ pub fn server_config(cfg: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> 
         .map_err(|e| read_err(&cfg.cert, &e))?
         .collect::<Result<_, _>>()
         .map_err(|e| read_err(&cfg.cert, &e))?;
+    if certs.is_empty() {
+        return Err(read_err(&cfg.cert, &"no certificate in the file"));
+    }
     let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| read_err(&cfg.key, &e))?;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider.key_provider.load_private_key(key)?;
+    let ck = CertifiedKey::new(certs, signing);
+    // A key that does not belong to the certificate would fail every handshake.
+    ck.keys_match()?;
+    Ok(ck)
+}
+
+/// SHA-256 fingerprint of a DER certificate, as `keytool -list` prints it (AB:CD:…).
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The fingerprint of the configured certificate.
+pub fn certificate_fingerprint(cfg: &TlsConfig) -> Result<String, TlsError> {
+    let ck = load_certified_key(cfg)?;
+    Ok(ck.cert.first().map(|c| fingerprint(c)).unwrap_or_default())
+}
+
+fn stamp(cfg: &TlsConfig) -> Option<(SystemTime, SystemTime)> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(&cfg.cert)?, m(&cfg.key)?))
+}
+
+/// Serves the current certificate and swaps in a replaced one: a new handshake gets the
+/// new certificate, without a restart (open connections keep theirs).
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cfg: TlsConfig,
+    current: RwLock<Arc<CertifiedKey>>,
+    loaded: Mutex<Option<(SystemTime, SystemTime)>>,
+}
+
+impl ReloadingCert {
+    pub fn new(cfg: &TlsConfig) -> Result<ReloadingCert, TlsError> {
+        let loaded = stamp(cfg);
+        Ok(ReloadingCert {
+            cfg: cfg.clone(),
+            current: RwLock::new(Arc::new(load_certified_key(cfg)?)),
+            loaded: Mutex::new(loaded),
+        })
+    }
+
+    /// Loads the files again when they changed. A pair that does not load (half-copied,
+    /// mismatched key) is logged and the current certificate stays.
+    pub fn reload_if_changed(&self) {
+        let now = stamp(&self.cfg);
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now.is_none() || now == *loaded {
+            return;
+        }
+        match load_certified_key(&self.cfg) {
+            Ok(ck) => {
+                let fp = ck.cert.first().map(|c| fingerprint(c)).unwrap_or_default();
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(ck);
+                *loaded = now;
+                log::info!(cert = self.cfg.cert.display().to_string().as_str(); "TLS certificate replaced; new handshakes use it (SHA-256 {fp})");
+            }
+            Err(e) => {
+                log::error!("the TLS certificate files changed but cannot be used, keeping the current certificate: {e}");
+                *loaded = now;
+            }
+        }
+    }
+
+    /// Checks the files every `every` on a background thread.
+    pub fn watch(self: &Arc<Self>, every: std::time::Duration) {
+        let me = Arc::clone(self);
+        let _ = std::thread::Builder::new()
+            .name("tls-reload".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                me.reload_if_changed();
+            });
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ))
+    }
+}
+
+/// The rustls server configuration for the lanes, with a certificate that is reloaded when
+/// its files are replaced.
+pub fn server_config(cfg: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
+    let resolver = Arc::new(ReloadingCert::new(cfg)?);
+    resolver.watch(std::time::Duration::from_secs(2));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(resolver);
     Ok(config)
 }
