@@ -501,6 +501,26 @@ impl Config {
         Self::from_table(merged)
     }
 
+    /// Validates a `conf.d/` fragment (e.g. a regional config package) the way the daemons
+    /// will see it: merged over the default configuration, then the full validation.
+    pub fn check_fragment(text: &str) -> Result<Config, ConfigError> {
+        let over: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: PathBuf::from("<fragment>"),
+                message: e.to_string(),
+            })?;
+        let mut base: toml::Table =
+            DEFAULT_CONFIG_TOML
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: PathBuf::from("<default config>"),
+                    message: e.to_string(),
+                })?;
+        merge(&mut base, over);
+        Self::from_table(base)
+    }
+
     /// Parses one TOML document (no conf.d, no environment): used by validators and tests.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let table: toml::Table =

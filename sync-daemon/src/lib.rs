@@ -11,6 +11,7 @@ pub mod coupontools;
 pub mod daemon;
 pub mod http;
 pub mod koupon;
+pub mod package;
 pub mod pull;
 pub mod reload;
 pub mod worker;

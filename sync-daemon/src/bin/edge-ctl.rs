@@ -39,6 +39,19 @@ enum Command {
         #[command(subcommand)]
         command: SyncCommand,
     },
+    /// Build a regional configuration package (`edge-coupon-config-REGION_VERSION_all.deb`)
+    /// that installs FILE as /etc/edge-coupon/conf.d/50-region-REGION.toml. FILE is checked
+    /// with the daemons' own validator first; an invalid file builds nothing.
+    ConfigPackage {
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        version: String,
+        file: PathBuf,
+        /// Directory the .deb is written to.
+        #[arg(long, default_value = ".")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +110,21 @@ fn ago(now: i64, t: Option<i64>) -> String {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    if let Command::ConfigPackage {
+        region,
+        version,
+        file,
+        output,
+    } = &cli.command
+    {
+        let deb = sync_daemon::package::build(region, version, file, output)?;
+        if cli.json {
+            println!("{}", json!({"package": deb}));
+        } else {
+            println!("built {}", deb.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = shared::config::Config::load(&cli.config)
         .map_err(|e| anyhow::anyhow!("cannot load the configuration: {e}"))?;
     let conn = shared::db::open_and_migrate(&config.database).map_err(|e| {
@@ -192,6 +220,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 return report(cli.json, ok, *id, "discarded");
             }
         },
+        Command::ConfigPackage { .. } => {}
         Command::Sync {
             command: SyncCommand::Now { provider },
         } => {

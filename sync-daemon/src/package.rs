@@ -1,0 +1,119 @@
+//! Regional configuration packages: a `.deb` that drops one validated TOML fragment into
+//! `/etc/edge-coupon/conf.d/`, where both daemons pick it up without a restart (the
+//! sync daemon through its config watcher). Built with `dpkg-deb`.
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where the fragment is installed.
+pub fn target_path(region: &str) -> String {
+    format!("/etc/edge-coupon/conf.d/50-region-{region}.toml")
+}
+
+fn valid_region(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 40
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && r.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn valid_version(v: &str) -> bool {
+    v.starts_with(|c: char| c.is_ascii_digit())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+~-".contains(c))
+}
+
+/// Validates `file` and builds the package in `output`; returns the .deb's path.
+pub fn build(region: &str, version: &str, file: &Path, output: &Path) -> anyhow::Result<PathBuf> {
+    if !valid_region(region) {
+        bail!("--region `{region}`: use lower-case letters, digits and '-' (e.g. midwest-2)");
+    }
+    if !valid_version(version) {
+        bail!("--version `{version}` is not a Debian version (e.g. 1.0 or 2026.11.22-1)");
+    }
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    shared::config::Config::check_fragment(&text)
+        .map_err(|e| anyhow::anyhow!("{} is refused, no package built: {e}", file.display()))?;
+    let name = format!("edge-coupon-config-{region}");
+    let stage = staging_dir()?;
+    let root = stage.join("root");
+    let conf_d = root.join("etc/edge-coupon/conf.d");
+    let debian = root.join("DEBIAN");
+    std::fs::create_dir_all(&conf_d)?;
+    std::fs::create_dir_all(&debian)?;
+    let target = target_path(region);
+    let installed = root.join(target.trim_start_matches('/'));
+    std::fs::write(&installed, &text)?;
+    set_mode(&installed, 0o640)?;
+    let size_kib = text.len().div_ceil(1024).max(1);
+    std::fs::write(
+        debian.join("control"),
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Regional IT <root@localhost>\n\
+             Depends: edge-coupon\nSection: net\nPriority: optional\nInstalled-Size: {size_kib}\n\
+             Description: edge-coupon configuration for region {region}\n \
+             Installs {target}, merged over /etc/edge-coupon/edge-coupon.toml by\n \
+             edge-server and sync-daemon. Validated with their own validator when built.\n"
+        ),
+    )?;
+    std::fs::write(debian.join("conffiles"), format!("{target}\n"))?;
+    // Readable by the services' group only: it may hold credentials.
+    let postinst = debian.join("postinst");
+    std::fs::write(
+        &postinst,
+        format!(
+            "#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && getent group edge-coupon >/dev/null; then\n  \
+             chown root:edge-coupon {target}\n  chmod 0640 {target}\nfi\nexit 0\n"
+        ),
+    )?;
+    set_mode(&postinst, 0o755)?;
+    std::fs::create_dir_all(output)?;
+    let deb = output.join(format!("{name}_{version}_all.deb"));
+    let status = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&root)
+        .arg(&deb)
+        .output()
+        .context("cannot run dpkg-deb (install the dpkg package)")?;
+    let _ = std::fs::remove_dir_all(&stage);
+    if !status.status.success() {
+        bail!(
+            "dpkg-deb failed: {}",
+            String::from_utf8_lossy(&status.stderr).trim()
+        );
+    }
+    Ok(deb)
+}
+
+fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+}
+
+fn staging_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "edge-ctl-package-{}-{}",
+        std::process::id(),
+        shared::db::now_secs()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_region("midwest-2"));
+        assert!(!valid_region("Mid West"));
+        assert!(!valid_region("../x"));
+        assert!(valid_version("1.0"));
+        assert!(valid_version("2026.11.22-1"));
+        assert!(!valid_version("v1"));
+    }
+}

@@ -1,0 +1,116 @@
+//! `edge-ctl config-package`: a regional config package is validated with the daemons' own
+//! validator and built as a .deb that installs into conf.d/; an invalid file builds nothing.
+//! (Installing it next to the real package is checked by packaging/deb-check.sh.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn edge_ctl(args: &[&str]) -> std::process::Output {
+    Command::new(e2e::binary("edge-ctl").unwrap())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn config_packages_are_validated_then_built_as_debs() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("midwest.toml");
+    std::fs::write(
+        &good,
+        "[providers.coupontools]\nschedule = \"0 */10 * * * *\"\n\n[[offer_rules]]\nprovider = \"convercus\"\nreference = \"EXT-COFFEE-15\"\nrule = { mechanic = { type = \"percentOff\", basisPoints = 1500 }, requirement = { depts = [7] } }\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = edge_ctl(&[
+        "config-package",
+        "--region",
+        "midwest",
+        "--version",
+        "1.2",
+        good.to_str().unwrap(),
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = out_dir.join("edge-coupon-config-midwest_1.2_all.deb");
+    assert!(deb.is_file());
+    let info = Command::new("dpkg-deb")
+        .arg("--info")
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("Package: edge-coupon-config-midwest"),
+        "{info}"
+    );
+    assert!(info.contains("Version: 1.2"), "{info}");
+    assert!(info.contains("Depends: edge-coupon"), "{info}");
+    let contents = Command::new("dpkg-deb")
+        .arg("--contents")
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let contents = String::from_utf8_lossy(&contents.stdout);
+    let line = contents
+        .lines()
+        .find(|l| l.ends_with("./etc/edge-coupon/conf.d/50-region-midwest.toml"))
+        .unwrap_or_else(|| panic!("{contents}"));
+    assert!(
+        line.starts_with("-rw-r-----") && line.contains("root/root"),
+        "{line}"
+    );
+    // The file inside is the file given.
+    let x = dir.path().join("x");
+    assert!(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&x)
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        std::fs::read_to_string(x.join("etc/edge-coupon/conf.d/50-region-midwest.toml")).unwrap(),
+        std::fs::read_to_string(&good).unwrap()
+    );
+
+    // Invalid: a bad schedule. Refused, naming the key; nothing built.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[providers.koupon]\nschedule = \"every hour\"\n").unwrap();
+    let out = edge_ctl(&[
+        "config-package",
+        "--region",
+        "south",
+        "--version",
+        "1.0",
+        bad.to_str().unwrap(),
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("providers.koupon.schedule"), "{err}");
+    assert!(!out_dir
+        .join("edge-coupon-config-south_1.0_all.deb")
+        .exists());
+    // An unknown key is refused too.
+    std::fs::write(&bad, "[outbox]\nconcurency = 3\n").unwrap();
+    let out = edge_ctl(&[
+        "config-package",
+        "--region",
+        "south",
+        "--version",
+        "1.0",
+        bad.to_str().unwrap(),
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("concurency"));
+}
