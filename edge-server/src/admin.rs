@@ -109,7 +109,7 @@ fn snapshot(state: &crate::AppState) -> Result<Value, shared::db::DbError> {
     let now = now_secs();
     let providers = shared::sync::status(&conn, &["convercus", "coupontools", "koupon"], now)?;
     let dead = shared::outbox::list_recent(&conn, Some("dead"), None, 100)?;
-    let p = &state.config.providers;
+    let p = &state.config().providers;
     let enabled = |name: &str| match name {
         "convercus" => p.convercus.enabled,
         "coupontools" => p.coupontools.enabled,
@@ -118,7 +118,7 @@ fn snapshot(state: &crate::AppState) -> Result<Value, shared::db::DbError> {
     };
     Ok(json!({
         "now": now,
-        "sites": state.config.store.sites,
+        "sites": state.config().store.sites,
         "schemaVersion": shared::db::current_version(&conn)?,
         "providers": providers.iter().map(|s| {
             let mut v = serde_json::to_value(s).unwrap_or_default();
@@ -346,8 +346,8 @@ async fn admin_auth(
         crate::auth::credentials_match(
             req.headers(),
             &[(
-                s.config.admin.username.as_str(),
-                s.config.admin.password.expose(),
+                s.config().admin.username.as_str(),
+                s.config().admin.password.expose(),
             )],
         )
     });

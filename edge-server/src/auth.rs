@@ -21,7 +21,7 @@ pub async fn basic_auth(
         let ok = req.app_data::<State>().is_some_and(|state| {
             authorised(
                 req.headers().get(header::AUTHORIZATION),
-                &state.config.lanes.credentials,
+                &state.config().lanes.credentials,
             )
         });
         if !ok {

@@ -36,7 +36,7 @@ impl Query {
 
 /// Reads the body up to the configured limit.
 pub async fn read_body(state: &State, payload: web::Payload) -> Result<web::Bytes, ApiError> {
-    let limit = state.config.server.max_body_bytes;
+    let limit = state.config().server.max_body_bytes;
     match payload.to_bytes_limited(limit).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => Err(ApiError::InvalidRequest(format!(
@@ -74,7 +74,13 @@ fn param(query: &Query, body: Option<&Map<String, Value>>, name: &str) -> Option
 pub fn site(state: &State, raw: Option<String>) -> Result<SiteId, ApiError> {
     let raw = raw.ok_or_else(|| ApiError::InvalidSite("parameter `site` is missing".into()))?;
     let site = SiteId::parse(&raw).map_err(|e| ApiError::InvalidSite(e.to_string()))?;
-    if !state.config.store.sites.iter().any(|s| s == site.as_str()) {
+    if !state
+        .config()
+        .store
+        .sites
+        .iter()
+        .any(|s| s == site.as_str())
+    {
         return Err(ApiError::InvalidSite(format!(
             "site {site} is not served by this store"
         )));
@@ -139,7 +145,7 @@ fn read<R>(
         let mut slot = cell.borrow_mut();
         let conn = match slot.as_mut() {
             Some(conn) => conn,
-            None => slot.insert(shared::db::open_reader(&state.config.database)?),
+            None => slot.insert(shared::db::open_reader(&state.config().database)?),
         };
         f(conn).map_err(ApiError::from)
     })
@@ -158,7 +164,7 @@ fn rfc3339_now() -> String {
 pub async fn catalog(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req);
     site(&state, param(&query, None, "site"))?;
-    let today = state.config.today();
+    let today = state.config().today();
     // Served from the in-memory catalog: no database read at all.
     let catalog = state.catalog.current();
     let coupons: Vec<Value> = catalog.not_ended(today).map(|o| coupon_json(o)).collect();
@@ -205,7 +211,7 @@ pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResp
     let query = Query::of(&req);
     site(&state, param(&query, None, "site"))?;
     let customer = customer(param(&query, None, "customer"))?;
-    let today = state.config.today();
+    let today = state.config().today();
     let catalog = state.catalog.current();
     let body = read(&state, |c| {
         let view = lane::CustomerCoupons::read(c, customer.as_str())?;
@@ -243,7 +249,7 @@ pub async fn clip(
     let customer = customer(pick(&query, body.customer.as_ref(), "customer"))?;
     let add = coupon_ids(&body.add, false)?;
     let remove = coupon_ids(&body.remove, false)?;
-    let today = state.config.today();
+    let today = state.config().today();
     let out = state
         .db
         .writer
@@ -466,8 +472,8 @@ pub async fn update(
         basket: basket(&body.items)?,
         sale_json: String::from_utf8_lossy(&bytes).into_owned(),
     };
-    let policy = state.policy.clone();
-    let today = state.config.today();
+    let policy = state.policy().clone();
+    let today = state.config().today();
     // The evaluation runs on this worker's read connection, in parallel with the other
     // worker; the writer then only checks that its basis is unchanged and places the hold.
     let catalog = state.catalog.current();
@@ -494,7 +500,8 @@ pub async fn update(
             })
             .await?
     };
-    Ok(json_ok(&update_answer(&state, &outcome)))
+    let policy = state.policy();
+    Ok(json_ok(&update_answer(&policy, &outcome)))
 }
 
 /// An amount serialised as an exact JSON number with two decimals.
@@ -560,14 +567,13 @@ struct OptionalPrompt<'a> {
     loyalty_cost: i64,
 }
 
-fn update_answer<'a>(state: &'a State, out: &'a UpdateOutcome) -> UpdateAnswer<'a> {
+fn update_answer<'a>(policy: &'a lane::Policy, out: &'a UpdateOutcome) -> UpdateAnswer<'a> {
     UpdateAnswer {
-        applied: out.applied.iter().map(|a| applied_out(state, a)).collect(),
-        receipt_lines: if !out.applied.is_empty() && !state.policy.receipt_footer.is_empty() {
+        applied: out.applied.iter().map(|a| applied_out(policy, a)).collect(),
+        receipt_lines: if !out.applied.is_empty() && !policy.receipt_footer.is_empty() {
             vec![ReceiptLine {
                 kind: "TEXT",
-                content: state
-                    .policy
+                content: policy
                     .receipt_footer
                     .replace("{total}", &out.total.to_string()),
             }]
@@ -593,14 +599,14 @@ fn update_answer<'a>(state: &'a State, out: &'a UpdateOutcome) -> UpdateAnswer<'
     }
 }
 
-fn applied_out<'a>(state: &'a State, a: &'a AppliedCoupon) -> AppliedOut<'a> {
+fn applied_out<'a>(policy: &'a lane::Policy, a: &'a AppliedCoupon) -> AppliedOut<'a> {
     let alias = if a.offer.receipt_alias.is_empty() {
         &a.offer.short_description
     } else {
         &a.offer.receipt_alias
     };
     let kind = if a.offer.coupon_type.is_empty() {
-        &state.policy.default_coupon_type
+        &policy.default_coupon_type
     } else {
         &a.offer.coupon_type
     };
@@ -740,7 +746,7 @@ pub async fn image(state: State, path: web::Path<String>) -> Result<HttpResponse
     if name.contains('/') || name.contains("..") || name.starts_with('.') {
         return Err(not_found());
     }
-    let file = state.config.server.image_dir.join(&name);
+    let file = state.config().server.image_dir.join(&name);
     let bytes = web::block(move || std::fs::read(file))
         .await?
         .map_err(|_| not_found())?;

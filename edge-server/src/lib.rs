@@ -19,32 +19,90 @@ use shared::config::Config;
 use shared::db::Db;
 use shared::money::Cents;
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-/// Everything a handler needs; shared by all workers.
+/// Everything a handler needs; shared by all workers. The configuration and the policy
+/// derived from it are swapped whole when the config files change (see [`reload`]).
 pub struct AppState {
-    pub config: Config,
+    live: RwLock<(Arc<Config>, Arc<lane::Policy>)>,
     pub db: Db,
-    pub policy: lane::Policy,
     pub catalog: Arc<CatalogCache>,
     pub metrics: admin::Metrics,
 }
 
+fn policy_of(config: &Config) -> lane::Policy {
+    lane::Policy {
+        hold_ttl_secs: i64::try_from(config.lanes.hold_ttl_secs).unwrap_or(i64::MAX),
+        self_stacking: config.lanes.self_stacking,
+        default_coupon_type: config.lanes.default_coupon_type.clone(),
+        receipt_footer: config.lanes.receipt_footer.clone(),
+    }
+}
+
 impl AppState {
     pub fn new(config: Config, db: Db, catalog: Arc<CatalogCache>) -> AppState {
-        let policy = lane::Policy {
-            hold_ttl_secs: i64::try_from(config.lanes.hold_ttl_secs).unwrap_or(i64::MAX),
-            self_stacking: config.lanes.self_stacking,
-            default_coupon_type: config.lanes.default_coupon_type.clone(),
-            receipt_footer: config.lanes.receipt_footer.clone(),
-        };
+        let policy = policy_of(&config);
         AppState {
-            config,
+            live: RwLock::new((Arc::new(config), Arc::new(policy))),
             db,
-            policy,
             catalog,
             metrics: admin::Metrics::new(),
         }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(
+            &self
+                .live
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0,
+        )
+    }
+
+    /// The lane policy in force.
+    pub fn policy(&self) -> Arc<lane::Policy> {
+        Arc::clone(
+            &self
+                .live
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .1,
+        )
+    }
+
+    /// Applies a new valid configuration: lane credentials, sites, hold TTL, stacking and
+    /// receipt texts, voucher and admin credentials, time zone and log level take effect at
+    /// once; listen addresses, TLS files, the database and route aliases need a restart.
+    pub fn reload(&self, new: Config) {
+        let old = self.config();
+        let mut restart = Vec::new();
+        if old.server != new.server {
+            restart.push("server");
+        }
+        if old.database.path != new.database.path {
+            restart.push("database");
+        }
+        if old.lanes.route_aliases != new.lanes.route_aliases {
+            restart.push("lanes.route_aliases");
+        }
+        if old.admin.listen != new.admin.listen || old.admin.enabled() != new.admin.enabled() {
+            restart.push("admin.listen");
+        }
+        if !restart.is_empty() {
+            log::warn!(
+                "configuration changed in {}: applies at the next restart",
+                restart.join(", ")
+            );
+        }
+        log::set_max_level(new.log_level());
+        let policy = policy_of(&new);
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (Arc::new(new), Arc::new(policy));
+        log::info!("configuration reloaded");
     }
 }
 
@@ -86,7 +144,7 @@ pub fn run(
     tls: Option<rustls::ServerConfig>,
     listener: TcpListener,
 ) -> std::io::Result<Server> {
-    run_with_admin(config, db, tls, listener, None).map(|(lanes, _)| lanes)
+    run_with_admin(config, db, tls, listener, None, None).map(|(lanes, _)| lanes)
 }
 
 /// [`run`], plus the admin listener (store health) on `admin` when given.
@@ -96,6 +154,7 @@ pub fn run_with_admin(
     tls: Option<rustls::ServerConfig>,
     listener: TcpListener,
     admin: Option<TcpListener>,
+    config_path: Option<&std::path::Path>,
 ) -> std::io::Result<(Server, Option<Server>)> {
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(2, usize::from),
@@ -110,8 +169,12 @@ pub fn run_with_admin(
     let catalog = Arc::new(CatalogCache::new(catalog));
     catalog.start_refresher(db.reads.clone(), std::time::Duration::from_secs(1));
     let state = web::Data::new(AppState::new(config, db, catalog));
+    if let Some(path) = config_path {
+        let st = state.clone();
+        shared::reload::watch(path, move |new| st.reload(new)).map_err(std::io::Error::other)?;
+    }
     let app_state = state.clone();
-    let admin_tls = if state.config.admin.plain_http {
+    let admin_tls = if state.config().admin.plain_http {
         None
     } else {
         tls.clone()
@@ -121,7 +184,7 @@ pub fn run_with_admin(
             .app_data(app_state.clone())
             .wrap(actix_web::middleware::from_fn(auth::basic_auth))
             .wrap(actix_web::middleware::from_fn(admin::record))
-            .configure(|cfg| routes::configure(cfg, &app_state.config))
+            .configure(|cfg| routes::configure(cfg, &app_state.config()))
     })
     .workers(workers)
     // Request/response traffic: send each answer at once rather than letting Nagle's
@@ -183,7 +246,7 @@ fn start_watchdog(writer: shared::db::Writer) {
 pub type State = web::Data<AppState>;
 
 /// Starts the server on the configured address and runs until SIGTERM/SIGINT.
-pub fn serve(config: Config) -> anyhow::Result<()> {
+pub fn serve(config: Config, config_path: &std::path::Path) -> anyhow::Result<()> {
     let (db, tls) = prepare(&config)?;
     let listener = TcpListener::bind(config.server.listen).map_err(|e| {
         anyhow::anyhow!(
@@ -211,7 +274,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let writer = db.writer.clone();
-        let (server, admin) = run_with_admin(config, db, tls, listener, admin)?;
+        let (server, admin) = run_with_admin(config, db, tls, listener, admin, Some(config_path))?;
         shared::service::ready("serving the lanes");
         start_watchdog(writer);
         if let Some(admin) = admin {

@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     shared::logging::init(config.log_level());
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => edge_server::serve(config),
+        Command::Serve => edge_server::serve(config, &cli.config),
         Command::Import { file } => edge_server::import(&config, &file),
         Command::CheckConfig => {
             println!("configuration {} is valid", cli.config.display());

@@ -159,7 +159,7 @@ async fn method_not_allowed(
 ) -> Result<actix_web::HttpResponse, ApiError> {
     log::warn!(method = req.method().as_str(), path = req.path(); "unmatched request method");
     let pattern = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
-    let allow = paths(&state.config)
+    let allow = paths(&state.config())
         .get(&pattern)
         .map(|handlers| {
             handlers

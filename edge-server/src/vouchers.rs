@@ -41,7 +41,7 @@ pub async fn lookup(
     site(&state, query_param(&query, "site"))?;
     let code = code(path.into_inner())?;
     let db = state.db.clone();
-    let today = state.config.today().format("%Y-%m-%d").to_string();
+    let today = state.config().today().format("%Y-%m-%d").to_string();
     let view = web::block(move || -> Result<_, ApiError> {
         let conn = db.read()?;
         Ok(lane::voucher_lookup(&conn, &code, &today, now_secs())?)
@@ -81,8 +81,8 @@ pub async fn lock(
 ) -> Result<HttpResponse, ApiError> {
     let code = code(path.into_inner())?;
     let (site, txn, _) = body(&req, &state, payload).await?;
-    let ttl = state.policy.hold_ttl_secs;
-    let today = state.config.today().format("%Y-%m-%d").to_string();
+    let ttl = state.policy().hold_ttl_secs;
+    let today = state.config().today().format("%Y-%m-%d").to_string();
     let view = state
         .db
         .writer
@@ -99,7 +99,7 @@ pub async fn unlock(
 ) -> Result<HttpResponse, ApiError> {
     let code = code(path.into_inner())?;
     let (site, txn, _) = body(&req, &state, payload).await?;
-    let today = state.config.today().format("%Y-%m-%d").to_string();
+    let today = state.config().today().format("%Y-%m-%d").to_string();
     let view = state
         .db
         .writer
@@ -124,7 +124,7 @@ pub async fn validate(
         .ok_or_else(|| {
             ApiError::InvalidRequest("`moneySpent` must be a non-negative amount".into())
         })?;
-    let today = state.config.today().format("%Y-%m-%d").to_string();
+    let today = state.config().today().format("%Y-%m-%d").to_string();
     let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let view = state
         .db

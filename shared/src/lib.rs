@@ -13,6 +13,7 @@ pub mod import;
 pub mod logging;
 pub mod money;
 pub mod outbox;
+pub mod reload;
 pub mod repo;
 pub mod service;
 pub mod sync;

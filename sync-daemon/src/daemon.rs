@@ -121,7 +121,7 @@ pub async fn run(
         ));
     }
     tasks.spawn(requests(db.clone(), Arc::clone(&kicks), stop_rx.clone()));
-    let _watcher = crate::reload::watch(&config_path, snap_tx, stop_rx.clone())?;
+    crate::reload::watch(&config_path, snap_tx)?;
     shared::service::ready(&format!(
         "delivering the outbox; providers enabled: {}",
         if enabled.is_empty() {

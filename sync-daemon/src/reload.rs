@@ -4,69 +4,19 @@
 //! logs why. Database settings need a restart (logged when they change).
 
 use crate::daemon::{Clients, Snapshot};
-use notify::{RecursiveMode, Watcher};
 use shared::config::Config;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-/// Quiet time after the last file event before the configuration is read (editors and
-/// package managers write in several steps).
-const SETTLE: Duration = Duration::from_millis(300);
-
-/// Starts watching; the returned watcher must be kept alive.
-pub fn watch(
-    config_path: &Path,
-    snapshots: watch::Sender<Arc<Snapshot>>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<notify::RecommendedWatcher> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(e) = event {
-            if !e.kind.is_access() {
-                let _ = tx.send(());
-            }
-        }
-    })?;
-    let dir = config_path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    let conf_d = dir.join("conf.d");
-    if conf_d.is_dir() {
-        watcher.watch(&conf_d, RecursiveMode::NonRecursive)?;
-    }
-    let path: PathBuf = config_path.to_owned();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                got = rx.recv() => if got.is_none() { return },
-            }
-            // Let the writes settle: wait until no event came for SETTLE.
-            while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
-            apply(&path, &snapshots);
-        }
-    });
-    log::info!(
-        "watching {} and {} for configuration changes",
-        config_path.display(),
-        conf_d.display()
-    );
-    Ok(watcher)
+/// Starts watching (for the life of the process).
+pub fn watch(config_path: &Path, snapshots: watch::Sender<Arc<Snapshot>>) -> anyhow::Result<()> {
+    Ok(shared::reload::watch(config_path, move |new| {
+        apply(new, &snapshots)
+    })?)
 }
 
-fn apply(path: &Path, snapshots: &watch::Sender<Arc<Snapshot>>) {
-    let new = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("configuration change refused, keeping the last good configuration: {e}");
-            return;
-        }
-    };
+fn apply(new: Config, snapshots: &watch::Sender<Arc<Snapshot>>) {
     let old = snapshots.borrow().clone();
     let changes = describe(&old.config, &new);
     if changes.is_empty() {
