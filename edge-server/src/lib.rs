@@ -1,13 +1,16 @@
 //! `edge-server`: serves the ECRS CATAPULT digital coupon API and the voucher API to the
 //! store's POS lanes, answering only from the local SQLite database.
 //!
-//! Architecture Invariant: no request handler talks to a provider; only sync-daemon does.
+//! Architecture Invariant: no request handler talks to a provider, with one bounded
+//! exception: `read_through` (a voucher never seen here, within a small budget, only while
+//! Coupontools answers). Everything else upstream is sync-daemon's job.
 
 pub mod admin;
 pub mod auth;
 pub mod catapult;
 pub mod error;
 pub mod lane;
+pub mod read_through;
 pub mod routes;
 pub mod tls;
 pub mod vouchers;
@@ -28,6 +31,8 @@ pub struct AppState {
     pub db: Db,
     pub catalog: Arc<CatalogCache>,
     pub metrics: admin::Metrics,
+    /// Coupontools look-up of a voucher never seen here (None when off).
+    pub read_through: Option<read_through::ReadThrough>,
 }
 
 fn policy_of(config: &Config) -> lane::Policy {
@@ -42,7 +47,9 @@ fn policy_of(config: &Config) -> lane::Policy {
 impl AppState {
     pub fn new(config: Config, db: Db, catalog: Arc<CatalogCache>) -> AppState {
         let policy = policy_of(&config);
+        let read_through = read_through::ReadThrough::new(&config);
         AppState {
+            read_through,
             live: RwLock::new((Arc::new(config), Arc::new(policy))),
             db,
             catalog,

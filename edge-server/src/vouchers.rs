@@ -42,12 +42,51 @@ pub async fn lookup(
     let code = code(path.into_inner())?;
     let db = state.db.clone();
     let today = state.config().today().format("%Y-%m-%d").to_string();
-    let view = web::block(move || -> Result<_, ApiError> {
+    let (c, t) = (code.clone(), today.clone());
+    let found = web::block(move || -> Result<_, ApiError> {
         let conn = db.read()?;
-        Ok(lane::voucher_lookup(&conn, &code, &today, now_secs())?)
+        Ok(lane::voucher_lookup(&conn, &c, &t, now_secs())?)
     })
-    .await??;
-    Ok(ok(&view))
+    .await?;
+    match found {
+        Err(ApiError::VoucherNotFound(m)) => match read_through(&state, &code, &today).await? {
+            Some(view) => Ok(ok(&view)),
+            None => Err(ApiError::VoucherNotFound(m)),
+        },
+        other => Ok(ok(&other?)),
+    }
+}
+
+/// A voucher never seen here, looked up at Coupontools within the budget; a found one is
+/// stored so every later request (and the lock and validation) is answered locally.
+async fn read_through(
+    state: &State,
+    code: &str,
+    today: &str,
+) -> Result<Option<lane::VoucherView>, ApiError> {
+    let Some(rt) = &state.read_through else {
+        return Ok(None);
+    };
+    let config = state.config();
+    let v = match rt.find(code, &config).await {
+        crate::read_through::Found::Voucher(v) => *v,
+        _ => return Ok(None),
+    };
+    let code = v.code.clone();
+    let today = today.to_owned();
+    let view = state
+        .db
+        .writer
+        .write(move |conn| -> Result<_, lane::LaneError> {
+            shared::sync::apply_voucher(conn, &v, now_secs())?;
+            lane::voucher_lookup(conn, &code, &today, now_secs())
+        })
+        .await
+        .map_err(|e| match e {
+            shared::db::WriteError::Job(e) => ApiError::from(e),
+            shared::db::WriteError::Db(e) => ApiError::from(e),
+        })?;
+    Ok(Some(view))
 }
 
 fn query_param(q: &Query, name: &str) -> Option<String> {

@@ -177,6 +177,11 @@ pub struct CoupontoolsConfig {
     /// Allowed clock difference when deciding whether a validation found upstream is ours.
     pub clock_skew_secs: i64,
     pub timeout_ms: u64,
+    /// edge-server: a voucher code the store has never seen is looked up at Coupontools
+    /// within this many milliseconds (0 = never). After a failed or slow look-up, none is
+    /// tried for `read_through_pause_secs`, so an unreachable provider costs the lanes nothing.
+    pub read_through_ms: u64,
+    pub read_through_pause_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -434,6 +439,8 @@ impl Default for CoupontoolsConfig {
             action_param: "action".to_owned(),
             clock_skew_secs: 300,
             timeout_ms: 10_000,
+            read_through_ms: 300,
+            read_through_pause_secs: 30,
         }
     }
 }
@@ -727,6 +734,12 @@ impl Config {
             return Err(invalid(
                 "providers.coupontools.campaigns",
                 format!("`{bad}` is not a campaign id like cam_100001"),
+            ));
+        }
+        if t.read_through_ms > 2000 {
+            return Err(invalid(
+                "providers.coupontools.read_through_ms",
+                "must be at most 2000: a lane waits this long for an unknown voucher",
             ));
         }
         if t.page_size == 0 {

@@ -1,0 +1,101 @@
+//! A Coupontools voucher the store has never seen is looked up at Coupontools within a small
+//! budget and only while Coupontools answers; otherwise the lane gets the usual fast answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::stack::Providers;
+use e2e::{Store, StoreOptions, SITE};
+use serde_json::json;
+
+#[tokio::test]
+async fn an_unseen_voucher_is_read_through_within_budget_and_never_while_unreachable() {
+    let providers = Providers::start().unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
+            "campaigns = [\"cam_100001\"]",
+            "campaigns = [\"cam_100001\"]\nread_through_ms = 500\nread_through_pause_secs = 30",
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let config = std::fs::read_to_string(&store.config_path).unwrap();
+    assert_eq!(config.matches("read_through_ms").count(), 1, "{config}");
+
+    // In the simulator's default seed, not in the store's sample data.
+    let session = "ac6s7u3g8a25ja7x9qg87";
+    let (status, v) = store
+        .get(&format!("/vouchers/{session}?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["value"].as_f64(), Some(5.0));
+    assert_eq!(v["state"], "active");
+    // Stored: answered locally from now on, lockable and usable offline.
+    providers
+        .faults("coupontools", json!({"down": true}))
+        .await
+        .unwrap();
+    let (status, _) = store
+        .get(&format!("/vouchers/{session}?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, r) = store
+        .post(
+            &format!("/vouchers/{session}/validate"),
+            &json!({"site": SITE, "transaction": "RT1", "moneySpent": 12.5}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+
+    // Unknown to Coupontools, which is down: the lane gets "not known" and the failure
+    // pauses read-through, so the next unknown code is not even tried.
+    let (status, r) = store
+        .get(&format!("/vouchers/neverseen001?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{r}");
+    assert_eq!(r["errors"][0]["id"], "VOUCHER_NOT_FOUND", "{r}");
+    providers
+        .faults("coupontools", json!({"down": false}))
+        .await
+        .unwrap();
+    let (status, _) = store
+        .get(&format!("/vouchers/neverseen002?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let log = std::fs::read_to_string(store.dir.join("edge-server.log")).unwrap();
+    assert_eq!(
+        log.matches("voucher read-through failed").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_coupontools_costs_the_lane_at_most_the_budget() {
+    let providers = Providers::start().unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
+            "campaigns = [\"cam_100001\"]",
+            "campaigns = [\"cam_100001\"]\nread_through_ms = 200",
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    providers
+        .faults("coupontools", json!({"slow_ms": 3000}))
+        .await
+        .unwrap();
+    let (status, r) = store
+        .get(&format!("/vouchers/ac6s7u3g8a25ja7x9qg87?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{r}");
+    let log = std::fs::read_to_string(store.dir.join("edge-server.log")).unwrap();
+    assert!(log.contains("over its 200 ms budget"), "{log}");
+}
