@@ -156,7 +156,28 @@ async fn probe(clients: &Clients, provider: &str) -> Result<(), CallError> {
     }
 }
 
-/// Writes what a delivery came to. Returns the message to log, if any.
+/// A log-safe version of `text`: the item's coupon codes (voucher codes, session ids,
+/// account coupon ids, Koupon assets) cut to their first 4 characters. The full text stays
+/// in the database for store IT.
+pub fn redact(item: &Item, text: &str) -> String {
+    let mut out = text.to_owned();
+    for k in [
+        "code",
+        "providerRef",
+        "accountCouponId",
+        "discountAsset",
+        "couponCode",
+    ] {
+        if let Some(v) = item.payload.get(k).and_then(serde_json::Value::as_str) {
+            if v.len() > 4 {
+                out = out.replace(v, &format!("{}…", &v[..4]));
+            }
+        }
+    }
+    out
+}
+
+/// Writes what a delivery came to.
 async fn settle(db: &Db, snap: &Snapshot, item: Item, outcome: Delivery) {
     let o = snap.config.outbox.clone();
     let now = now_secs();
@@ -171,21 +192,22 @@ async fn settle(db: &Db, snap: &Snapshot, item: Item, outcome: Delivery) {
     let id = item.id;
     let provider = item.provider.clone();
     let op = item.operation.clone();
+    let safe = |t: &str| redact(&item, t);
     match &outcome {
         Delivery::Delivered { note } => {
             log::debug!(provider = provider.as_str(), outbox_item = id; "{op} delivered");
             if let Some(n) = note {
-                log::info!(provider = provider.as_str(), outbox_item = id; "{op} delivered ({n})");
+                log::info!(provider = provider.as_str(), outbox_item = id; "{op} delivered ({})", safe(n));
             }
         }
         Delivery::Retry(r) => {
-            log::info!(provider = provider.as_str(), outbox_item = id, attempts = item.attempts; "{op} not delivered, retrying in {backoff} s: {r}")
+            log::info!(provider = provider.as_str(), outbox_item = id, attempts = item.attempts; "{op} not delivered, retrying in {backoff} s: {}", safe(r))
         }
         Delivery::AuthFailed(r) => {
-            log::error!(provider = provider.as_str(), outbox_item = id; "{op} not delivered: {r}")
+            log::error!(provider = provider.as_str(), outbox_item = id; "{op} not delivered: {}", safe(r))
         }
         Delivery::Dead(r) => {
-            log::warn!(provider = provider.as_str(), outbox_item = id; "{op} refused permanently, dead-lettered for store IT (edge-ctl outbox list --state dead): {r}")
+            log::warn!(provider = provider.as_str(), outbox_item = id; "{op} refused permanently, dead-lettered for store IT (edge-ctl outbox list --state dead): {}", safe(r))
         }
     }
     let probe_secs = i64::try_from(o.breaker_probe_secs).unwrap_or(15);
@@ -418,5 +440,65 @@ pub async fn run(
                 "cannot release in-flight items at shutdown ({e}); their leases will run out"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_never_carry_a_full_code() {
+        let item = Item {
+            id: 1,
+            provider: "coupontools".into(),
+            operation: "validate".into(),
+            idempotency_key: "k".into(),
+            ordering_key: "voucher:ac6s7u3g8a25ja7x9qg87".into(),
+            payload: serde_json::json!({"code": "ac6s7u3g8a25ja7x9qg87", "providerRef": "ac6s7u3g8a25ja7x9qg87"}),
+            state: "inflight".into(),
+            attempts: 1,
+            last_error: None,
+            progress: None,
+            next_attempt_at: 0,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let r = redact(
+            &item,
+            "300: The coupon or voucher ac6s7u3g8a25ja7x9qg87 was already used at 2026-11-01",
+        );
+        assert_eq!(
+            r,
+            "300: The coupon or voucher ac6s… was already used at 2026-11-01"
+        );
+    }
+
+    #[test]
+    fn breaker_opens_after_threshold_and_at_once_on_credentials() {
+        let o = shared::config::OutboxConfig::default();
+        let b = Breakers::default();
+        let net = CallError::Transport {
+            message: "refused".into(),
+            maybe_sent: false,
+        };
+        for _ in 0..o.breaker_threshold - 1 {
+            b.record(convercus::NAME, Err(&net), &o);
+        }
+        assert!(!b.is_open(convercus::NAME));
+        b.record(convercus::NAME, Err(&net), &o);
+        assert!(b.is_open(convercus::NAME));
+        b.record(convercus::NAME, Ok(()), &o);
+        assert!(!b.is_open(convercus::NAME));
+        b.record(koupon::NAME, Err(&CallError::Auth("401".into())), &o);
+        assert!(b.is_open(koupon::NAME));
+        // A refusal of one item says the provider is up.
+        let refused = CallError::Status {
+            status: 400,
+            code: "X".into(),
+            detail: String::new(),
+        };
+        b.record(koupon::NAME, Err(&refused), &o);
+        assert!(!b.is_open(koupon::NAME));
     }
 }

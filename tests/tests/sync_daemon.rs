@@ -505,6 +505,10 @@ async fn a_poison_item_is_dead_lettered_and_the_rest_delivered_without_waiting()
         .unwrap()
         .clone();
     assert_eq!(ct["queue"]["dead"], 1, "{ct}");
+    // The log names the item but never the full voucher code.
+    let log = st.daemon().log();
+    assert!(log.contains("dead-lettered for store IT"), "{log}");
+    assert!(!log.contains(&session(0)), "{log}");
     // The provider is fixed; store IT retries it: it and the item behind it go out.
     st.providers
         .faults("coupontools", json!({"reject": []}))
