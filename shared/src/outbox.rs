@@ -177,6 +177,15 @@ pub fn claim_next(
     .optional()
 }
 
+/// Whether any item of `provider` is due (a read, so an idle worker never takes the write
+/// lock the lanes need).
+pub fn has_due(conn: &Connection, provider: &str, now: i64) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?2 AND provider = ?1)",
+    )?
+    .query_row(params![provider, now], |r| r.get(0))
+}
+
 /// The provider acknowledged the item.
 pub fn mark_delivered(conn: &Connection, id: i64, now: i64) -> rusqlite::Result<()> {
     conn.prepare_cached(

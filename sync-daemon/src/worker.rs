@@ -326,10 +326,27 @@ pub async fn run(
         // Claim as many due items as there are free slots, round robin over providers
         // that are enabled and whose breaker is closed.
         let free = o.concurrency.saturating_sub(inflight.len());
-        let allowed: Vec<&'static str> = PROVIDERS
+        let open: Vec<&'static str> = PROVIDERS
             .into_iter()
             .filter(|p| snap.clients.enabled(p) && !breakers.is_open(p))
             .collect();
+        // Look before taking the write lock: most of the time there is nothing to do.
+        let reader = db.clone();
+        let allowed: Vec<&'static str> = if free > 0 && !open.is_empty() {
+            tokio::task::spawn_blocking(move || {
+                let now = now_secs();
+                reader.read().map_or(open.clone(), |conn| {
+                    open.iter()
+                        .copied()
+                        .filter(|p| outbox::has_due(&conn, p, now).unwrap_or(true))
+                        .collect()
+                })
+            })
+            .await
+            .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         if free > 0 && !allowed.is_empty() {
             rr = rr.wrapping_add(1);
             let lease = i64::try_from(o.lease_secs).unwrap_or(120);
