@@ -221,6 +221,25 @@ pub fn dead_letter(conn: &Connection, id: i64, now: i64, error: &str) -> rusqlit
     Ok(())
 }
 
+/// When a provider refuses a redemption for good, the store's own record of it says so:
+/// the redemption is flagged as a conflict (as a late commit of a used coupon is), for
+/// store IT's reports. Other items leave local state alone.
+pub fn flag_refused_redemption(conn: &Connection, item: &Item) -> rusqlite::Result<()> {
+    if item.operation != "redeem" && item.operation != "redemption" {
+        return Ok(());
+    }
+    let text = |k: &str| item.payload.get(k).and_then(Value::as_str);
+    if let (Some(site), Some(txn), Some(offer)) =
+        (text("site"), text("transaction"), text("offerId"))
+    {
+        conn.prepare_cached(
+            "UPDATE redemptions SET conflict = 1 WHERE site = ?1 AND txn_id = ?2 AND offer_id = ?3",
+        )?
+        .execute(params![site, txn, offer])?;
+    }
+    Ok(())
+}
+
 /// Returns in-flight items whose lease ran out (their worker died) to `pending`.
 pub fn rescue_expired_leases(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
     conn.prepare_cached(

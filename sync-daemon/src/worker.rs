@@ -230,6 +230,7 @@ async fn settle(db: &Db, snap: &Snapshot, item: Item, outcome: Delivery) {
                 }
                 Delivery::Dead(r) => {
                     outbox::dead_letter(conn, id, now, &r)?;
+                    outbox::flag_refused_redemption(conn, &item)?;
                     shared::sync::record_error(
                         conn,
                         &provider,

@@ -717,6 +717,15 @@ async fn a_pull_brings_customers_and_coupons_but_never_undoes_an_undelivered_red
         .clone();
     assert!(cv["last_success_at"].as_i64().is_some(), "{cv}");
     assert_eq!(cv["queue"]["dead"], 1, "{cv}");
+    // The refusal is written back: the store's redemption record is flagged for store IT.
+    let conflict: i64 = conn
+        .query_row(
+            "SELECT conflict FROM redemptions WHERE txn_id = 'P1' AND offer_id = 'CVX1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(conflict, 1);
     daemon.kill9();
     store.kill9();
 }
