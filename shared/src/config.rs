@@ -144,9 +144,9 @@ pub struct ConvercusConfig {
     pub token_refresh_secs: u64,
     /// `interaction-id` header: this store's interaction point registered at Convercus.
     pub interaction_id: String,
-    /// `id-type` of the lane's customer id (the card number): CARDCODE, APPCODE,
-    /// EXTERNALCODE or ID.
-    pub customer_id_type: String,
+    /// `id-type`s tried, in order, to find the account of a lane's customer id (a card
+    /// number, an app code or an external code): CARDCODE, APPCODE, EXTERNALCODE, ID.
+    pub customer_id_types: Vec<String>,
     /// Language of `i18nFields` used for coupon titles (falls back to any).
     pub language: String,
     /// Cron schedule (sec min hour day month weekday) of the customer coupon list pull.
@@ -416,7 +416,11 @@ impl Default for ConvercusConfig {
             auth_prefix: "auto".to_owned(),
             token_refresh_secs: 20 * 3600,
             interaction_id: "edge".to_owned(),
-            customer_id_type: "CARDCODE".to_owned(),
+            customer_id_types: vec![
+                "CARDCODE".to_owned(),
+                "APPCODE".to_owned(),
+                "EXTERNALCODE".to_owned(),
+            ],
             language: "en".to_owned(),
             schedule: "0 */15 * * * *".to_owned(),
             customers: Vec::new(),
@@ -695,10 +699,14 @@ impl Config {
                 ));
             }
         }
-        if !["CARDCODE", "APPCODE", "EXTERNALCODE", "ID"].contains(&c.customer_id_type.as_str()) {
+        if c.customer_id_types.is_empty()
+            || c.customer_id_types
+                .iter()
+                .any(|t| !["CARDCODE", "APPCODE", "EXTERNALCODE", "ID"].contains(&t.as_str()))
+        {
             return Err(invalid(
-                "providers.convercus.customer_id_type",
-                "use CARDCODE, APPCODE, EXTERNALCODE or ID",
+                "providers.convercus.customer_id_types",
+                "list one or more of CARDCODE, APPCODE, EXTERNALCODE, ID",
             ));
         }
         if !["auto", "", "Bearer"].contains(&c.auth_prefix.as_str()) {

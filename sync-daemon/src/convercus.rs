@@ -320,14 +320,23 @@ impl Client {
         customer_id: &str,
         config: &Config,
     ) -> Result<Option<CustomerPull>, CallError> {
-        let id_type = self.cfg.customer_id_type.as_str();
-        let account = match self
-            .get_json(&format!("/accounts/{}", enc(customer_id)), Some(id_type))
-            .await
-        {
-            Ok(a) => a,
-            Err(CallError::Status { status: 404, .. }) => return Ok(None),
-            Err(e) => return Err(e),
+        // The lane's id may be a card, app or external code: try each configured id-type.
+        let mut found = None;
+        for id_type in &self.cfg.customer_id_types {
+            match self
+                .get_json(&format!("/accounts/{}", enc(customer_id)), Some(id_type))
+                .await
+            {
+                Ok(a) => {
+                    found = Some((a, id_type.as_str()));
+                    break;
+                }
+                Err(CallError::Status { status: 404, .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((account, id_type)) = found else {
+            return Ok(None);
         };
         let account_id = text(&account, "id");
         let active = text(&account, "status") == "ACTIVE";
@@ -337,11 +346,10 @@ impl Client {
             provider_ref: Some(account_id),
             ..Customer::default()
         };
+        // From here on the account is addressed the way it was found.
+        let acc = enc(customer_id);
         let memberships = self
-            .get_json(
-                &format!("/accounts/{}/memberships", enc(customer_id)),
-                Some(id_type),
-            )
+            .get_json(&format!("/accounts/{acc}/memberships"), Some(id_type))
             .await?;
         let owner = memberships.as_array().and_then(|m| {
             m.iter()
@@ -364,10 +372,7 @@ impl Client {
             }
         }
         let coupons = self
-            .get_json(
-                &format!("/v2/accounts/{}/accountcoupons", enc(customer_id)),
-                Some(id_type),
-            )
+            .get_json(&format!("/v2/accounts/{acc}/accountcoupons"), Some(id_type))
             .await?;
         let today = config.today();
         let mut out = Vec::new();

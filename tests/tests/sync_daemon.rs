@@ -729,3 +729,67 @@ async fn a_pull_brings_customers_and_coupons_but_never_undoes_an_undelivered_red
     daemon.kill9();
     store.kill9();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oauth_login_and_an_account_found_by_its_app_code_from_the_import_list() {
+    let providers = Providers::start().unwrap();
+    let cv = providers.convercus_url.clone();
+    let config = providers
+        .config_toml("0 0 0 1 1 *")
+        .replace(
+            "auth = \"legacy\"",
+            &format!("auth = \"oauth\"\ntoken_url = \"{cv}/realms/pgr-a/protocol/openid-connect/token\"\nclient_secret = \"demo-client-secret\"\ncustomers = [\"A1B2C3D4E5\"]"),
+        )
+        .replace("username = \"edge\"", "username = \"\"");
+    let store = Store::start(StoreOptions {
+        extra_toml: config,
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
+        .arg("--config")
+        .arg(&store.config_path)
+        .args(["sync", "now", "convercus"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    daemon
+        .wait_for_log("convercus pull done", 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let (first, account): (String, String) = conn
+        .query_row(
+            "SELECT first_name, provider_ref FROM customers WHERE id = 'A1B2C3D4E5'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(first, "Jane");
+    assert_eq!(account, "9f1c2e4a-0000-4000-8000-000000000001");
+    // The coffee coupon arrived under the id the sample data gave it (same couponId).
+    let state: String = conn
+        .query_row(
+            "SELECT state FROM customer_coupons WHERE customer_id = 'A1B2C3D4E5' AND offer_id = 'CVX1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(state, "clipped");
+    // The lane sees it for this customer.
+    let (s, m) = store
+        .get(&format!(
+            "/coupons/customer?site={SITE}&customer=A1B2C3D4E5"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    assert!(
+        m["clipped"].as_array().unwrap().contains(&json!("CVX1")),
+        "{m}"
+    );
+    assert!(daemon.log().contains("logged in to Convercus"));
+    daemon.kill9();
+}
