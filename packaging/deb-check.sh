@@ -14,10 +14,12 @@
 #
 # Environment:
 #   SKIP_BUILD=1           reuse target/release binaries (no cargo build)
-#   SKIP_TLS_INIT=1        skip the `edge-server tls-init` checks            (PENDING: tls-init)
-#   SKIP_NOTIFY=1          skip the sd_notify READY=1 / WATCHDOG=1 checks    (PENDING: sd_notify)
-#   SKIP_ADMIN=1           skip the admin listener /metrics and /status checks (PENDING: [admin])
-#   SKIP_CONFIG_PACKAGE=1  skip the regional config package (PENDING: edge-ctl config-package)
+#   SKIP_TLS_INIT=1        skip the `edge-server tls-init` checks
+#   SKIP_NOTIFY=1          skip the sd_notify READY=1 / WATCHDOG=1 checks
+#   SKIP_ADMIN=1           skip the admin listener /metrics and /status checks
+#   SKIP_CONFIG_PACKAGE=1  skip the regional config package (edge-ctl config-package)
+#   (these four test features added with the packaging, issue 4; all pass since a3a2b4b,
+#   637926b, 3c5fe2d and 110d9b3)
 #   DEB_CHECK_OUT=DIR      where the .deb files and logs go (default: a new directory in /tmp)
 #   DEB_CHECK_RELEASE_XZ=1 build the .deb with cargo-deb's full compression (default --fast:
 #                          same contents, a minute less on 2 cores)
@@ -315,7 +317,7 @@ for unit in edge-server sync-daemon; do
     esac
 done
 
-step "TLS certificate from postinst (PENDING: edge-server tls-init)"
+step "TLS certificate from postinst (edge-server tls-init)"
 if [ "$SKIP_TLS_INIT" = 1 ]; then
     skip SKIP_TLS_INIT "postinst's tls-init (it printed a warning above if tls-init is missing)"
 else
@@ -394,7 +396,7 @@ fi
 alive "$DAEMON_PID" || { cat "$OUT/sync-daemon.log"; fail "sync-daemon exited"; }
 ok "sync-daemon runs and watches $CONFIG and $CONF_D"
 
-step "sd_notify (PENDING: Type=notify support in both daemons)"
+step "sd_notify: READY=1 and WATCHDOG=1 (Type=notify, WatchdogSec=)"
 if [ "$SKIP_NOTIFY" = 1 ]; then
     skip SKIP_NOTIFY "READY=1 and WATCHDOG=1 on NOTIFY_SOCKET"
 else
@@ -408,7 +410,7 @@ else
     done
 fi
 
-step "Admin listener (PENDING: [admin] section, /metrics and /status)"
+step "Admin listener: /metrics and /status with the [admin] credentials"
 if [ "$SKIP_ADMIN" = 1 ]; then
     skip SKIP_ADMIN "https://127.0.0.1:$ADMIN_PORT/metrics and /status"
 else
@@ -422,7 +424,7 @@ else
     done
 fi
 
-step "Regional config package (PENDING: edge-ctl config-package)"
+step "Regional config package (edge-ctl config-package) and hot reload"
 if [ "$SKIP_CONFIG_PACKAGE" = 1 ]; then
     skip SKIP_CONFIG_PACKAGE "edge-coupon-config-$REGION and the hot reload it triggers"
 else
