@@ -222,6 +222,12 @@ done
 dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles | grep -qx "$CONFIG" ||
     fail "$CONFIG is not a conffile"
 ok "binaries, units and conffile present"
+# lintian does not compare them: a version bump in Cargo.toml needs a changelog entry.
+version=$(dpkg-deb --field "$DEB" Version)
+changelog_version=$(sed -n '1s/^edge-coupon (\([^)]*\)).*/\1/p' packaging/debian/changelog)
+[ "$version" = "$changelog_version" ] ||
+    fail "package version $version has no entry in packaging/debian/changelog (top: ${changelog_version:-none})"
+ok "version $version, with its packaging/debian/changelog entry"
 
 step "lintian"
 # Errors and warnings fail; every accepted tag is overridden, with its reason, in
