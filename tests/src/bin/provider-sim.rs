@@ -1,5 +1,6 @@
-//! `provider-sim --listen 127.0.0.1:PORT [--seed FILE]`: the simulated coupon providers
-//! (see `docs/provider-sim.md`). Prints the admin address on the first line of stdout, then
+//! `provider-sim --listen 127.0.0.1:PORT [--seed FILE] [--generate JSON]`: the simulated
+//! coupon providers (see `docs/provider-sim.md`; `--generate` takes the body of
+//! `POST /__sim/generate`, e.g. `'{"convercus":{"accounts":100000}}'`). Prints the admin address on the first line of stdout, then
 //! one `<provider> <base URL>` line per provider; runs until killed.
 
 use e2e::sim::{run, Listeners, State};
@@ -8,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: provider-sim --listen 127.0.0.1:PORT [--seed FILE] \
+        "usage: provider-sim --listen 127.0.0.1:PORT [--seed FILE] [--generate JSON] \
          [--convercus-listen ADDR] [--coupontools-listen ADDR] [--koupon-listen ADDR]"
     );
     std::process::exit(2)
@@ -17,12 +18,14 @@ fn usage() -> ! {
 fn main() {
     let mut listen: Option<String> = None;
     let mut seed: Option<String> = None;
+    let mut generate: Option<String> = None;
     let mut per: [Option<String>; 3] = [None, None, None];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let slot = match a.as_str() {
             "--listen" => &mut listen,
             "--seed" => &mut seed,
+            "--generate" => &mut generate,
             "--convercus-listen" => &mut per[0],
             "--coupontools-listen" => &mut per[1],
             "--koupon-listen" => &mut per[2],
@@ -31,7 +34,7 @@ fn main() {
         *slot = Some(args.next().unwrap_or_else(|| usage()));
     }
     let listen = listen.unwrap_or_else(|| usage());
-    if let Err(e) = actix_web::rt::System::new().block_on(serve(listen, seed, per)) {
+    if let Err(e) = actix_web::rt::System::new().block_on(serve(listen, seed, generate, per)) {
         eprintln!("provider-sim: {e}");
         std::process::exit(1);
     }
@@ -40,6 +43,7 @@ fn main() {
 async fn serve(
     listen: String,
     seed: Option<String>,
+    generate: Option<String>,
     per: [Option<String>; 3],
 ) -> std::io::Result<()> {
     let admin = TcpListener::bind(&listen)?;
@@ -64,6 +68,10 @@ async fn serve(
         let text = std::fs::read_to_string(&file)?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
         state.data().seed(&v).map_err(std::io::Error::other)?;
+    }
+    if let Some(spec) = generate {
+        let v: serde_json::Value = serde_json::from_str(&spec).map_err(std::io::Error::other)?;
+        state.data().generate(&v).map_err(std::io::Error::other)?;
     }
     let running = run(
         Listeners {

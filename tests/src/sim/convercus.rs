@@ -8,6 +8,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet};
+
+pub use super::convercus_generated::Generated;
 
 const P: Provider = Provider::Convercus;
 
@@ -22,15 +25,33 @@ pub struct Account {
     pub memberships: Vec<Value>,
 }
 
-/// Convercus' state.
+/// Convercus' state: seeded accounts, users and account coupons (with indexes, so every
+/// lookup is a map probe), plus optionally generated ones (`POST /__sim/generate`).
 #[derive(Debug, Default)]
 pub struct Data {
-    pub accounts: Vec<Account>,
-    pub users: Vec<Value>,
+    accounts: Vec<Account>,
+    users: Vec<Value>,
     /// AccountCoupon objects, all fields as served.
-    pub coupons: Vec<Value>,
+    coupons: Vec<Value>,
+    /// Non-DELETED accounts by `(id-type, identifier)`; the first seeded one wins.
+    account_index: HashMap<(&'static str, String), usize>,
+    /// Account ids of which some seeded account is not ACTIVE.
+    inactive: HashSet<String>,
+    user_index: HashMap<String, usize>,
+    coupon_index: HashMap<String, usize>,
+    coupons_of_account: HashMap<String, Vec<usize>>,
+    coupons_of_coupon: HashMap<String, Vec<usize>>,
+    /// Generated accounts and account coupons (looked up after the seeded ones).
+    pub generated: Option<Generated>,
     secret: [u8; 32],
     generation: u64,
+}
+
+/// Where an account coupon lives.
+#[derive(Clone, Copy)]
+enum Slot {
+    Seeded(usize),
+    Generated,
 }
 
 impl Data {
@@ -102,7 +123,46 @@ impl Data {
             full.extend(o.clone());
             d.coupons.push(Value::Object(full));
         }
+        d.index();
         Ok(d)
+    }
+
+    /// Builds the lookup maps over the seeded data (the first match wins, as a scan would).
+    fn index(&mut self) {
+        for (i, a) in self.accounts.iter().enumerate() {
+            if a.status != "ACTIVE" {
+                self.inactive.insert(a.id.clone());
+            }
+            if a.status == "DELETED" {
+                continue;
+            }
+            for (t, v) in [
+                ("ID", &a.id),
+                ("CARDCODE", &a.card_code),
+                ("APPCODE", &a.app_code),
+                ("EXTERNALCODE", &a.external_code),
+            ] {
+                if !v.is_empty() {
+                    self.account_index.entry((t, v.clone())).or_insert(i);
+                }
+            }
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            self.user_index.entry(text(u, "userId")).or_insert(i);
+        }
+        for (i, c) in self.coupons.iter().enumerate() {
+            self.coupon_index
+                .entry(text(c, "accountCouponId"))
+                .or_insert(i);
+            self.coupons_of_account
+                .entry(text(c, "accountId"))
+                .or_default()
+                .push(i);
+            let coupon_id = text(c, "couponId");
+            if !coupon_id.is_empty() {
+                self.coupons_of_coupon.entry(coupon_id).or_default().push(i);
+            }
+        }
     }
 
     /// Keeps the signing key and token generation of `old` (a new seed does not log out).
@@ -121,15 +181,23 @@ impl Data {
         self.generation += 1;
     }
 
+    /// The seeded data as it is now; with generated data, its shape and only the generated
+    /// account coupons that writes changed (listing millions would help no one).
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut coupons = self.coupons.clone();
+        let mut v = json!({
             "accounts": self.accounts.iter().map(|a| json!({
                 "id": a.id, "program": a.program, "status": a.status, "cardCode": a.card_code,
                 "appCode": a.app_code, "externalCode": a.external_code, "memberships": a.memberships,
             })).collect::<Vec<_>>(),
             "users": self.users,
-            "accountCoupons": self.coupons,
-        })
+        });
+        if let Some(g) = &self.generated {
+            coupons.extend(g.changed());
+            v["generated"] = g.to_json();
+        }
+        v["accountCoupons"] = Value::Array(coupons);
+        v
     }
 
     fn sign(&self, data: &str) -> String {
@@ -175,17 +243,119 @@ impl Data {
         exp > chrono::Utc::now().timestamp() && gen == self.generation
     }
 
-    fn account(&self, id: &str, id_type: &str) -> Option<&Account> {
-        self.accounts
-            .iter()
-            .filter(|a| a.status != "DELETED")
-            .find(|a| match id_type {
-                "ID" => a.id == id,
-                "CARDCODE" => a.card_code == id,
-                "APPCODE" => a.app_code == id,
-                "EXTERNALCODE" => a.external_code == id,
-                _ => false,
-            })
+    /// The account with this identifier: `(id, status, memberships)`; DELETED ones are not
+    /// found.
+    fn account(&self, id: &str, id_type: &str) -> Option<(String, String, String, Value)> {
+        if let Some(a) = self
+            .account_index
+            .get(&(id_type_key(id_type)?, id.to_owned()))
+            .map(|i| &self.accounts[*i])
+        {
+            return Some((
+                a.id.clone(),
+                a.program.clone(),
+                a.status.clone(),
+                Value::Array(a.memberships.clone()),
+            ));
+        }
+        let n = self.generated.as_ref()?.account_number(id, id_type)?;
+        Some((
+            Generated::account_id(n),
+            "Pgr-A".to_owned(),
+            Generated::status(n).to_owned(),
+            Generated::memberships(n),
+        ))
+    }
+
+    fn user(&self, id: &str) -> Option<Value> {
+        if let Some(i) = self.user_index.get(id) {
+            return Some(self.users[*i].clone());
+        }
+        let g = self.generated.as_ref()?;
+        g.user_number(id).map(Generated::user)
+    }
+
+    /// Every account coupon of the account with this (internal) id.
+    fn coupons_of(&self, account_id: &str) -> Vec<Value> {
+        let mut out: Vec<Value> = self
+            .coupons_of_account
+            .get(account_id)
+            .into_iter()
+            .flatten()
+            .map(|i| self.coupons[*i].clone())
+            .collect();
+        if let Some(g) = &self.generated {
+            if let Some(n) = g.account_number(account_id, "ID") {
+                out.extend(g.coupons_of(n));
+            }
+        }
+        out
+    }
+
+    fn find_coupon(&self, id: &str) -> Option<Slot> {
+        if let Some(i) = self.coupon_index.get(id) {
+            return Some(Slot::Seeded(*i));
+        }
+        self.generated
+            .as_ref()?
+            .account_coupon_number(id)
+            .map(|_| Slot::Generated)
+    }
+
+    fn coupon(&self, slot: Slot, id: &str) -> Option<Value> {
+        match slot {
+            Slot::Seeded(i) => Some(self.coupons[i].clone()),
+            Slot::Generated => self.generated.as_ref()?.coupon(id),
+        }
+    }
+
+    fn coupon_mut(&mut self, slot: Slot, id: &str) -> Option<&mut Value> {
+        match slot {
+            Slot::Seeded(i) => self.coupons.get_mut(i),
+            Slot::Generated => self.generated.as_mut()?.coupon_mut(id),
+        }
+    }
+
+    /// Whether an account coupon's account can be used (no account with its id is locked).
+    fn account_usable(&self, account_id: &str) -> bool {
+        if self.inactive.contains(account_id) {
+            return false;
+        }
+        match self
+            .generated
+            .as_ref()
+            .and_then(|g| g.account_number(account_id, "ID"))
+        {
+            Some(n) => Generated::status(n) == "ACTIVE",
+            None => true,
+        }
+    }
+
+    /// One more redemption of `coupon_id` on every account's copy (`redeemCountGlobal`).
+    fn count_global(&mut self, coupon_id: &str) {
+        for i in self.coupons_of_coupon.get(coupon_id).into_iter().flatten() {
+            bump(&mut self.coupons[*i], "redeemCountGlobal");
+        }
+        if let Some(g) = &mut self.generated {
+            if let Some(c) = g.catalog_number(coupon_id) {
+                g.count_global(c);
+            }
+        }
+    }
+}
+
+/// The index key of an `id-type` (None for types accounts are not found by).
+fn id_type_key(id_type: &str) -> Option<&'static str> {
+    ["ID", "CARDCODE", "APPCODE", "EXTERNALCODE"]
+        .into_iter()
+        .find(|t| *t == id_type)
+}
+
+/// Adds one to an integer field of an object.
+fn bump(v: &mut Value, key: &str) {
+    if let Some(o) = v.as_object_mut() {
+        let n = o.get(key).and_then(Value::as_i64).unwrap_or(0);
+        o.insert(key.into(), json!(n + 1));
     }
 }
 
@@ -347,7 +517,7 @@ async fn search(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Htt
         let mut hits = Vec::new();
         for a in &c.accounts {
             let user = a.memberships.iter().filter_map(|m| m.get("userId").and_then(Value::as_str))
-                .find_map(|uid| c.users.iter().find(|u| text(u, "userId") == uid));
+                .find_map(|uid| c.user_index.get(uid).map(|i| &c.users[*i]));
             let mut fields = vec![a.card_code.clone(), a.app_code.clone(), a.external_code.clone(), a.id.clone()];
             if let Some(u) = user {
                 for k in ["givenName", "familyName", "city", "zipCode", "emailAddress", "birthDate"] {
@@ -358,6 +528,29 @@ async fn search(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Htt
             if words.iter().all(|w| fields.iter().any(|f| f == w)) {
                 let preview = user.map(|u| format!("name: {} {},email: {}", text(u, "givenName"), text(u, "familyName"), text(u, "emailAddress"))).unwrap_or_default();
                 hits.push(json!({"preview": preview, "refId": a.id, "type": "ACCOUNT"}));
+            }
+        }
+        // Generated accounts are found by an identifier or e-mail address (a word that
+        // names one account), not by the names they all share.
+        if let Some(g) = &c.generated {
+            let mut found: Vec<u64> = words
+                .iter()
+                .filter_map(|w| {
+                    let upper = w.to_uppercase();
+                    ["CARDCODE", "APPCODE", "EXTERNALCODE", "ID"]
+                        .into_iter()
+                        .find_map(|t| g.account_number(&upper, t).or_else(|| g.account_number(w, t)))
+                        .or_else(|| w.strip_prefix("gen")?.strip_suffix("@example.com")?.parse().ok().filter(|n| *n < g.accounts))
+                })
+                .collect();
+            found.sort_unstable();
+            found.dedup();
+            for n in found {
+                let ids = Generated::identifiers(n);
+                if words.iter().all(|w| ids.iter().any(|f| f == w)) {
+                    let preview = format!("name: Gen Customer{n},email: gen{n}@example.com");
+                    hits.push(json!({"preview": preview, "refId": Generated::account_id(n), "type": "ACCOUNT"}));
+                }
             }
         }
         Reply::json(200, json!({"searchTerm": text(&v, "searchTerm"), "nrOfResults": hits.len(), "results": {"ACCOUNT": hits}}))
@@ -372,10 +565,9 @@ async fn get_account(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
             Err(r) => return r,
         };
         match d.convercus.account(&path_id(req), &id_type) {
-            Some(a) => Reply::json(
-                200,
-                json!({"id": a.id, "program": a.program, "status": a.status}),
-            ),
+            Some((id, program, status, _)) => {
+                Reply::json(200, json!({"id": id, "program": program, "status": status}))
+            }
             None => error(404, "ACCOUNT_NOT_FOUND", &[]),
         }
     })
@@ -389,7 +581,7 @@ async fn memberships(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
             Err(r) => return r,
         };
         match d.convercus.account(&path_id(req), &id_type) {
-            Some(a) => Reply::json(200, Value::Array(a.memberships.clone())),
+            Some((_, _, _, memberships)) => Reply::json(200, memberships),
             None => error(404, "ACCOUNT_NOT_FOUND", &[]),
         }
     })
@@ -401,9 +593,8 @@ async fn get_user(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
         if let Err(r) = check(d, req, false) {
             return r;
         }
-        let id = path_id(req);
-        match d.convercus.users.iter().find(|u| text(u, "userId") == id) {
-            Some(u) => Reply::json(200, u.clone()),
+        match d.convercus.user(&path_id(req)) {
+            Some(u) => Reply::json(200, u),
             None => error(404, "USER_NOT_FOUND", &[]),
         }
     })
@@ -416,17 +607,10 @@ async fn list_coupons(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
             Ok(t) => t,
             Err(r) => return r,
         };
-        let Some(a) = d.convercus.account(&path_id(req), &id_type) else {
+        let Some((account_id, ..)) = d.convercus.account(&path_id(req), &id_type) else {
             return error(404, "ACCOUNT_NOT_FOUND", &[]);
         };
-        let list: Vec<Value> = d
-            .convercus
-            .coupons
-            .iter()
-            .filter(|c| text(c, "accountId") == a.id)
-            .cloned()
-            .collect();
-        Reply::json(200, Value::Array(list))
+        Reply::json(200, Value::Array(d.convercus.coupons_of(&account_id)))
     })
     .await
 }
@@ -437,13 +621,9 @@ async fn get_coupon(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
             return r;
         }
         let id = path_id(req);
-        match d
-            .convercus
-            .coupons
-            .iter()
-            .find(|c| text(c, "accountCouponId") == id)
-        {
-            Some(c) => Reply::json(200, c.clone()),
+        let c = &d.convercus;
+        match c.find_coupon(&id).and_then(|slot| c.coupon(slot, &id)) {
+            Some(c) => Reply::json(200, c),
             None => error(404, "COUPON_NOT_FOUND", &[]),
         }
     })
@@ -507,21 +687,19 @@ fn activate(d: &mut SimData, req: &HttpRequest, body: &[u8], key: &str) -> Reply
         );
     }
     let c = &mut d.convercus;
-    let Some(i) = c
-        .coupons
-        .iter()
-        .position(|x| text(x, "accountCouponId") == key)
-    else {
+    let Some(slot) = c.find_coupon(key) else {
         return error(404, "COUPON_NOT_FOUND", &[]);
     };
-    let account = text(&c.coupons[i], "accountId");
-    if c.accounts
-        .iter()
-        .any(|a| a.id == account && a.status != "ACTIVE")
-    {
+    let account = c
+        .coupon(slot, key)
+        .map(|x| text(&x, "accountId"))
+        .unwrap_or_default();
+    if !c.account_usable(&account) {
         return error(400, "ACCOUNT_LOCKED", &[]);
     }
-    let coupon = &mut c.coupons[i];
+    let Some(coupon) = c.coupon_mut(slot, key) else {
+        return error(404, "COUPON_NOT_FOUND", &[]);
+    };
     let activatable = coupon
         .pointer("/activation/activatable")
         .and_then(Value::as_bool)
@@ -574,19 +752,14 @@ fn redeem_one(d: &mut SimData, req: &HttpRequest, key: &str) -> Reply {
     }
     let interaction = header(req, "interaction-id").unwrap_or_default().to_owned();
     let c = &mut d.convercus;
-    let Some(i) = c
-        .coupons
-        .iter()
-        .position(|x| text(x, "accountCouponId") == key)
+    let Some((slot, coupon)) = c
+        .find_coupon(key)
+        .and_then(|slot| Some((slot, c.coupon(slot, key)?)))
     else {
         return error(404, "COUPON_NOT_FOUND", &[]);
     };
-    let coupon = c.coupons[i].clone();
     let account = text(&coupon, "accountId");
-    if c.accounts
-        .iter()
-        .any(|a| a.id == account && a.status != "ACTIVE")
-    {
+    if !c.account_usable(&account) {
         return error(400, "ACCOUNT_LOCKED", &[]);
     }
     let usage = text(&coupon, "usageType");
@@ -640,21 +813,14 @@ fn redeem_one(d: &mut SimData, req: &HttpRequest, key: &str) -> Reply {
         return error(400, "CONDITION_NOT_FULFILLED", &failed);
     }
     let coupon_id = text(&coupon, "couponId");
-    for (j, x) in c.coupons.iter_mut().enumerate() {
-        let same_coupon = !coupon_id.is_empty() && text(x, "couponId") == coupon_id;
-        if let Some(o) = x.as_object_mut() {
-            if j == i || same_coupon {
-                let g = o
-                    .get("redeemCountGlobal")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                o.insert("redeemCountGlobal".into(), json!(g + 1));
-            }
-            if j == i {
-                let r = o.get("redeemCount").and_then(Value::as_i64).unwrap_or(0);
-                o.insert("redeemCount".into(), json!(r + 1));
-            }
+    if let Some(x) = c.coupon_mut(slot, key) {
+        bump(x, "redeemCount");
+        if coupon_id.is_empty() {
+            bump(x, "redeemCountGlobal");
         }
+    }
+    if !coupon_id.is_empty() {
+        c.count_global(&coupon_id);
     }
     Reply::empty(204)
 }

@@ -4,6 +4,7 @@
 //! serves `/__sim/*`: seed, faults, ledger, state. See `docs/provider-sim.md`.
 
 pub mod convercus;
+pub mod convercus_generated;
 pub mod coupontools;
 pub mod koupon;
 pub mod ledger;
@@ -201,6 +202,27 @@ impl Data {
             self.koupon = koupon::Data::from_seed(v)?;
         }
         Ok(())
+    }
+
+    /// `{"convercus": {"accounts", "coupons_per_account", "catalog"}}`: adds generated
+    /// accounts and account coupons next to the seeded ones (replacing earlier generated
+    /// ones and their changes; `accounts: 0` removes them). Returns what was generated.
+    pub fn generate(&mut self, spec: &Value) -> Result<Value, String> {
+        let Some(map) = spec.as_object() else {
+            return Err("generate body must be a JSON object".into());
+        };
+        let mut out = serde_json::Map::new();
+        for (k, v) in map {
+            match k.as_str() {
+                "convercus" => {
+                    let g = convercus::Generated::from_json(v)?;
+                    out.insert(k.clone(), g.to_json());
+                    self.convercus.generated = (g.accounts > 0).then_some(g);
+                }
+                _ => return Err(format!("{k}: only convercus data can be generated")),
+            }
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -599,6 +621,7 @@ fn admin_routes(cfg: &mut web::ServiceConfig) {
     .route("/__sim/ports", web::get().to(ports))
     .route("/__sim/seed", web::get().to(get_seed))
     .route("/__sim/seed", web::post().to(seed))
+    .route("/__sim/generate", web::post().to(generate))
     .route("/__sim/reset", web::post().to(reset))
     .route("/__sim/config", web::get().to(get_config))
     .route("/__sim/config", web::post().to(set_config))
@@ -637,6 +660,16 @@ async fn seed(st: web::Data<State>, body: web::Bytes) -> HttpResponse {
     };
     match st.data().seed(&v) {
         Ok(()) => HttpResponse::Ok().json(json!({"ok": true})),
+        Err(e) => bad(e),
+    }
+}
+
+async fn generate(st: web::Data<State>, body: web::Bytes) -> HttpResponse {
+    let Some(v) = json_body(&body) else {
+        return bad("generate body is not JSON");
+    };
+    match st.data().generate(&v) {
+        Ok(done) => HttpResponse::Ok().json(done),
         Err(e) => bad(e),
     }
 }
