@@ -92,6 +92,28 @@ pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
             let _ = std::fs::create_dir_all(dir);
         }
     }
+    // Both services start together on a fresh store: only one may create or migrate the
+    // schema at a time (the other then finds it current). An advisory lock on a file beside
+    // the database, released when `_migrating` goes out of scope.
+    let lock_path = {
+        let mut p = cfg.path.clone().into_os_string();
+        p.push(".migrate-lock");
+        std::path::PathBuf::from(p)
+    };
+    let _migrating = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        // Made by another user (root running edge-ctl): a read-only handle locks as well.
+        .or_else(|_| std::fs::File::open(&lock_path))
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| {
+            DbError::Corrupt(format!(
+                "cannot lock {} for the schema migration: {e}; check the directory's permissions",
+                lock_path.display()
+            ))
+        })?;
     let mut conn = Connection::open(&cfg.path)?;
     init_connection(&conn, cfg)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -430,6 +452,21 @@ mod tests {
     fn migrations_are_valid() {
         migrations().validate().unwrap();
         assert_eq!(schema_version(), 2);
+    }
+
+    #[test]
+    fn concurrent_first_starts_both_find_the_schema_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir);
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || open_and_migrate(&c).map(|conn| current_version(&conn)))
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap().unwrap().unwrap(), schema_version());
+        }
     }
 
     #[test]
