@@ -11,7 +11,7 @@ use shared::db::Db;
 use shared::domain::Offer;
 use shared::repo::{self, Customer};
 use shared::sync::{self, Changes, PulledCoupon};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 /// Customers whose pulled data is written in one transaction. The transaction holds the
@@ -115,69 +115,128 @@ async fn pull_convercus(
     config: &Config,
     db: &Db,
 ) -> Result<Summary, PullError> {
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    let mut summary = Summary::default();
+    use futures_util::StreamExt;
     let mut extra: Vec<String> = client.config().customers.clone();
     extra.sort();
     let mut after = String::new();
     let concurrency = client.config().pull_concurrency;
+    // Fetching and writing overlap: customers are fetched `pull_concurrency` at a time
+    // without pause, and every CUSTOMER_BATCH of them go to the writer task (two batches
+    // may wait for it), so the short transactions do not cap the fetch concurrency.
+    let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Vec<CustomerPull>)>(2);
+    let writer = tokio::spawn(write_loop(db.clone(), rx));
+    let fetched: Result<(), PullError> = async {
+        loop {
+            let reader = db.clone();
+            let from = after.clone();
+            let mut page = tokio::task::spawn_blocking(move || {
+                let conn = reader.read().map_err(db_err)?;
+                sync::customer_ids(&conn, &from, 1000).map_err(db_err)
+            })
+            .await
+            .map_err(db_err)??;
+            let end = page.last().cloned();
+            // Configured customers not yet known locally, in the same id range.
+            let upper = end.clone();
+            page.extend(
+                extra
+                    .iter()
+                    .filter(|c| **c > after && upper.as_ref().is_none_or(|u| *c <= u))
+                    .cloned(),
+            );
+            page.sort();
+            page.dedup();
+            if page.is_empty() {
+                break;
+            }
+            let client: &convercus::Client = client;
+            let mut results = futures_util::stream::iter(page)
+                .map(move |id: String| async move { client.pull_customer(&id, config).await })
+                .buffered(concurrency);
+            let mut batch = Vec::with_capacity(CUSTOMER_BATCH);
+            let mut ids = 0;
+            while let Some(r) = results.next().await {
+                ids += 1;
+                if let Some(p) = r? {
+                    batch.push(p);
+                }
+                if ids == CUSTOMER_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(CUSTOMER_BATCH));
+                    tx.send((ids, full)).await.map_err(db_err)?;
+                    ids = 0;
+                }
+            }
+            if ids > 0 {
+                tx.send((ids, batch)).await.map_err(db_err)?;
+            }
+            match end {
+                Some(e) => after = e,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(tx);
+    let written = writer.await.map_err(db_err)?;
+    fetched?;
+    written
+}
+
+/// The writer side of a Convercus pull: writes each batch in one short transaction, skips
+/// offers this pull already wrote unchanged, and reports progress.
+async fn write_loop(
+    db: Db,
+    mut rx: tokio::sync::mpsc::Receiver<(usize, Vec<CustomerPull>)>,
+) -> Result<Summary, PullError> {
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut summary = Summary::default();
+    // Offers this pull wrote: as pulled, and the local id they have.
+    let mut written_offers: HashMap<String, (Offer, String)> = HashMap::new();
     // Batch writes since the last progress line: count, total and longest.
     let mut writes = (0u32, std::time::Duration::ZERO, std::time::Duration::ZERO);
-    loop {
-        let reader = db.clone();
-        let from = after.clone();
-        let mut page = tokio::task::spawn_blocking(move || {
-            let conn = reader.read().map_err(db_err)?;
-            sync::customer_ids(&conn, &from, 1000).map_err(db_err)
-        })
-        .await
-        .map_err(db_err)??;
-        let end = page.last().cloned();
-        // Configured customers not yet known locally, in the same id range.
-        let upper = end.clone();
-        page.extend(
-            extra
-                .iter()
-                .filter(|c| **c > after && upper.as_ref().is_none_or(|u| *c <= u))
-                .cloned(),
-        );
-        page.sort();
-        page.dedup();
-        if page.is_empty() {
-            break;
-        }
-        for batch in page.chunks(CUSTOMER_BATCH) {
-            let mut pulled = Vec::with_capacity(batch.len());
-            for group in batch.chunks(concurrency) {
-                let calls = group.iter().map(|id| client.pull_customer(id, config));
-                for r in futures_util::future::join_all(calls).await {
-                    if let Some(p) = r? {
-                        pulled.push(p);
+    while let Some((ids, mut pulled)) = rx.recv().await {
+        summary.seen += ids;
+        // Offers the pull already wrote in this form need no second look.
+        let mut known = HashMap::new();
+        for p in &mut pulled {
+            for (o, _) in &p.coupons {
+                if let Some((w, id)) = written_offers.get(&o.provider_ref) {
+                    if w == o {
+                        known.insert(o.provider_ref.clone(), id.clone());
                     }
                 }
             }
-            summary.seen += batch.len();
-            let write_started = Instant::now();
-            let (offers, changes) = write_customers(db, pulled).await?;
-            let took = write_started.elapsed();
-            writes = (writes.0 + 1, writes.1 + took, writes.2.max(took));
-            summary.offers_changed += offers;
-            summary.changes += changes;
-            if last_report.elapsed() >= PROGRESS_EVERY {
-                last_report = Instant::now();
-                let rate = summary.seen as f64 / started.elapsed().as_secs_f64().max(0.001);
-                // How long each batch took to write (waiting for the lock included): what a
-                // lane's write may wait behind the pull.
-                let mean = writes.1.as_secs_f64() * 1000.0 / f64::from(writes.0.max(1));
-                let max = writes.2.as_secs_f64() * 1000.0;
-                log::info!(provider = convercus::NAME; "pull in progress: {summary} ({rate:.0} customers/s; batch writes of {CUSTOMER_BATCH} customers {mean:.1} ms on average, {max:.1} ms at most)");
-                writes = (0, std::time::Duration::ZERO, std::time::Duration::ZERO);
+        }
+        let mut as_pulled: HashMap<String, Offer> = HashMap::new();
+        for p in &pulled {
+            for (o, _) in &p.coupons {
+                as_pulled
+                    .entry(o.provider_ref.clone())
+                    .or_insert_with(|| o.clone());
             }
         }
-        match end {
-            Some(e) => after = e,
-            None => break,
+        let write_started = Instant::now();
+        let (offers, changes, resolved) = write_customers(&db, pulled, known).await?;
+        for (pref, id) in resolved {
+            if let Some(o) = as_pulled.remove(&pref) {
+                written_offers.insert(pref, (o, id));
+            }
+        }
+        let took = write_started.elapsed();
+        writes = (writes.0 + 1, writes.1 + took, writes.2.max(took));
+        summary.offers_changed += offers;
+        summary.changes += changes;
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
+            let rate = summary.seen as f64 / started.elapsed().as_secs_f64().max(0.001);
+            // How long each batch took to write (waiting for the lock included): what a
+            // lane's write may wait behind the pull.
+            let mean = writes.1.as_secs_f64() * 1000.0 / f64::from(writes.0.max(1));
+            let max = writes.2.as_secs_f64() * 1000.0;
+            log::info!(provider = convercus::NAME; "pull in progress: {summary} ({rate:.0} customers/s; batch writes of {CUSTOMER_BATCH} customers {mean:.1} ms on average, {max:.1} ms at most)");
+            writes = (0, std::time::Duration::ZERO, std::time::Duration::ZERO);
         }
     }
     Ok(summary)
@@ -185,63 +244,74 @@ async fn pull_convercus(
 
 /// Writes a batch of pulled customers in one short transaction: offers (only when changed),
 /// profiles, and each customer's coupon states diffed against local rows.
+/// `known`: offers (by provider ref) this pull already wrote exactly so, with their local
+/// ids; the others are looked up and written when changed, and returned with their ids.
 async fn write_customers(
     db: &Db,
     pulled: Vec<CustomerPull>,
-) -> Result<(usize, Changes), PullError> {
+    known: HashMap<String, String>,
+) -> Result<(usize, Changes, Vec<(String, String)>), PullError> {
     if pulled.is_empty() {
-        return Ok((0, Changes::default()));
+        return Ok((0, Changes::default(), Vec::new()));
     }
     db.writer
-        .write(move |conn| -> rusqlite::Result<(usize, Changes)> {
-            let now = shared::db::now_secs();
-            let mut offers: BTreeMap<String, Offer> = BTreeMap::new();
-            for p in &pulled {
-                for (o, _) in &p.coupons {
-                    offers
-                        .entry(o.provider_ref.clone())
-                        .or_insert_with(|| o.clone());
+        .write(
+            move |conn| -> rusqlite::Result<(usize, Changes, Vec<(String, String)>)> {
+                let now = shared::db::now_secs();
+                let mut offers: BTreeMap<String, Offer> = BTreeMap::new();
+                for p in &pulled {
+                    for (o, _) in &p.coupons {
+                        offers
+                            .entry(o.provider_ref.clone())
+                            .or_insert_with(|| o.clone());
+                    }
                 }
-            }
-            // Keep ids an import or an earlier pull gave these offers.
-            let mut ids: BTreeMap<String, String> = BTreeMap::new();
-            let mut changed = 0;
-            for (pref, mut offer) in offers {
-                if let Some(id) = sync::offer_id_for_ref(conn, &offer.provider, &pref)? {
-                    offer.id = id;
+                // Keep ids an import or an earlier pull gave these offers.
+                let mut ids: BTreeMap<String, String> = BTreeMap::new();
+                let mut resolved = Vec::new();
+                let mut changed = 0;
+                for (pref, mut offer) in offers {
+                    if let Some(id) = known.get(&pref) {
+                        ids.insert(offer_key(&offer.provider, &pref), id.clone());
+                        continue;
+                    }
+                    if let Some(id) = sync::offer_id_for_ref(conn, &offer.provider, &pref)? {
+                        offer.id = id;
+                    }
+                    if sync::apply_offer(conn, &offer, now)? {
+                        changed += 1;
+                    }
+                    resolved.push((pref.clone(), offer.id.clone()));
+                    ids.insert(offer_key(&offer.provider, &pref), offer.id);
                 }
-                if sync::apply_offer(conn, &offer, now)? {
-                    changed += 1;
-                }
-                ids.insert(offer_key(&offer.provider, &pref), offer.id);
-            }
-            let mut changes = Changes::default();
-            for p in pulled {
-                let mut c = p.customer;
-                if let Some(old) = repo::customer(conn, &c.id)? {
-                    c.points_balance = old.points_balance;
-                    c.loyalty_id = c.loyalty_id.or_else(|| old.loyalty_id.clone());
-                    if old != c {
+                let mut changes = Changes::default();
+                for p in pulled {
+                    let mut c = p.customer;
+                    if let Some(old) = repo::customer(conn, &c.id)? {
+                        c.points_balance = old.points_balance;
+                        c.loyalty_id = c.loyalty_id.or_else(|| old.loyalty_id.clone());
+                        if old != c {
+                            repo::upsert_customer(conn, &c, now)?;
+                        }
+                    } else {
                         repo::upsert_customer(conn, &c, now)?;
                     }
-                } else {
-                    repo::upsert_customer(conn, &c, now)?;
+                    let coupons: Vec<PulledCoupon> = p
+                        .coupons
+                        .into_iter()
+                        .map(|(o, mut pc)| {
+                            if let Some(id) = ids.get(&offer_key(&o.provider, &o.provider_ref)) {
+                                pc.offer_id = id.clone();
+                            }
+                            pc
+                        })
+                        .collect();
+                    let provider = c.provider.as_deref().unwrap_or_default();
+                    changes += sync::apply_customer_coupons(conn, &c.id, provider, &coupons, now)?;
                 }
-                let coupons: Vec<PulledCoupon> = p
-                    .coupons
-                    .into_iter()
-                    .map(|(o, mut pc)| {
-                        if let Some(id) = ids.get(&offer_key(&o.provider, &o.provider_ref)) {
-                            pc.offer_id = id.clone();
-                        }
-                        pc
-                    })
-                    .collect();
-                let provider = c.provider.as_deref().unwrap_or_default();
-                changes += sync::apply_customer_coupons(conn, &c.id, provider, &coupons, now)?;
-            }
-            Ok((changed, changes))
-        })
+                Ok((changed, changes, resolved))
+            },
+        )
         .await
         .map_err(db_err)
 }
