@@ -244,74 +244,76 @@ async fn write_loop(
 
 /// Writes a batch of pulled customers in one short transaction: offers (only when changed),
 /// profiles, and each customer's coupon states diffed against local rows.
+/// What a batch write did: offers changed, coupon rows, and the local ids of the offers it
+/// looked up (provider ref, id).
+type Written = (usize, Changes, Vec<(String, String)>);
+
 /// `known`: offers (by provider ref) this pull already wrote exactly so, with their local
 /// ids; the others are looked up and written when changed, and returned with their ids.
 async fn write_customers(
     db: &Db,
     pulled: Vec<CustomerPull>,
     known: HashMap<String, String>,
-) -> Result<(usize, Changes, Vec<(String, String)>), PullError> {
+) -> Result<Written, PullError> {
     if pulled.is_empty() {
         return Ok((0, Changes::default(), Vec::new()));
     }
     db.writer
-        .write(
-            move |conn| -> rusqlite::Result<(usize, Changes, Vec<(String, String)>)> {
-                let now = shared::db::now_secs();
-                let mut offers: BTreeMap<String, Offer> = BTreeMap::new();
-                for p in &pulled {
-                    for (o, _) in &p.coupons {
-                        offers
-                            .entry(o.provider_ref.clone())
-                            .or_insert_with(|| o.clone());
-                    }
+        .write(move |conn| -> rusqlite::Result<Written> {
+            let now = shared::db::now_secs();
+            let mut offers: BTreeMap<String, Offer> = BTreeMap::new();
+            for p in &pulled {
+                for (o, _) in &p.coupons {
+                    offers
+                        .entry(o.provider_ref.clone())
+                        .or_insert_with(|| o.clone());
                 }
-                // Keep ids an import or an earlier pull gave these offers.
-                let mut ids: BTreeMap<String, String> = BTreeMap::new();
-                let mut resolved = Vec::new();
-                let mut changed = 0;
-                for (pref, mut offer) in offers {
-                    if let Some(id) = known.get(&pref) {
-                        ids.insert(offer_key(&offer.provider, &pref), id.clone());
-                        continue;
-                    }
-                    if let Some(id) = sync::offer_id_for_ref(conn, &offer.provider, &pref)? {
-                        offer.id = id;
-                    }
-                    if sync::apply_offer(conn, &offer, now)? {
-                        changed += 1;
-                    }
-                    resolved.push((pref.clone(), offer.id.clone()));
-                    ids.insert(offer_key(&offer.provider, &pref), offer.id);
+            }
+            // Keep ids an import or an earlier pull gave these offers.
+            let mut ids: BTreeMap<String, String> = BTreeMap::new();
+            let mut resolved = Vec::new();
+            let mut changed = 0;
+            for (pref, mut offer) in offers {
+                if let Some(id) = known.get(&pref) {
+                    ids.insert(offer_key(&offer.provider, &pref), id.clone());
+                    continue;
                 }
-                let mut changes = Changes::default();
-                for p in pulled {
-                    let mut c = p.customer;
-                    if let Some(old) = repo::customer(conn, &c.id)? {
-                        c.points_balance = old.points_balance;
-                        c.loyalty_id = c.loyalty_id.or_else(|| old.loyalty_id.clone());
-                        if old != c {
-                            repo::upsert_customer(conn, &c, now)?;
-                        }
-                    } else {
+                if let Some(id) = sync::offer_id_for_ref(conn, &offer.provider, &pref)? {
+                    offer.id = id;
+                }
+                if sync::apply_offer(conn, &offer, now)? {
+                    changed += 1;
+                }
+                resolved.push((pref.clone(), offer.id.clone()));
+                ids.insert(offer_key(&offer.provider, &pref), offer.id);
+            }
+            let mut changes = Changes::default();
+            for p in pulled {
+                let mut c = p.customer;
+                if let Some(old) = repo::customer(conn, &c.id)? {
+                    c.points_balance = old.points_balance;
+                    c.loyalty_id = c.loyalty_id.or_else(|| old.loyalty_id.clone());
+                    if old != c {
                         repo::upsert_customer(conn, &c, now)?;
                     }
-                    let coupons: Vec<PulledCoupon> = p
-                        .coupons
-                        .into_iter()
-                        .map(|(o, mut pc)| {
-                            if let Some(id) = ids.get(&offer_key(&o.provider, &o.provider_ref)) {
-                                pc.offer_id = id.clone();
-                            }
-                            pc
-                        })
-                        .collect();
-                    let provider = c.provider.as_deref().unwrap_or_default();
-                    changes += sync::apply_customer_coupons(conn, &c.id, provider, &coupons, now)?;
+                } else {
+                    repo::upsert_customer(conn, &c, now)?;
                 }
-                Ok((changed, changes, resolved))
-            },
-        )
+                let coupons: Vec<PulledCoupon> = p
+                    .coupons
+                    .into_iter()
+                    .map(|(o, mut pc)| {
+                        if let Some(id) = ids.get(&offer_key(&o.provider, &o.provider_ref)) {
+                            pc.offer_id = id.clone();
+                        }
+                        pc
+                    })
+                    .collect();
+                let provider = c.provider.as_deref().unwrap_or_default();
+                changes += sync::apply_customer_coupons(conn, &c.id, provider, &coupons, now)?;
+            }
+            Ok((changed, changes, resolved))
+        })
         .await
         .map_err(db_err)
 }
