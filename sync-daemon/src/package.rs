@@ -52,14 +52,32 @@ pub fn build(region: &str, version: &str, file: &Path, output: &Path) -> anyhow:
     std::fs::write(
         debian.join("control"),
         format!(
-            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Regional IT <root@localhost>\n\
+            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: {MAINTAINER}\n\
              Depends: edge-coupon\nSection: net\nPriority: optional\nInstalled-Size: {size_kib}\n\
              Description: edge-coupon configuration for region {region}\n \
-             Installs {target}, merged over /etc/edge-coupon/edge-coupon.toml by\n \
-             edge-server and sync-daemon. Validated with their own validator when built.\n"
+             Installs {target},\n \
+             merged over /etc/edge-coupon/edge-coupon.toml by edge-server and\n \
+             sync-daemon, which apply it without a restart. The file was checked\n \
+             with their own validator when the package was built.\n"
         ),
     )?;
     std::fs::write(debian.join("conffiles"), format!("{target}\n"))?;
+    // Debian policy: a copyright file and a changelog in the package's doc directory.
+    let doc = root.join("usr/share/doc").join(&name);
+    std::fs::create_dir_all(&doc)?;
+    std::fs::write(
+        doc.join("copyright"),
+        format!(
+            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+             Upstream-Name: {name}\n\nFiles: *\nCopyright: {year} Regional IT\nLicense: MIT\n",
+            year = chrono::Utc::now().format("%Y")
+        ),
+    )?;
+    let changelog = format!(
+        "{name} ({version}) stable; urgency=medium\n\n  * Regional configuration {version} for {region}.\n\n -- {MAINTAINER}  {}\n",
+        chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S +0000")
+    );
+    gzip_to(&changelog, &doc.join("changelog.gz"))?;
     // Readable by the services' group only: it may hold credentials.
     let postinst = debian.join("postinst");
     std::fs::write(
@@ -86,6 +104,29 @@ pub fn build(region: &str, version: &str, file: &Path, output: &Path) -> anyhow:
         );
     }
     Ok(deb)
+}
+
+/// Who the regional package says it is from (Debian wants a real-looking address).
+const MAINTAINER: &str = "Regional IT <regional-it@edge-coupon.invalid>";
+
+/// `gzip -9n` (what Debian tools use for changelogs).
+fn gzip_to(text: &str, path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("gzip")
+        .args(["-9n", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run gzip")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("gzip failed");
+    }
+    std::fs::write(path, out.stdout)?;
+    Ok(())
 }
 
 fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
