@@ -473,7 +473,7 @@ pub fn update(
     if let Some(previous) = repo::transaction(conn, &input.site, &input.txn)? {
         if previous.state == "committed" {
             // The sale is finished; answer, but never hold anything for it again.
-            log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(); "update for an already committed transaction: answered without holds");
+            log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), lane = input.terminal.unwrap_or(0); "update for an already committed transaction: answered without holds");
             return Ok(outcome);
         }
     }
