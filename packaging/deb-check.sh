@@ -78,7 +78,7 @@ cleanup() {
     done
     if [ "$status" -ne 0 ]; then
         echo "deb-check: logs and packages are in $OUT" >&2
-        if dpkg-query -W -f='${Status}' edge-coupon 2>/dev/null | grep -q installed; then
+        if dpkg-query -W -f='${Status}' edge-coupon 2>/dev/null | grep installed >/dev/null; then
             echo "deb-check: edge-coupon is left installed for inspection; the next run purges it" >&2
         fi
     fi
@@ -95,8 +95,8 @@ run_lintian() { # tags-that-fail package
     ! grep -Eq "^($1): " "$OUT/lintian.log"
 }
 
-installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q ' installed$'; }
-known() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -qv ' not-installed$'; }
+installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep ' installed$' >/dev/null; }
+known() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -v ' not-installed$' >/dev/null; }
 
 # owner:group mode of a path, e.g. "root:edge-coupon 640".
 perms() { stat -c '%U:%G %a' "$1"; }
@@ -189,7 +189,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || fail "cargo is not installed"
-if ! cargo deb --version 2>/dev/null | grep -q '^cargo-deb 3\.'; then
+if ! cargo deb --version 2>/dev/null | grep '^cargo-deb 3\.' >/dev/null; then
     echo "    cargo install cargo-deb --locked (3.x)"
     cargo install cargo-deb --locked --version '^3.8' --quiet
 fi
@@ -217,9 +217,9 @@ dpkg-deb --contents "$DEB"
 for f in ./usr/bin/edge-server ./usr/bin/sync-daemon ./usr/bin/edge-ctl \
     ./etc/edge-coupon/edge-coupon.toml ./usr/lib/systemd/system/edge-server.service \
     ./usr/lib/systemd/system/sync-daemon.service; do
-    dpkg-deb --contents "$DEB" | awk '{print $NF}' | grep -qx "$f" || fail "$f is missing from the package"
+    dpkg-deb --contents "$DEB" | awk '{print $NF}' | grep -x "$f" >/dev/null || fail "$f is missing from the package"
 done
-dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles | grep -qx "$CONFIG" ||
+dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles | grep -x "$CONFIG" >/dev/null ||
     fail "$CONFIG is not a conffile"
 ok "binaries, units and conffile present"
 # lintian does not compare them: a version bump in Cargo.toml needs a changelog entry.
@@ -250,7 +250,7 @@ for path in /etc/edge-coupon "$STATE_DIR"; do
     if [ -e "$path" ]; then fail "$path exists without the package: remove it first"; fi
 done
 for port in $LANE_PORT $ADMIN_PORT; do
-    if ss -Hltn "sport = :$port" | grep -q .; then fail "port $port is already in use"; fi
+    if ss -Hltn "sport = :$port" | grep . >/dev/null; then fail "port $port is already in use"; fi
 done
 ok "no edge-coupon installed, ports $LANE_PORT and $ADMIN_PORT free"
 
@@ -337,7 +337,7 @@ else
         { cat "$OUT/tls-init.log"; fail "a second tls-init failed"; }
     cat "$OUT/tls-init.log"
     grep -Eqi 'sha-?256' "$OUT/tls-init.log" || fail "tls-init printed no SHA-256 fingerprint"
-    grep -q 'keytool -importcert' "$OUT/tls-init.log" || fail "tls-init printed no keytool -importcert command"
+    grep 'keytool -importcert' "$OUT/tls-init.log" >/dev/null || fail "tls-init printed no keytool -importcert command"
     ok "certificate and key made by postinst; tls-init prints the fingerprint and keytool command"
 fi
 
@@ -425,8 +425,16 @@ else
         wait_http "$url" 10 401 || fail "$url without credentials did not answer 401"
         wait_http "$url" 2 200 -u "$ADMIN_USER:$ADMIN_PASSWORD" ||
             fail "$url with the admin credentials did not answer 200"
-        curl -sk -u "$ADMIN_USER:$ADMIN_PASSWORD" "$url" | head -n 5
-        ok "GET /$path: 401 without credentials, 200 with"
+        # Into a file first: `curl | head` fails under pipefail once head stops reading.
+        curl -sk -u "$ADMIN_USER:$ADMIN_PASSWORD" "$url" >"$OUT/admin-$path.out" ||
+            fail "$url could not be read"
+        head -n 5 "$OUT/admin-$path.out"
+        case $path in
+        metrics) want='edge_outbox_items{' ;;
+        status) want='id="providers"' ;;
+        esac
+        grep -F "$want" "$OUT/admin-$path.out" >/dev/null || fail "$url does not show $want"
+        ok "GET /$path: 401 without credentials, 200 with, shows $want"
     done
 fi
 
