@@ -173,11 +173,31 @@ pub fn offer_id_for_ref(
 }
 
 /// Writes a pulled offer when it differs from the stored one. Returns whether it changed.
-pub fn apply_offer(conn: &Connection, offer: &Offer, now: i64) -> Result<bool> {
-    if repo::offer(conn, &offer.id)?.as_ref() == Some(offer) {
+///
+/// `rule_configured`: regional IT configured a rule for it (`[[offer_rules]]`). When not,
+/// and the store already has the offer (imported with its rule), the store's rule, texts,
+/// limits and enabled flag stay and only the provider's validity dates and image are
+/// taken: a provider default never replaces a rule someone wrote.
+pub fn apply_offer(
+    conn: &Connection,
+    offer: &Offer,
+    rule_configured: bool,
+    now: i64,
+) -> Result<bool> {
+    let old = repo::offer(conn, &offer.id)?;
+    let new = match (&old, rule_configured) {
+        (Some(old), false) => Offer {
+            start_date: offer.start_date,
+            end_date: offer.end_date,
+            image_url: offer.image_url.clone().or_else(|| old.image_url.clone()),
+            ..old.clone()
+        },
+        _ => offer.clone(),
+    };
+    if old.as_ref() == Some(&new) {
         return Ok(false);
     }
-    repo::upsert_offer(conn, offer, now)?;
+    repo::upsert_offer(conn, &new, now)?;
     Ok(true)
 }
 

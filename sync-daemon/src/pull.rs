@@ -11,7 +11,7 @@ use shared::db::Db;
 use shared::domain::Offer;
 use shared::repo::{self, Customer};
 use shared::sync::{self, Changes, PulledCoupon};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 /// Customers whose pulled data is written in one transaction. The transaction holds the
@@ -124,7 +124,7 @@ async fn pull_convercus(
     // without pause, and every CUSTOMER_BATCH of them go to the writer task (two batches
     // may wait for it), so the short transactions do not cap the fetch concurrency.
     let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Vec<CustomerPull>)>(2);
-    let writer = tokio::spawn(write_loop(db.clone(), rx));
+    let writer = tokio::spawn(write_loop(db.clone(), config.clone(), rx));
     let fetched: Result<(), PullError> = async {
         loop {
             let reader = db.clone();
@@ -187,6 +187,7 @@ async fn pull_convercus(
 /// offers this pull already wrote unchanged, and reports progress.
 async fn write_loop(
     db: Db,
+    config: Config,
     mut rx: tokio::sync::mpsc::Receiver<(usize, Vec<CustomerPull>)>,
 ) -> Result<Summary, PullError> {
     let started = Instant::now();
@@ -217,8 +218,13 @@ async fn write_loop(
                     .or_insert_with(|| o.clone());
             }
         }
+        let configured: HashSet<String> = as_pulled
+            .values()
+            .filter(|o| rule_configured(&config, o))
+            .map(|o| o.provider_ref.clone())
+            .collect();
         let write_started = Instant::now();
-        let (offers, changes, resolved) = write_customers(&db, pulled, known).await?;
+        let (offers, changes, resolved) = write_customers(&db, pulled, known, configured).await?;
         for (pref, id) in resolved {
             if let Some(o) = as_pulled.remove(&pref) {
                 written_offers.insert(pref, (o, id));
@@ -254,6 +260,7 @@ async fn write_customers(
     db: &Db,
     pulled: Vec<CustomerPull>,
     known: HashMap<String, String>,
+    configured: HashSet<String>,
 ) -> Result<Written, PullError> {
     if pulled.is_empty() {
         return Ok((0, Changes::default(), Vec::new()));
@@ -281,7 +288,7 @@ async fn write_customers(
                 if let Some(id) = sync::offer_id_for_ref(conn, &offer.provider, &pref)? {
                     offer.id = id;
                 }
-                if sync::apply_offer(conn, &offer, now)? {
+                if sync::apply_offer(conn, &offer, configured.contains(&pref), now)? {
                     changed += 1;
                 }
                 resolved.push((pref.clone(), offer.id.clone()));
@@ -316,6 +323,13 @@ async fn write_customers(
         })
         .await
         .map_err(db_err)
+}
+
+/// Whether regional IT configured a rule for this pulled offer (Convercus by
+/// `externalReference` or `couponId`, Koupon by `offerId`; both kept on the offer).
+fn rule_configured(config: &Config, o: &Offer) -> bool {
+    config.offer_rule(&o.provider, &o.external_id).is_some()
+        || config.offer_rule(&o.provider, &o.provider_ref).is_some()
 }
 
 fn offer_key(provider: &str, provider_ref: &str) -> String {
@@ -387,9 +401,13 @@ async fn pull_koupon(
     db: &Db,
 ) -> Result<Summary, PullError> {
     let raw = client.offers().await?;
-    let offers: Vec<Offer> = raw
+    let offers: Vec<(Offer, bool)> = raw
         .iter()
         .filter_map(|o| koupon::offer_of(o, config))
+        .map(|o| {
+            let configured = rule_configured(config, &o);
+            (o, configured)
+        })
         .collect();
     let seen = raw.len();
     let changed = db
@@ -397,11 +415,11 @@ async fn pull_koupon(
         .write(move |conn| -> rusqlite::Result<usize> {
             let now = shared::db::now_secs();
             let mut changed = 0;
-            for mut o in offers {
+            for (mut o, configured) in offers {
                 if let Some(id) = sync::offer_id_for_ref(conn, &o.provider, &o.provider_ref)? {
                     o.id = id;
                 }
-                if sync::apply_offer(conn, &o, now)? {
+                if sync::apply_offer(conn, &o, configured, now)? {
                     changed += 1;
                 }
             }

@@ -717,6 +717,29 @@ async fn a_pull_brings_customers_and_coupons_but_never_undoes_an_undelivered_red
         .clone();
     assert!(cv["last_success_at"].as_i64().is_some(), "{cv}");
     assert_eq!(cv["queue"]["dead"], 1, "{cv}");
+    // The imported offers keep the rules the store was given: a provider default (percent
+    // off the whole basket for a Convercus DISCOUNT) never replaces a written rule.
+    let rule: String = conn
+        .query_row("SELECT rule FROM offers WHERE id = 'CVX1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(rule.contains("\"depts\":[7]"), "{rule}");
+    let out = ctl(&["sync", "now", "koupon"]);
+    assert!(out.status.success());
+    daemon
+        .wait_for_log("koupon pull done", 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (enabled, rule): (bool, String) = conn
+        .query_row(
+            "SELECT enabled, rule FROM offers WHERE id = 'KPN1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(enabled, "the Koupon pull kept the imported KPN1 usable");
+    assert!(rule.contains("amountOff"), "{rule}");
     // The refusal is written back: the store's redemption record is flagged for store IT.
     let conflict: i64 = conn
         .query_row(
