@@ -109,20 +109,14 @@ fn snapshot(state: &crate::AppState) -> Result<Value, shared::db::DbError> {
     let now = now_secs();
     let providers = shared::sync::status(&conn, &["convercus", "coupontools", "koupon"], now)?;
     let dead = shared::outbox::list_recent(&conn, Some("dead"), None, 100)?;
-    let p = &state.config().providers;
-    let enabled = |name: &str| match name {
-        "convercus" => p.convercus.enabled,
-        "coupontools" => p.coupontools.enabled,
-        "koupon" => p.koupon.enabled,
-        _ => false,
-    };
+    let config = state.config();
     Ok(json!({
         "now": now,
-        "sites": state.config().store.sites,
+        "sites": config.store.sites,
         "schemaVersion": shared::db::current_version(&conn)?,
         "providers": providers.iter().map(|s| {
             let mut v = serde_json::to_value(s).unwrap_or_default();
-            v["enabled"] = json!(enabled(&s.provider));
+            v["enabled"] = json!(config.providers.enabled(&s.provider));
             v["last_success_age_secs"] = json!(s.last_success_at.map(|t| now - t));
             v
         }).collect::<Vec<_>>(),

@@ -766,9 +766,9 @@ pub async fn readyz(state: State) -> HttpResponse {
         let conn = db.read()?;
         let version = shared::db::current_version(&conn)?;
         let now = now_secs();
-        let syncs: Vec<Value> = shared::repo::sync_ages(&conn)?
+        let syncs: Vec<Value> = shared::sync::sync_states(&conn)?
             .into_iter()
-            .map(|(p, last, err)| json!({"provider": p, "lastSuccessAgeSecs": last.map(|t| now - t), "lastError": err}))
+            .map(|p| json!({"provider": p.provider, "lastSuccessAgeSecs": p.last_success_at.map(|t| now - t), "lastError": p.last_error}))
             .collect();
         Ok(json!({"schemaVersion": version, "schemaCurrent": version == shared::db::schema_version(), "providers": syncs}))
     })

@@ -113,6 +113,18 @@ pub struct ProvidersConfig {
     pub koupon: KouponConfig,
 }
 
+impl ProvidersConfig {
+    /// Whether the provider of that name is switched on.
+    pub fn enabled(&self, provider: &str) -> bool {
+        match provider {
+            "convercus" => self.convercus.enabled,
+            "coupontools" => self.coupontools.enabled,
+            "koupon" => self.koupon.enabled,
+            _ => false,
+        }
+    }
+}
+
 /// Convercus authentication scheme (convercus.md §2).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -640,20 +640,6 @@ pub fn validate_voucher(
     Ok(())
 }
 
-// ---------------------------------------------------------------- sync state
-
-/// (provider, last success in seconds since the epoch, last error).
-pub type SyncRow = (String, Option<i64>, Option<String>);
-
-/// Per provider: the last successful sync, if any, and the last error.
-pub fn sync_ages(conn: &Connection) -> Result<Vec<SyncRow>> {
-    let mut st = conn.prepare_cached(
-        "SELECT provider, last_success_at, last_error FROM sync_state ORDER BY provider",
-    )?;
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    rows.collect()
-}
-
 /// Sets a coupon state coming from an import or a provider pull. Rows with local changes
 /// not yet acknowledged upstream keep their local state (promise 5:
 /// local wins until acknowledged).

@@ -87,6 +87,27 @@ pub struct ProviderStatus {
     pub oldest_pending_age_secs: Option<i64>,
 }
 
+/// Each provider's sync state alone (no outbox figures): cheap enough for `/readyz`.
+pub fn sync_states(conn: &Connection) -> Result<Vec<ProviderStatus>> {
+    let mut st = conn.prepare_cached(
+        "SELECT provider, last_success_at, last_attempt_at, last_result, last_error, last_error_at, requested_at \
+         FROM sync_state ORDER BY provider",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(ProviderStatus {
+            provider: r.get(0)?,
+            last_success_at: r.get(1)?,
+            last_attempt_at: r.get(2)?,
+            last_result: r.get(3)?,
+            last_error: r.get(4)?,
+            last_error_at: r.get(5)?,
+            sync_requested_at: r.get(6)?,
+            ..ProviderStatus::default()
+        })
+    })?;
+    rows.collect()
+}
+
 /// Status of every provider that is listed in `providers`, has sync state, or has outbox
 /// items, by name.
 pub fn status(conn: &Connection, providers: &[&str], now: i64) -> Result<Vec<ProviderStatus>> {
@@ -111,24 +132,7 @@ pub fn status(conn: &Connection, providers: &[&str], now: i64) -> Result<Vec<Pro
             .provider
             .clone()
     };
-    let mut st = conn.prepare_cached(
-        "SELECT provider, last_success_at, last_attempt_at, last_result, last_error, last_error_at, requested_at \
-         FROM sync_state",
-    )?;
-    let rows = st.query_map([], |r| {
-        Ok(ProviderStatus {
-            provider: r.get(0)?,
-            last_success_at: r.get(1)?,
-            last_attempt_at: r.get(2)?,
-            last_result: r.get(3)?,
-            last_error: r.get(4)?,
-            last_error_at: r.get(5)?,
-            sync_requested_at: r.get(6)?,
-            ..ProviderStatus::default()
-        })
-    })?;
-    for row in rows {
-        let row = row?;
+    for row in sync_states(conn)? {
         out.insert(row.provider.clone(), row);
     }
     let mut st = conn.prepare_cached(

@@ -284,7 +284,7 @@ impl Client {
             }
             Err(e) => return Delivery::from_error(&e),
         };
-        let baseline = match baseline {
+        match baseline {
             // An earlier attempt may have been applied: its count tells.
             Some(b) if count > b => {
                 return Delivery::Delivered {
@@ -293,19 +293,18 @@ impl Client {
                     )),
                 }
             }
-            Some(b) => b,
+            Some(_) => {}
             None => {
                 if let Err(e) = record(json!({BASELINE: count})).await {
                     return Delivery::Retry(format!("cannot record progress: {e}"));
                 }
-                count
             }
-        };
+        }
         let path = format!("/v2/accountcoupons/{}", enc(id));
         match self.call(Method::PATCH, &path, Some("ID"), None).await {
             Ok(_) => Delivery::delivered(),
             Err(CallError::Status { code, detail, .. }) => {
-                redeem_refusal(&code, &detail, item.attempts, baseline)
+                redeem_refusal(&code, &detail, item.attempts)
             }
             Err(e) => Delivery::from_error(&e),
         }
@@ -389,7 +388,7 @@ impl Client {
 }
 
 /// What a refused redemption means (convercus.md §4.9).
-fn redeem_refusal(code: &str, detail: &str, attempts: i64, _baseline: i64) -> Delivery {
+fn redeem_refusal(code: &str, detail: &str, attempts: i64) -> Delivery {
     let reason = format!("{code}: {detail}");
     match code {
         "INTERNAL_SERVER_ERROR" | "COUPON_REDEMPTION_IN_PROGRESS" => Delivery::Retry(reason),
@@ -724,19 +723,19 @@ mod tests {
     #[test]
     fn refusals_are_classified() {
         assert!(matches!(
-            redeem_refusal("CONDITION_NOT_FULFILLED", "NOT_YET_REDEEMABLE", 1, 0),
+            redeem_refusal("CONDITION_NOT_FULFILLED", "NOT_YET_REDEEMABLE", 1),
             Delivery::Retry(_)
         ));
         assert!(matches!(
-            redeem_refusal("CONDITION_NOT_FULFILLED", "NO_LONGER_REDEEMABLE", 1, 0),
+            redeem_refusal("CONDITION_NOT_FULFILLED", "NO_LONGER_REDEEMABLE", 1),
             Delivery::Dead(_)
         ));
         assert!(matches!(
-            redeem_refusal("COUPON_NOT_ASSIGNED_ACCOUNT", "", 1, 0),
+            redeem_refusal("COUPON_NOT_ASSIGNED_ACCOUNT", "", 1),
             Delivery::Dead(_)
         ));
         assert!(matches!(
-            redeem_refusal("COUPON_REDEMPTION_IN_PROGRESS", "", 5, 0),
+            redeem_refusal("COUPON_REDEMPTION_IN_PROGRESS", "", 5),
             Delivery::Retry(_)
         ));
     }

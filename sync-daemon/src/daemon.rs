@@ -7,7 +7,7 @@ use crate::worker::{self, Breakers, PROVIDERS};
 use crate::{convercus, coupontools, koupon};
 use shared::config::Config;
 use shared::db::{now_secs, Db};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -264,9 +264,4 @@ async fn requests(
             Err(e) => log::error!("cannot read sync requests: {e}"),
         }
     }
-}
-
-/// Loads the configuration the way the daemon does at start (file, conf.d, environment).
-pub fn load(path: &Path) -> Result<Config, shared::config::ConfigError> {
-    Config::load(path)
 }

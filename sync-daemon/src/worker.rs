@@ -262,7 +262,6 @@ pub async fn run(
     let mut claimed: HashMap<i64, Item> = HashMap::new();
     let mut last_rescue = Instant::now() - Duration::from_secs(3600);
     let mut last_prune = Instant::now() - Duration::from_secs(24 * 3600);
-    let mut probing: HashMap<&'static str, bool> = HashMap::new();
     let mut rr = 0usize;
     loop {
         if *shutdown.borrow() {
@@ -318,8 +317,7 @@ pub async fn run(
                 }
                 due
             });
-            if due && !probing.get(p).copied().unwrap_or(false) {
-                probing.insert(p, true);
+            if due {
                 let clients = snap.clients.clone();
                 probes.spawn(async move { (p, probe(&clients, p).await) });
             }
@@ -413,7 +411,6 @@ pub async fn run(
             }
             Some(done) = probes.join_next(), if !probes.is_empty() => {
                 if let Ok((p, r)) = done {
-                    probing.insert(p, false);
                     breakers.with(p, |b| b.probing = false);
                     if let Err(e) = &r {
                         log::info!(provider = p; "probe of {p} failed: {e}");

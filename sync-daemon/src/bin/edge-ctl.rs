@@ -138,17 +138,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Status => {
             let rows = shared::sync::status(&conn, &sync_daemon::worker::PROVIDERS, now)?;
             if cli.json {
-                let enabled = |p: &str| match p {
-                    "convercus" => config.providers.convercus.enabled,
-                    "coupontools" => config.providers.coupontools.enabled,
-                    "koupon" => config.providers.koupon.enabled,
-                    _ => false,
-                };
                 let out: Vec<_> = rows
                     .iter()
                     .map(|r| {
                         let mut v = serde_json::to_value(r).unwrap_or_default();
-                        v["enabled"] = json!(enabled(&r.provider));
+                        v["enabled"] = json!(config.providers.enabled(&r.provider));
                         v
                     })
                     .collect();
