@@ -16,6 +16,10 @@
 //! BENCH_SYNC (`full`, the shipped default, or `normal`, to see what fsync costs),
 //! BENCH_CHECKPOINT_MS (database.checkpoint_interval_ms, default 250),
 //! BENCH_LINGER_US (database.group_commit_linger_us, default 300),
+//! BENCH_MMAP_MIB (database.mmap_size_mib, default 1024),
+//! BENCH_CACHE_KIB (database.cache_size_kib, default 32768),
+//! BENCH_PHASES (comma list of `static`, `metadata`, `update`, `commit`, `saturation`;
+//! default all),
 //! BENCH_MATCHING (how many of the customer's 20 clipped coupons each sale's items match,
 //! default 5; 20 = every clipped coupon applies).
 //! The client shares the machine's cores with the server, so figures are lower bounds.
@@ -50,6 +54,12 @@ fn matching() -> usize {
             .unwrap_or(5)
             .min(PER_CUSTOMER)
     })
+}
+
+/// Whether BENCH_PHASES (a comma list of `static`, `metadata`, `update`, `commit`,
+/// `saturation`; default all) asks for this phase. `commit` finishes the sales of `update`.
+fn phase(name: &str) -> bool {
+    std::env::var("BENCH_PHASES").map_or(true, |p| p.split(',').any(|p| p.trim() == name))
 }
 
 fn upc(offer: usize) -> u64 {
@@ -153,6 +163,8 @@ read_pool_size = 2
 synchronous = "{sync}"
 checkpoint_interval_ms = {checkpoint_ms}
 group_commit_linger_us = {linger_us}
+mmap_size_mib = {mmap_mib}
+cache_size_kib = {cache_kib}
 [server]
 listen = "127.0.0.1:0"
 workers = 2
@@ -173,6 +185,8 @@ level = "warn"
         sync = std::env::var("BENCH_SYNC").unwrap_or_else(|_| "full".to_owned()),
         checkpoint_ms = std::env::var("BENCH_CHECKPOINT_MS").unwrap_or_else(|_| "250".to_owned()),
         linger_us = std::env::var("BENCH_LINGER_US").unwrap_or_else(|_| "300".to_owned()),
+        mmap_mib = std::env::var("BENCH_MMAP_MIB").unwrap_or_else(|_| "1024".to_owned()),
+        cache_kib = std::env::var("BENCH_CACHE_KIB").unwrap_or_else(|_| "32768".to_owned()),
     );
     Config::from_toml_str(&text).unwrap()
 }
@@ -234,17 +248,26 @@ enum Kind {
     Static,
 }
 
-fn request(
-    lane: &Lane,
-    kind: Kind,
-    seq: usize,
-    rng: &mut rand::rngs::StdRng,
-) -> reqwest::RequestBuilder {
+/// One request, made ready before it is due (as a lane has its basket ready when it
+/// sends): building the JSON body is the load generator's work, not the server's, so it is
+/// kept out of the measured time.
+struct Prepared {
+    url: String,
+    body: Option<Vec<u8>>,
+}
+
+fn prepare_request(lane: &Lane, kind: Kind, seq: usize, rng: &mut rand::rngs::StdRng) -> Prepared {
     let c = rng.random_range(0..CUSTOMERS);
     let cust = customer_id(c);
     match kind {
-        Kind::Static => lane.client.get(format!("{}/healthz", lane.base)),
-        Kind::Metadata => lane.client.get(format!("{}/coupons/customer?site=STO1&customer={cust}", lane.base)),
+        Kind::Static => Prepared {
+            url: format!("{}/healthz", lane.base),
+            body: None,
+        },
+        Kind::Metadata => Prepared {
+            url: format!("{}/coupons/customer?site=STO1&customer={cust}", lane.base),
+            body: None,
+        },
         Kind::Update | Kind::Commit => {
             // Sale `seq` belongs to customer `seq`: the commit phase finishes the update phase's sales.
             let cust = customer_id(seq % CUSTOMERS);
@@ -252,11 +275,11 @@ fn request(
             let txn = format!("B{seq:09}");
             let q = format!("site=STO1&customer={cust}&transaction={txn}");
             if kind == Kind::Commit {
-                return lane
-                    .client
-                    .post(format!("{}/transaction/commit?{q}", lane.base))
-                    .json(&json!({"coupons": [], "tenders": [{"type": "CASH", "amount": 50.0}]}))
-                    .basic_auth("lane", Some("lane-secret"));
+                let body = json!({"coupons": [], "tenders": [{"type": "CASH", "amount": 50.0}]});
+                return Prepared {
+                    url: format!("{}/transaction/commit?{q}", lane.base),
+                    body: Some(serde_json::to_vec(&body).unwrap()),
+                };
             }
             let mut items: Vec<Value> = customer_offers(seq % CUSTOMERS)
                 .take(matching())
@@ -266,11 +289,29 @@ fn request(
             for i in items.len()..30 {
                 items.push(json!({"id": i + 1, "quantity": 1, "upc": 900_000_000 + rng.random_range(0..1_000_000u64), "price": 1.99, "discountPrice": 1.99, "dept": 2}));
             }
-            lane.client.post(format!("{}/transaction?{q}", lane.base)).json(&json!({"transientRequest": false, "items": items, "subTotal": 100.0}))
+            let body = json!({"transientRequest": false, "items": items, "subTotal": 100.0});
+            Prepared {
+                url: format!("{}/transaction?{q}", lane.base),
+                body: Some(serde_json::to_vec(&body).unwrap()),
+            }
         }
     }
-    .basic_auth("lane", Some("lane-secret"))
 }
+
+fn send(lane: &Lane, prepared: Prepared) -> reqwest::RequestBuilder {
+    let request = match prepared.body {
+        Some(body) => lane
+            .client
+            .post(prepared.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body),
+        None => lane.client.get(prepared.url),
+    };
+    request.header(reqwest::header::AUTHORIZATION, AUTHORIZATION)
+}
+
+/// `Basic` + base64 of `lane:lane-secret`.
+const AUTHORIZATION: &str = "Basic bGFuZTpsYW5lLXNlY3JldA==";
 
 /// Open loop at `rate` req/s over all lanes for `secs`; latency from each request's due time.
 async fn fixed_rate(
@@ -298,6 +339,7 @@ async fn fixed_rate(
                     break;
                 }
                 let due = start + offset + per_lane * i as u32;
+                let prepared = prepare_request(&lane, kind, seq, &mut rng);
                 // A request that is late because the previous answer came late is timed
                 // from when it was due (no coordinated omission). One that only waited
                 // on the client's timer (1 ms granularity) is timed from when it was sent:
@@ -308,12 +350,7 @@ async fn fixed_rate(
                 } else {
                     due
                 };
-                if !succeeded(
-                    request(&lane, kind, seq, &mut rng).send().await,
-                    errors == 0,
-                )
-                .await
-                {
+                if !succeeded(send(&lane, prepared).send().await, errors == 0).await {
                     errors += 1;
                 }
                 h.saturating_record(since.elapsed().as_micros().max(1) as u64);
@@ -343,7 +380,7 @@ async fn saturation(lanes: &[Arc<Lane>], kind: Kind, secs: u64) -> f64 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + l as u64);
             let mut n = 0u64;
             while Instant::now() < deadline {
-                if request(&lane, kind, 0, &mut rng)
+                if send(&lane, prepare_request(&lane, kind, 0, &mut rng))
                     .send()
                     .await
                     .map(|r| r.status().is_success())
@@ -360,6 +397,52 @@ async fn saturation(lanes: &[Arc<Lane>], kind: Kind, secs: u64) -> f64 {
         n += t.await.unwrap();
     }
     n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// CPU time (µs) used so far by this process's threads: the server's HTTP workers (and
+/// every other server thread), its database writer and checkpointer, and the load
+/// generator's tokio workers.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    http: u64,
+    db: u64,
+    client: u64,
+}
+
+fn cpu_split() -> Cpu {
+    let tick_us = 1_000_000 / 100; // USER_HZ is 100 on Linux.
+    let mut cpu = Cpu::default();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return cpu;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: comm may hold spaces, so split after the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: u64 = fields
+            .get(11)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        let us = ticks * tick_us;
+        if comm.starts_with("tokio") {
+            cpu.client += us;
+        } else if comm.starts_with("sqlite-writer") || comm.starts_with("wal-checkpoint") {
+            cpu.db += us;
+        } else {
+            cpu.http += us;
+        }
+    }
+    cpu
 }
 
 fn ms(us: u64) -> f64 {
@@ -408,16 +491,33 @@ fn main() {
         // Warm up: open every keep-alive connection and touch the caches.
         saturation(&lanes, Kind::Metadata, 2).await;
         println!("\n{LANES} keep-alive HTTPS lanes, {rate} req/s offered for {secs}s per phase; each 30-item sale matches {} of the customer's {PER_CUSTOMER} clipped coupons:", matching());
-        println!("{:<34} {:>9} {:>9} {:>9} {:>9} {:>8}", "endpoint", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors");
-        for (kind, name) in [(Kind::Metadata, "customer metadata (GET)"), (Kind::Update, "transaction update (30 items)"), (Kind::Commit, "commit (empty list: redeem all)")] {
+        println!("{:<34} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6}", "endpoint", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "http", "db", "client");
+        for (kind, phase_name, name) in [
+            (Kind::Static, "static", "static /healthz (reference)"),
+            (Kind::Metadata, "metadata", "customer metadata (GET)"),
+            (Kind::Update, "update", "transaction update (30 items)"),
+            (Kind::Commit, "commit", "commit (empty list: redeem all)"),
+        ] {
+            if !phase(phase_name) {
+                continue;
+            }
+            let before = cpu_split();
             let (h, errors) = fixed_rate(&lanes, kind, rate, secs).await;
+            let after = cpu_split();
+            let n = h.len().max(1);
             println!(
-                "{name:<34} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {errors:>8}",
+                "{name:<34} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {errors:>6} {:>6} {:>6} {:>6}",
                 ms(h.value_at_quantile(0.5)),
                 ms(h.value_at_quantile(0.9)),
                 ms(h.value_at_quantile(0.99)),
-                ms(h.max())
+                ms(h.max()),
+                (after.http - before.http) / n,
+                (after.db - before.db) / n,
+                (after.client - before.client) / n,
             );
+        }
+        if !phase("saturation") {
+            return;
         }
         let stat = saturation(&lanes, Kind::Static, secs).await;
         let meta = saturation(&lanes, Kind::Metadata, secs).await;
