@@ -163,6 +163,9 @@ read_pool_size = 2
 synchronous = "{sync}"
 checkpoint_interval_ms = {checkpoint_ms}
 group_commit_linger_us = {linger_us}
+
+
+
 mmap_size_mib = {mmap_mib}
 cache_size_kib = {cache_kib}
 [server]
@@ -491,7 +494,8 @@ fn main() {
         // Warm up: open every keep-alive connection and touch the caches.
         saturation(&lanes, Kind::Metadata, 2).await;
         println!("\n{LANES} keep-alive HTTPS lanes, {rate} req/s offered for {secs}s per phase; each 30-item sale matches {} of the customer's {PER_CUSTOMER} clipped coupons:", matching());
-        println!("{:<34} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6}", "endpoint", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "http", "db", "client");
+        println!("{:<34} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7}", "endpoint", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "http", "db", "client", "WAL");
+        println!("{:<34} {:>44} {:>20} {:>7}", "", "", "CPU µs per request", "pages");
         for (kind, phase_name, name) in [
             (Kind::Static, "static", "static /healthz (reference)"),
             (Kind::Metadata, "metadata", "customer metadata (GET)"),
@@ -502,11 +506,12 @@ fn main() {
                 continue;
             }
             let before = cpu_split();
+            let frames = shared::db::wal_frames_written();
             let (h, errors) = fixed_rate(&lanes, kind, rate, secs).await;
             let after = cpu_split();
             let n = h.len().max(1);
             println!(
-                "{name:<34} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {errors:>6} {:>6} {:>6} {:>6}",
+                "{name:<34} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {errors:>6} {:>6} {:>6} {:>6} {:>7.1}",
                 ms(h.value_at_quantile(0.5)),
                 ms(h.value_at_quantile(0.9)),
                 ms(h.value_at_quantile(0.99)),
@@ -514,6 +519,7 @@ fn main() {
                 (after.http - before.http) / n,
                 (after.db - before.db) / n,
                 (after.client - before.client) / n,
+                (shared::db::wal_frames_written() - frames) as f64 / n as f64,
             );
         }
         if !phase("saturation") {

@@ -8,7 +8,7 @@ use crate::config::{DatabaseConfig, Synchronous};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -20,12 +20,15 @@ pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../migrations/0001_initial.sql")),
         M::up(include_str!("../migrations/0002_sync.sql")),
+        M::up(include_str!(
+            "../migrations/0003_drop_unused_redemption_index.sql"
+        )),
     ])
 }
 
 /// Number of the newest migration this build knows.
 pub fn schema_version() -> i64 {
-    2
+    3
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +146,22 @@ pub fn open_reader(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
     let conn = Connection::open_with_flags(&cfg.path, READ_FLAGS)?;
     init_connection(&conn, cfg)?;
     Ok(conn)
+}
+
+/// Runs `f` in one read transaction of `conn` (a consistent snapshot for all its
+/// statements), ended whatever `f` returns.
+pub fn in_read_transaction<R, E: From<rusqlite::Error>>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<R, E>,
+) -> Result<R, E> {
+    conn.prepare_cached("BEGIN DEFERRED")?.execute([])?;
+    let result = f(conn);
+    let ended = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]).map(|_| ()));
+    let out = result?;
+    ended?;
+    Ok(out)
 }
 
 /// A pool of read-only connections.
@@ -400,6 +419,32 @@ pub fn start_checkpointer(cfg: &DatabaseConfig, writer: &Writer) -> Result<(), D
     Ok(())
 }
 
+/// WAL frames (4 KiB database pages) appended by this process's commits since it started:
+/// what its writes cost the disk, before checkpoints copy the same pages again. Counted
+/// only where checkpoints run in the background (the edge server), from the WAL's length
+/// after each commit, so frames another process appended in between are counted too.
+static WAL_FRAMES: AtomicU64 = AtomicU64::new(0);
+/// The WAL's length in frames after this process's last commit.
+static WAL_LENGTH: AtomicI64 = AtomicI64::new(0);
+
+fn count_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    let frames = i64::from(frames);
+    let before = WAL_LENGTH.swap(frames, Ordering::Relaxed);
+    // A shorter WAL was restarted from its beginning since: all of it is new.
+    let added = if frames >= before {
+        frames - before
+    } else {
+        frames
+    };
+    WAL_FRAMES.fetch_add(u64::try_from(added).unwrap_or(0), Ordering::Relaxed);
+    Ok(())
+}
+
+/// See [`WAL_FRAMES`].
+pub fn wal_frames_written() -> u64 {
+    WAL_FRAMES.load(Ordering::Relaxed)
+}
+
 /// Everything a process needs to use the database.
 #[derive(Clone)]
 pub struct Db {
@@ -414,6 +459,9 @@ impl Db {
         let conn = open_and_migrate(cfg)?;
         if background_checkpoints {
             conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            // The WAL hook is also how SQLite checkpoints automatically: only set it here,
+            // where automatic checkpoints are off anyway.
+            conn.wal_hook(Some(count_wal_frames));
         }
         let writer = Writer::start(conn, Duration::from_micros(cfg.group_commit_linger_us));
         if background_checkpoints {
@@ -451,7 +499,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version(), 2);
+        assert_eq!(schema_version(), 3);
     }
 
     #[test]
@@ -481,6 +529,59 @@ mod tests {
             open_and_migrate(&c),
             Err(DbError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn a_read_transaction_sees_one_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir);
+        let db = Db::open(&c, true).unwrap();
+        let insert = |provider: &'static str| {
+            let done: Result<usize, WriteError<rusqlite::Error>> =
+                db.writer.write_blocking(move |c| {
+                    c.execute("INSERT INTO sync_state (provider) VALUES (?1)", [provider])
+                });
+            done.unwrap();
+        };
+        insert("a");
+        let reader = open_reader(&c).unwrap();
+        let count = |c: &Connection| -> rusqlite::Result<i64> {
+            c.query_row("SELECT count(*) FROM sync_state", [], |r| r.get(0))
+        };
+        let (first, second) = in_read_transaction(&reader, |conn| -> rusqlite::Result<_> {
+            let first = count(conn)?;
+            insert("b"); // committed by the writer meanwhile
+            Ok((first, count(conn)?))
+        })
+        .unwrap();
+        assert_eq!(
+            (first, second),
+            (1, 1),
+            "both statements read the same snapshot"
+        );
+        assert_eq!(
+            count(&reader).unwrap(),
+            2,
+            "the next request sees the new row"
+        );
+        // An error inside still ends the transaction.
+        let failed: rusqlite::Result<i64> = in_read_transaction(&reader, |conn| {
+            conn.query_row("SELECT nope", [], |r| r.get(0))
+        });
+        assert!(failed.is_err());
+        assert!(reader.is_autocommit());
+    }
+
+    #[test]
+    fn the_writer_counts_the_wal_pages_it_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&cfg(&dir), true).unwrap();
+        let before = wal_frames_written();
+        let done: Result<usize, WriteError<rusqlite::Error>> = db
+            .writer
+            .write_blocking(|c| c.execute("INSERT INTO sync_state (provider) VALUES ('x')", []));
+        done.unwrap();
+        assert!(wal_frames_written() > before);
     }
 
     #[test]
