@@ -370,8 +370,8 @@ impl Default for DatabaseConfig {
             cache_size_kib: 32 * 1024,
             mmap_size_mib: 1024,
             busy_timeout_ms: 5000,
-            checkpoint_interval_ms: 250,
-            group_commit_linger_us: 300,
+            checkpoint_interval_ms: 50,
+            group_commit_linger_us: 100,
         }
     }
 }

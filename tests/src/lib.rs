@@ -153,7 +153,6 @@ time_zone = "America/Chicago"
 [database]
 path = "{db}"
 read_pool_size = 2
-checkpoint_interval_ms = 250
 
 [server]
 listen = "127.0.0.1:{port}"
