@@ -25,6 +25,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// The allocator of the `edge-server` binary (see its main.rs), so the server measured here
+/// is the one shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use chrono::NaiveDate;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
