@@ -9,6 +9,10 @@
 //!    moment each request was due when the lane was held up by a slow answer, so a stall is
 //!    not hidden, else from when it was sent) for customer metadata, a
 //!    30-item non-transient update, and the commit of those updated sales: p50/p99/max;
+//!    Beside each: CPU per request of the HTTP workers, the database threads and the load
+//!    generator, WAL pages appended per request, and the milliseconds the hypervisor took
+//!    the machine's CPUs away during the phase (steal), and the slowest commit (WAL write
+//!    and sync) of the writer: a stall with neither is in the server or the client;
 //! 2. at saturation (closed loop) for metadata and for the trivial `/healthz` route of the
 //!    same server: requests per second, compared as a ratio in the same run.
 //!
@@ -413,17 +417,26 @@ async fn saturation(lanes: &[Arc<Lane>], kind: Kind, secs: u64) -> f64 {
 
 /// CPU time (µs) used so far by this process's threads: the server's HTTP workers (and
 /// every other server thread), its database writer and checkpointer, and the load
-/// generator's tokio workers.
+/// generator's tokio workers; and the time the hypervisor gave the machine's CPUs to
+/// someone else (steal), which on a shared virtual machine explains many a stall.
 #[derive(Clone, Copy, Default)]
 struct Cpu {
     http: u64,
     db: u64,
     client: u64,
+    steal: u64,
 }
 
 fn cpu_split() -> Cpu {
     let tick_us = 1_000_000 / 100; // USER_HZ is 100 on Linux.
-    let mut cpu = Cpu::default();
+    let mut cpu = Cpu {
+        // `cpu  user nice system idle iowait irq softirq steal ...`, over all CPUs.
+        steal: std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(8)?.parse::<u64>().ok())
+            .map_or(0, |ticks| ticks * tick_us),
+        ..Cpu::default()
+    };
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return cpu;
     };
@@ -503,8 +516,8 @@ fn main() {
         // Warm up: open every keep-alive connection and touch the caches.
         saturation(&lanes, Kind::Metadata, 2).await;
         println!("\n{LANES} keep-alive HTTPS lanes, {rate} req/s offered for {secs}s per phase; each 30-item sale matches {} of the customer's {PER_CUSTOMER} clipped coupons:", matching());
-        println!("{:<34} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7}", "endpoint", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "http", "db", "client", "WAL");
-        println!("{:<34} {:>44} {:>20} {:>7}", "", "", "CPU µs per request", "pages");
+        println!("{:<34} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6}", "endpoint", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "http", "db", "client", "WAL", "steal", "sync");
+        println!("{:<34} {:>44} {:>20} {:>7} {:>6} {:>6}", "", "", "CPU µs per request", "pages", "ms", "max ms");
         for (kind, phase_name, name) in [
             (Kind::Static, "static", "static /healthz (reference)"),
             (Kind::Metadata, "metadata", "customer metadata (GET)"),
@@ -515,12 +528,13 @@ fn main() {
                 continue;
             }
             let before = cpu_split();
+            shared::db::take_slowest_commit();
             let frames = shared::db::wal_frames_written();
             let (h, errors) = fixed_rate(&lanes, kind, rate, secs).await;
             let after = cpu_split();
             let n = h.len().max(1);
             println!(
-                "{name:<34} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {errors:>6} {:>6} {:>6} {:>6} {:>7.1}",
+                "{name:<34} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {errors:>6} {:>6} {:>6} {:>6} {:>7.1} {:>6} {:>6.1}",
                 ms(h.value_at_quantile(0.5)),
                 ms(h.value_at_quantile(0.9)),
                 ms(h.value_at_quantile(0.99)),
@@ -529,6 +543,8 @@ fn main() {
                 (after.db - before.db) / n,
                 (after.client - before.client) / n,
                 (shared::db::wal_frames_written() - frames) as f64 / n as f64,
+                (after.steal - before.steal) / 1000,
+                shared::db::take_slowest_commit().as_secs_f64() * 1000.0,
             );
         }
         if !phase("saturation") {

@@ -361,6 +361,10 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         conn.execute_batch("COMMIT")
     };
     let total = started.elapsed();
+    SLOWEST_COMMIT_US.fetch_max(
+        u64::try_from((total - ran).as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
     // A job that runs long on its own (an import chunk) delays nobody: only a wait for the
     // lock, a slow sync, or a long job holding up its batch mates is worth a warning.
     let waited = began > SLOW_BATCH || total - ran > SLOW_BATCH;
@@ -441,6 +445,16 @@ fn count_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqli
     };
     WAL_FRAMES.fetch_add(u64::try_from(added).unwrap_or(0), Ordering::Relaxed);
     Ok(())
+}
+
+/// The longest COMMIT (WAL append and sync) of a write batch since [`take_slowest_commit`]
+/// was last called, µs.
+static SLOWEST_COMMIT_US: AtomicU64 = AtomicU64::new(0);
+
+/// The longest COMMIT of a write batch since the last call, and starts over: tells a stall
+/// of the disk from one elsewhere (the lane bench prints it per phase).
+pub fn take_slowest_commit() -> Duration {
+    Duration::from_micros(SLOWEST_COMMIT_US.swap(0, Ordering::Relaxed))
 }
 
 /// See [`WAL_FRAMES`].
@@ -585,6 +599,8 @@ mod tests {
             .write_blocking(|c| c.execute("INSERT INTO sync_state (provider) VALUES ('x')", []));
         done.unwrap();
         assert!(wal_frames_written() > before);
+        // The commit that appended them took some time, and the slowest one is kept.
+        assert!(take_slowest_commit() > Duration::ZERO);
     }
 
     #[test]
