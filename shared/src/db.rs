@@ -365,8 +365,9 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         u64::try_from((total - ran).as_micros()).unwrap_or(u64::MAX),
         Ordering::Relaxed,
     );
-    // A job that runs long on its own (an import chunk) delays nobody: only a wait for the
-    // lock, a slow sync, or a long job holding up its batch mates is worth a warning.
+    // A job that runs long alone in its batch (an import chunk, a bulk pull) is that job's
+    // own cost and is not warned about; a wait for the lock, a slow sync, or a long job
+    // holding up its batch mates is. (Jobs queued behind a long batch are not seen here.)
     let waited = began > SLOW_BATCH || total - ran > SLOW_BATCH;
     if waited || (jobs > 1 && total > SLOW_BATCH) {
         log::warn!(
