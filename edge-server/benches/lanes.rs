@@ -11,8 +11,9 @@
 //!    30-item non-transient update, and the commit of those updated sales: p50/p99/max;
 //!    Beside each: CPU per request of the HTTP workers, the database threads and the load
 //!    generator, WAL pages appended per request, and the milliseconds the hypervisor took
-//!    the machine's CPUs away during the phase (steal), and the slowest commit (WAL write
-//!    and sync) of the writer: a stall with neither is in the server or the client;
+//!    the machine's CPUs away during the phase (steal), the slowest commit (WAL write and
+//!    sync) of the writer, and the longest a write waited in the writer's queue (behind a
+//!    slow sync or a long batch): a stall with none of these is in the server or the client;
 //! 2. at saturation (closed loop) for metadata and for the trivial `/healthz` route of the
 //!    same server: requests per second, compared as a ratio in the same run.
 //!
@@ -516,8 +517,8 @@ fn main() {
         // Warm up: open every keep-alive connection and touch the caches.
         saturation(&lanes, Kind::Metadata, 2).await;
         println!("\n{LANES} keep-alive HTTPS lanes, {rate} req/s offered for {secs}s per phase; each 30-item sale matches {} of the customer's {PER_CUSTOMER} clipped coupons:", matching());
-        println!("{:<34} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6}", "endpoint", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "http", "db", "client", "WAL", "steal", "sync");
-        println!("{:<34} {:>44} {:>20} {:>7} {:>6} {:>6}", "", "", "CPU µs per request", "pages", "ms", "max ms");
+        println!("{:<34} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>6}", "endpoint", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "http", "db", "client", "WAL", "steal", "sync", "queue");
+        println!("{:<34} {:>44} {:>20} {:>7} {:>6} {:>6} {:>6}", "", "", "CPU µs per request", "pages", "ms", "max ms", "max ms");
         for (kind, phase_name, name) in [
             (Kind::Static, "static", "static /healthz (reference)"),
             (Kind::Metadata, "metadata", "customer metadata (GET)"),
@@ -529,12 +530,13 @@ fn main() {
             }
             let before = cpu_split();
             shared::db::take_slowest_commit();
+            shared::db::take_slowest_queue_wait();
             let frames = shared::db::wal_frames_written();
             let (h, errors) = fixed_rate(&lanes, kind, rate, secs).await;
             let after = cpu_split();
             let n = h.len().max(1);
             println!(
-                "{name:<34} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {errors:>6} {:>6} {:>6} {:>6} {:>7.1} {:>6} {:>6.1}",
+                "{name:<34} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {errors:>6} {:>6} {:>6} {:>6} {:>7.1} {:>6} {:>6.1} {:>6.1}",
                 ms(h.value_at_quantile(0.5)),
                 ms(h.value_at_quantile(0.9)),
                 ms(h.value_at_quantile(0.99)),
@@ -545,6 +547,7 @@ fn main() {
                 (shared::db::wal_frames_written() - frames) as f64 / n as f64,
                 (after.steal - before.steal) / 1000,
                 shared::db::take_slowest_commit().as_secs_f64() * 1000.0,
+                shared::db::take_slowest_queue_wait().as_secs_f64() * 1000.0,
             );
         }
         if !phase("saturation") {

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub type ReadPool = r2d2::Pool<SqliteConnectionManager>;
 pub type ReadConn = r2d2::PooledConnection<SqliteConnectionManager>;
@@ -178,6 +178,12 @@ pub fn read_pool(cfg: &DatabaseConfig) -> Result<ReadPool, DbError> {
 
 type Finish = Box<dyn FnOnce(Option<DbError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+/// A job with the moment it was handed to the writer, so the time it waited in the queue
+/// (behind a long batch or a slow sync) is seen.
+struct Queued {
+    job: Job,
+    at: Instant,
+}
 
 /// Why a write did not happen: the job's own error (its changes were rolled back), or the
 /// database failed to commit.
@@ -192,7 +198,7 @@ pub enum WriteError<E> {
 /// Handle to the writer thread. Cloning is cheap; all clones feed the same thread.
 #[derive(Clone)]
 pub struct Writer {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Queued>,
     /// Set by the checkpointer when the WAL has grown: the writer then restarts it between
     /// two batches (see [`start_checkpointer`]).
     restart_wal: Arc<AtomicBool>,
@@ -206,13 +212,14 @@ impl Writer {
     /// a commit is in progress are committed together in one transaction, each inside its own
     /// savepoint, so one job's failure never undoes another's.
     /// `linger`: how long to wait for more jobs before committing a batch (0: at once).
-    pub fn start(conn: Connection, linger: Duration) -> Writer {
-        let (jobs, rx) = mpsc::channel::<Job>();
+    /// `warn_queue_wait`: log when jobs waited long in the queue (see [`QueueWarning`]).
+    pub fn start(conn: Connection, linger: Duration, warn_queue_wait: bool) -> Writer {
+        let (jobs, rx) = mpsc::channel::<Queued>();
         let restart_wal = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&restart_wal);
         let spawned = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, flag, linger));
+            .spawn(move || writer_loop(conn, rx, flag, linger, warn_queue_wait));
         if let Err(e) = spawned {
             log::error!("cannot start the database writer thread: {e}");
         }
@@ -241,7 +248,12 @@ impl Writer {
             });
             (ok, finish)
         });
-        self.jobs.send(job).map_err(|_| DbError::WriterGone)?;
+        self.jobs
+            .send(Queued {
+                job,
+                at: Instant::now(),
+            })
+            .map_err(|_| DbError::WriterGone)?;
         Ok(rx)
     }
 
@@ -271,19 +283,21 @@ impl Writer {
 
 fn writer_loop(
     conn: Connection,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Queued>,
     restart_wal: Arc<AtomicBool>,
     linger: Duration,
+    warn_queue_wait: bool,
 ) {
+    let mut queue_warning = QueueWarning::default();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        let deadline = std::time::Instant::now() + linger;
+        let deadline = Instant::now() + linger;
         while batch.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(mpsc::TryRecvError::Disconnected) => break,
                 Err(mpsc::TryRecvError::Empty) => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let left = deadline.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(left) {
                         Ok(job) if !left.is_zero() => batch.push(job),
                         Ok(job) => {
@@ -295,11 +309,57 @@ fn writer_loop(
                 }
             }
         }
-        run_batch(&conn, batch);
+        let oldest = batch.iter().map(|q| q.at).min();
+        if let Some(waited) = oldest.map(|at| at.elapsed()) {
+            SLOWEST_QUEUE_WAIT_US.fetch_max(micros(waited), Ordering::Relaxed);
+            if warn_queue_wait {
+                let _warned = queue_warning.saw(waited);
+            }
+        }
+        run_batch(&conn, batch.into_iter().map(|q| q.job).collect());
         if restart_wal.swap(false, Ordering::Relaxed) {
             restart(&conn);
         }
     }
+}
+
+/// Warns when writes waited in the writer's queue longer than [`SLOW_BATCH`] (behind a
+/// long job, such as an import chunk, or a slow sync): lanes felt that wait. At most one
+/// warning per [`QUEUE_WARNING_EVERY`], with the worst wait and how many batches waited.
+#[derive(Default)]
+struct QueueWarning {
+    last: Option<Instant>,
+    batches: u64,
+    worst: Duration,
+}
+
+const QUEUE_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+impl QueueWarning {
+    /// Notes a batch whose oldest job waited `waited`; true when it was warned about now.
+    fn saw(&mut self, waited: Duration) -> bool {
+        if waited <= SLOW_BATCH {
+            return false;
+        }
+        self.batches += 1;
+        self.worst = self.worst.max(waited);
+        if self.last.is_some_and(|t| t.elapsed() < QUEUE_WARNING_EVERY) {
+            return false;
+        }
+        log::warn!(
+            batches = self.batches, worst_ms = self.worst.as_millis() as u64;
+            "database writes waited up to {} ms in the writer's queue ({} batches since the last such warning): a long write or a slow disk sync held them up",
+            self.worst.as_millis(), self.batches
+        );
+        self.last = Some(Instant::now());
+        self.batches = 0;
+        self.worst = Duration::ZERO;
+        true
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Checkpoints what is left of the WAL from the writer itself, between two batches. No
@@ -308,7 +368,7 @@ fn writer_loop(
 /// background checkpoints have already copied almost everything, so it is short. (A
 /// RESTART checkpoint here waited for readers and stalled lane writes ~50 ms.)
 fn restart(conn: &Connection) {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
         log::warn!("WAL checkpoint on the writer failed: {e}");
     }
@@ -322,7 +382,7 @@ fn restart(conn: &Connection) {
 const SLOW_BATCH: Duration = Duration::from_millis(50);
 
 fn run_batch(conn: &Connection, batch: Vec<Job>) {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let jobs = batch.len();
     if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
         log::error!("database write could not start: {e}");
@@ -361,13 +421,10 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         control(conn, "COMMIT")
     };
     let total = started.elapsed();
-    SLOWEST_COMMIT_US.fetch_max(
-        u64::try_from((total - ran).as_micros()).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
-    );
+    SLOWEST_COMMIT_US.fetch_max(micros(total - ran), Ordering::Relaxed);
     // A job that runs long alone in its batch (an import chunk, a bulk pull) is that job's
     // own cost and is not warned about; a wait for the lock, a slow sync, or a long job
-    // holding up its batch mates is. (Jobs queued behind a long batch are not seen here.)
+    // holding up its batch mates is. (Jobs queued behind a long batch: see QueueWarning.)
     let waited = began > SLOW_BATCH || total - ran > SLOW_BATCH;
     if waited || (jobs > 1 && total > SLOW_BATCH) {
         log::warn!(
@@ -464,6 +521,16 @@ pub fn take_slowest_commit() -> Duration {
     Duration::from_micros(SLOWEST_COMMIT_US.swap(0, Ordering::Relaxed))
 }
 
+/// The longest a write batch's oldest job waited in the writer's queue (from the moment it
+/// was handed over until its batch began) since [`take_slowest_queue_wait`] was last called, µs.
+static SLOWEST_QUEUE_WAIT_US: AtomicU64 = AtomicU64::new(0);
+
+/// The longest wait of a write in the writer's queue since the last call, and starts over:
+/// with [`take_slowest_commit`] it tells a backlog from a slow sync (the lane bench prints both).
+pub fn take_slowest_queue_wait() -> Duration {
+    Duration::from_micros(SLOWEST_QUEUE_WAIT_US.swap(0, Ordering::Relaxed))
+}
+
 /// See [`WAL_FRAMES`].
 pub fn wal_frames_written() -> u64 {
     WAL_FRAMES.load(Ordering::Relaxed)
@@ -477,18 +544,21 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens, migrates, and starts the writer. With `background_checkpoints` the writer's
-    /// automatic checkpoints are turned off and a checkpointer thread does them instead.
-    pub fn open(cfg: &DatabaseConfig, background_checkpoints: bool) -> Result<Db, DbError> {
+    /// Opens, migrates, and starts the writer. With `serves_lanes` (the edge server, where
+    /// lanes wait on every write) the writer's automatic checkpoints are turned off and a
+    /// checkpointer thread does them instead, and writes that wait long in the writer's
+    /// queue are warned about.
+    pub fn open(cfg: &DatabaseConfig, serves_lanes: bool) -> Result<Db, DbError> {
         let conn = open_and_migrate(cfg)?;
-        if background_checkpoints {
+        if serves_lanes {
             conn.pragma_update(None, "wal_autocheckpoint", 0)?;
             // The WAL hook is also how SQLite checkpoints automatically: only set it here,
             // where automatic checkpoints are off anyway.
             conn.wal_hook(Some(count_wal_frames));
         }
-        let writer = Writer::start(conn, Duration::from_micros(cfg.group_commit_linger_us));
-        if background_checkpoints {
+        let linger = Duration::from_micros(cfg.group_commit_linger_us);
+        let writer = Writer::start(conn, linger, serves_lanes);
+        if serves_lanes {
             start_checkpointer(cfg, &writer)?;
         }
         let reads = read_pool(cfg)?;
@@ -608,6 +678,36 @@ mod tests {
         assert!(wal_frames_written() > before);
         // The commit that appended them took some time, and the slowest one is kept.
         assert!(take_slowest_commit() > Duration::ZERO);
+    }
+
+    #[test]
+    fn the_writer_measures_how_long_writes_wait_in_its_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&cfg(&dir), true).unwrap();
+        take_slowest_queue_wait();
+        // A long job (an import chunk, say) is running when a short one is handed over...
+        let long = db.writer.submit(|_| {
+            std::thread::sleep(Duration::from_millis(150));
+            Ok::<_, rusqlite::Error>(())
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        let short: Result<(), WriteError<rusqlite::Error>> = db.writer.write_blocking(|_| Ok(()));
+        short.unwrap();
+        long.unwrap().blocking_recv().unwrap().unwrap();
+        // ...so the short one waited in the queue for most of the long one's 150 ms.
+        let waited = take_slowest_queue_wait();
+        assert!(waited >= Duration::from_millis(90), "waited {waited:?}");
+    }
+
+    #[test]
+    fn a_long_queue_wait_is_warned_about_at_most_once_in_ten_seconds() {
+        let mut w = QueueWarning::default();
+        assert!(!w.saw(Duration::from_millis(5)), "a short wait is normal");
+        assert!(w.saw(Duration::from_millis(80)));
+        assert!(!w.saw(Duration::from_millis(120)), "not again so soon");
+        assert!(!w.saw(Duration::from_millis(60)));
+        // The next warning will tell of both batches and the worst of them.
+        assert_eq!((w.batches, w.worst), (2, Duration::from_millis(120)));
     }
 
     #[test]
