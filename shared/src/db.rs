@@ -23,12 +23,15 @@ pub fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../migrations/0003_drop_unused_redemption_index.sql"
         )),
+        M::up(include_str!(
+            "../migrations/0004_state_checks_without_in_lists.sql"
+        )),
     ])
 }
 
 /// Number of the newest migration this build knows.
 pub fn schema_version() -> i64 {
-    3
+    4
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +132,13 @@ pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
         });
     }
     migrations().to_latest(&mut conn)?;
+    if found < schema_version() {
+        // A connection keeps the schema it parsed; one that rewrote it in place (migration
+        // 0004) would go on checking the old way. Start afresh with the new schema.
+        drop(conn);
+        conn = Connection::open(&cfg.path)?;
+        init_connection(&conn, cfg)?;
+    }
     Ok(conn)
 }
 
@@ -593,7 +603,78 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version(), 3);
+        assert_eq!(schema_version(), 4);
+    }
+
+    /// Every table with a `state` check, and a row of it with `?1` as its state.
+    const STATE_ROWS: [(&str, &str); 4] = [
+        ("customer_coupons", "INSERT INTO customer_coupons (customer_id, offer_id, state, state_at) VALUES ('c', 'o', ?1, 1)"),
+        ("transactions", "INSERT INTO transactions (site, txn_id, customer_id, state, updated_at) VALUES ('s', 't', 'c', ?1, 1)"),
+        ("vouchers", "INSERT INTO vouchers (code, provider, provider_ref, state, updated_at) VALUES ('v', 'p', 'r', ?1, 1)"),
+        ("outbox", "INSERT INTO outbox (provider, operation, idempotency_key, ordering_key, payload, state, next_attempt_at, created_at, updated_at) VALUES ('p', 'o', 'k', 'k', '{}', ?1, 1, 1, 1)"),
+    ];
+
+    #[test]
+    fn writing_a_state_builds_no_temporary_btree_and_bad_states_are_still_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_and_migrate(&cfg(&dir)).unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        for ((table, insert), good) in STATE_ROWS
+            .iter()
+            .zip(["clipped", "open", "active", "pending"])
+        {
+            // `state IN ('a', 'b', 'c')` compiled to an ephemeral b-tree built on every write.
+            let ops: Vec<String> = conn
+                .prepare(&format!("EXPLAIN {insert}"))
+                .unwrap()
+                .query_map([good], |r| r.get::<_, String>(1))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                !ops.iter().any(|op| op == "OpenEphemeral"),
+                "{table}: {ops:?}"
+            );
+            let refused = conn.execute(insert, ["bogus"]).unwrap_err();
+            assert!(refused.to_string().contains("CHECK"), "{table}: {refused}");
+            assert_eq!(conn.execute(insert, [good]).unwrap(), 1, "{table}");
+        }
+    }
+
+    const OLD_STATES: [&str; 4] = ["redeemed", "committed", "void", "dead"];
+
+    #[test]
+    fn a_version_3_database_keeps_its_rows_and_checks_through_migration_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir);
+        {
+            let mut old = Connection::open(&c.path).unwrap();
+            old.pragma_update(None, "journal_mode", "WAL").unwrap();
+            migrations().to_version(&mut old, 3).unwrap();
+            old.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+            for ((_, insert), state) in STATE_ROWS.iter().zip(OLD_STATES) {
+                old.execute(insert, [state]).unwrap();
+            }
+        }
+        let conn = open_and_migrate(&c).unwrap();
+        assert_eq!(current_version(&conn).unwrap(), 4);
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let states: Vec<String> = ["customer_coupons", "transactions", "vouchers", "outbox"]
+            .iter()
+            .map(|t| {
+                conn.query_row(&format!("SELECT state FROM {t}"), [], |r| r.get(0))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(states, OLD_STATES);
+        conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        let refused = conn
+            .execute("UPDATE transactions SET state = 'bogus'", [])
+            .unwrap_err();
+        assert!(refused.to_string().contains("CHECK"), "{refused}");
     }
 
     #[test]

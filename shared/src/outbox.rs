@@ -7,6 +7,16 @@
 //! the discount engine and the HTTP layer never see provider names.
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+/// The states of an item not yet delivered (or given up on) whose ordering key later items
+/// wait behind: the predicate of the partial index `outbox_ordering`, written exactly as
+/// there so SQLite uses the index. (Written as comparisons, not `IN (...)`: see migration
+/// 0004.) Unqualified `state` names the innermost table of the query it is put in.
+macro_rules! undelivered {
+    () => {
+        "(state = 'pending' OR state = 'inflight' OR state = 'dead')"
+    };
+}
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -109,17 +119,21 @@ pub fn settle_local(conn: &Connection, item: &Item) -> rusqlite::Result<()> {
     };
     match (text("customer"), text("offerId"), text("code")) {
         (Some(customer), Some(offer), _) => {
-            conn.prepare_cached(
+            conn.prepare_cached(concat!(
                 "UPDATE customer_coupons SET local_dirty = 0 WHERE customer_id = ?1 AND offer_id = ?2 AND local_dirty = 1 \
-                 AND NOT EXISTS (SELECT 1 FROM outbox WHERE ordering_key = ?3 AND state IN ('pending', 'inflight', 'dead'))",
-            )?
+                 AND NOT EXISTS (SELECT 1 FROM outbox WHERE ordering_key = ?3 AND ",
+                undelivered!(),
+                ")"
+            ))?
             .execute(params![customer, offer, item.ordering_key])?;
         }
         (_, _, Some(code)) => {
-            conn.prepare_cached(
+            conn.prepare_cached(concat!(
                 "UPDATE vouchers SET local_dirty = 0 WHERE code = ?1 AND local_dirty = 1 \
-                 AND NOT EXISTS (SELECT 1 FROM outbox WHERE ordering_key = ?2 AND state IN ('pending', 'inflight', 'dead'))",
-            )?
+                 AND NOT EXISTS (SELECT 1 FROM outbox WHERE ordering_key = ?2 AND ",
+                undelivered!(),
+                ")"
+            ))?
             .execute(params![code, item.ordering_key])?;
         }
         _ => {}
@@ -169,9 +183,10 @@ pub fn claim_next(
          WHERE id = (SELECT o.id FROM outbox o \
                       WHERE o.state = 'pending' AND o.next_attempt_at <= ?2 AND (?1 IS NULL OR o.provider = ?1) \
                         AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.ordering_key = o.ordering_key AND e.id < o.id \
-                                          AND e.state IN ('pending', 'inflight', 'dead')) \
+                                          AND {undelivered}) \
                       ORDER BY o.next_attempt_at, o.id LIMIT 1) \
-         RETURNING {ITEM_COLUMNS}"
+         RETURNING {ITEM_COLUMNS}",
+        undelivered = undelivered!()
     ))?
     .query_row(params![provider, now, lease_until], item_from_row)
     .optional()
@@ -446,6 +461,26 @@ pub fn for_voucher(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn the_undelivered_test_finds_items_through_the_ordering_index() {
+        let (_dir, conn) = db();
+        let plan: Vec<String> = conn
+            .prepare(concat!(
+                "EXPLAIN QUERY PLAN SELECT 1 FROM outbox WHERE ordering_key = ?1 AND ",
+                undelivered!()
+            ))
+            .unwrap()
+            .query_map(["k"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING INDEX outbox_ordering")),
+            "{plan:?}"
+        );
+    }
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
