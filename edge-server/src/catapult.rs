@@ -129,7 +129,7 @@ fn json_ok<T: serde::Serialize + ?Sized>(v: &T) -> HttpResponse {
 
 std::thread_local! {
     /// Each HTTP worker thread keeps its own read connection.
-    static READER: std::cell::RefCell<Option<rusqlite::Connection>> = const { std::cell::RefCell::new(None) };
+    static READER: std::cell::RefCell<Option<shared::db::Reader>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs a lane read on this worker thread's own read connection, inline, in one read
@@ -149,11 +149,11 @@ fn read<R>(
 ) -> Result<R, ApiError> {
     READER.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let conn = match slot.as_mut() {
-            Some(conn) => conn,
-            None => slot.insert(shared::db::open_reader(&state.config().database)?),
+        let reader = match slot.as_mut() {
+            Some(reader) => reader,
+            None => slot.insert(shared::db::Reader::open(&state.config().database)?),
         };
-        shared::db::in_read_transaction(conn, f).map_err(ApiError::from)
+        reader.read(f).map_err(ApiError::from)
     })
 }
 

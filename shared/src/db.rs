@@ -158,6 +158,92 @@ pub fn open_reader(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// A lane worker's read connection that turns memory-mapped I/O off while the database
+/// changes under it on most reads, and back on once it is mostly quiet.
+///
+/// After another connection commits, SQLite's next read on this one drops its page cache
+/// and unmaps the whole file (`pagerBeginReadTransaction`): an munmap, TLB shootdowns sent
+/// to the other cores, then page faults to map again what the read touches. In the lane
+/// bench's update phase (a commit between almost any two reads) that was 12% of the HTTP
+/// workers' CPU. Plain reads cost less there, while a read-mostly store (card scans,
+/// metadata) keeps the mapping, which is what makes those reads fast.
+pub struct Reader {
+    conn: Connection,
+    /// The configured `mmap_size`, bytes (0: never mapped).
+    mmap_bytes: u64,
+    mapped: bool,
+    last_version: Option<i64>,
+    /// Share of recent reads that found a commit by another connection since the previous
+    /// read, in 1/256ths: a moving average over about 16 reads.
+    churn: u32,
+}
+
+/// Above this churn (half the reads see a change) mapping is turned off...
+const CHURN_UNMAP: u32 = 128;
+/// ...and below this (one read in eight) back on.
+const CHURN_MAP: u32 = 32;
+
+impl Reader {
+    pub fn open(cfg: &DatabaseConfig) -> Result<Reader, DbError> {
+        let mmap_bytes = u64::from(cfg.mmap_size_mib) * 1024 * 1024;
+        Ok(Reader {
+            conn: open_reader(cfg)?,
+            mmap_bytes,
+            mapped: mmap_bytes > 0,
+            last_version: None,
+            churn: 0,
+        })
+    }
+
+    /// Runs `f` in one read transaction (see [`in_read_transaction`]).
+    pub fn read<R, E: From<rusqlite::Error>>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let mut version = None;
+        let out = in_read_transaction(&self.conn, |conn| {
+            // The transaction's first statement: it takes the snapshot (and SQLite drops
+            // the cache and the mapping then, if another connection has committed).
+            version = Some(
+                conn.prepare_cached("PRAGMA data_version")?
+                    .query_row([], |r| r.get::<_, i64>(0))?,
+            );
+            f(conn)
+        });
+        if let Some(version) = version {
+            self.follow_changes(version)?;
+        }
+        out
+    }
+
+    /// Whether reads currently go through the memory map.
+    pub fn mapped(&self) -> bool {
+        self.mapped
+    }
+
+    /// Notes whether `version` (`PRAGMA data_version`: it moves whenever another connection
+    /// has committed since this one last looked) changed, and maps or unmaps for the next
+    /// reads, between two transactions.
+    fn follow_changes(&mut self, version: i64) -> rusqlite::Result<()> {
+        let changed = self.last_version.is_some_and(|v| v != version);
+        self.last_version = Some(version);
+        self.churn = self.churn - self.churn / 16 + if changed { 16 } else { 0 };
+        let want = if self.mapped {
+            self.churn <= CHURN_UNMAP
+        } else {
+            self.churn < CHURN_MAP
+        };
+        if self.mmap_bytes > 0 && want != self.mapped {
+            let size = if want { self.mmap_bytes } else { 0 };
+            self.conn
+                .execute_batch(&format!("PRAGMA mmap_size = {size}"))?;
+            self.mapped = want;
+            log::debug!(mapped = want, churn = self.churn; "read connection memory map switched");
+        }
+        Ok(())
+    }
+}
+
 /// Runs `f` in one read transaction of `conn` (a consistent snapshot for all its
 /// statements), ended whatever `f` returns.
 pub fn in_read_transaction<R, E: From<rusqlite::Error>>(
@@ -789,6 +875,47 @@ mod tests {
         assert!(!w.saw(Duration::from_millis(60)));
         // The next warning will tell of both batches and the worst of them.
         assert_eq!((w.batches, w.worst), (2, Duration::from_millis(120)));
+    }
+
+    #[test]
+    fn a_reader_unmaps_while_the_database_keeps_changing_and_maps_again_when_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir);
+        let db = Db::open(&c, true).unwrap();
+        let mut reader = Reader::open(&c).unwrap();
+        let mmap_size = |r: &mut Reader| -> i64 {
+            r.read(|conn| conn.query_row("PRAGMA mmap_size", [], |row| row.get(0)))
+                .unwrap()
+        };
+        let count = |r: &mut Reader| -> i64 {
+            r.read(|conn| conn.query_row("SELECT count(*) FROM sync_state", [], |row| row.get(0)))
+                .unwrap()
+        };
+        assert!(reader.mapped());
+        assert!(mmap_size(&mut reader) > 0);
+        // A commit between any two reads (the bench's update phase)...
+        for n in 1..=12 {
+            let wrote: Result<usize, WriteError<rusqlite::Error>> =
+                db.writer.write_blocking(move |conn| {
+                    conn.execute(
+                        "INSERT INTO sync_state (provider) VALUES (?1)",
+                        [format!("p{n}")],
+                    )
+                });
+            wrote.unwrap();
+            assert_eq!(count(&mut reader), n, "reads see every commit");
+        }
+        assert!(!reader.mapped());
+        assert_eq!(mmap_size(&mut reader), 0);
+        // ...then reads alone (card scans at a quiet time): mapped again.
+        for _ in 0..40 {
+            assert_eq!(count(&mut reader), 12);
+        }
+        assert!(reader.mapped());
+        assert_eq!(
+            mmap_size(&mut reader),
+            i64::from(c.mmap_size_mib) * 1024 * 1024
+        );
     }
 
     #[test]
