@@ -211,7 +211,14 @@ impl Reader {
             f(conn)
         });
         if let Some(version) = version {
-            self.follow_changes(version)?;
+            // The read itself succeeded; a failed switch leaves the mapping as it is, for
+            // good (no warning on every read).
+            if let Err(e) = self.follow_changes(version) {
+                log::warn!(
+                    "cannot switch the read connection's memory map, it stays as it is: {e}"
+                );
+                self.mmap_bytes = 0;
+            }
         }
         out
     }
