@@ -194,43 +194,8 @@ impl CatalogCache {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::domain::{ItemSet, Mechanic, Rule};
-
-    fn offer(id: &str) -> Offer {
-        let day = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
-        Offer {
-            id: id.to_owned(),
-            provider: "local".to_owned(),
-            provider_ref: id.to_owned(),
-            short_description: String::new(),
-            requirement_description: String::new(),
-            long_description: String::new(),
-            category: String::new(),
-            brand: String::new(),
-            start_date: day,
-            end_date: day,
-            image_url: None,
-            targeted: false,
-            enabled: true,
-            featured: false,
-            requires_clip: true,
-            rule: Rule {
-                mechanic: Mechanic::PercentOff { basis_points: 1000 },
-                requirement: ItemSet::default(),
-                reward: None,
-                min_qty: 1,
-                min_basket: None,
-                max_applications: None,
-            },
-            receipt_alias: String::new(),
-            reduces_tax: true,
-            coupon_type: String::new(),
-            external_id: String::new(),
-            per_customer_limit: None,
-            global_limit: None,
-            loyalty_cost: None,
-        }
-    }
+    use crate::domain::Mechanic;
+    use crate::engine::tests::{items, offer, rule};
 
     #[test]
     fn finds_offers_by_short_and_by_long_multibyte_ids() {
@@ -243,7 +208,8 @@ mod tests {
         // 15 characters, 45 bytes: longer than an inline id.
         let long = "€".repeat(15);
         for id in ["O1", "OFFER-123456789", long.as_str()] {
-            repo::upsert_offer(&conn, &offer(id), 1).unwrap();
+            let rule = rule(Mechanic::PercentOff { basis_points: 1000 }, items(&["1"]));
+            repo::upsert_offer(&conn, &offer(id, rule), 1).unwrap();
         }
         let catalog = Catalog::load(&conn).unwrap();
         assert_eq!(catalog.len(), 3);

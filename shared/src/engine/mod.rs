@@ -68,7 +68,7 @@ mod eligibility;
 mod mechanics;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::domain::{Offer, Upc};
 use crate::money::{Cents, MilliQty};

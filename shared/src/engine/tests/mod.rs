@@ -13,14 +13,14 @@ fn day(d: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(2024, 6, d).unwrap()
 }
 
-fn items(upcs: &[&str]) -> ItemSet {
+pub(crate) fn items(upcs: &[&str]) -> ItemSet {
     ItemSet {
         upcs: upcs.iter().map(|u| Upc::normalise(u)).collect(),
         depts: vec![],
     }
 }
 
-fn rule(mechanic: Mechanic, requirement: ItemSet) -> Rule {
+pub(crate) fn rule(mechanic: Mechanic, requirement: ItemSet) -> Rule {
     Rule {
         mechanic,
         requirement,
@@ -31,7 +31,8 @@ fn rule(mechanic: Mechanic, requirement: ItemSet) -> Rule {
     }
 }
 
-fn offer(id: &str, rule: Rule) -> Offer {
+/// An offer with `rule`, live in June 2024 (also used by other modules' tests).
+pub(crate) fn offer(id: &str, rule: Rule) -> Offer {
     Offer {
         id: id.to_owned(),
         provider: "test".to_owned(),
