@@ -7,6 +7,8 @@
 //! the discount engine and the HTTP layer never see provider names.
 
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::{json, Value};
 
 /// The states of an item not yet delivered (or given up on) whose ordering key later items
 /// wait behind: the predicate of the partial index `outbox_ordering`, written exactly as
@@ -17,8 +19,6 @@ macro_rules! undelivered {
         "(state = 'pending' OR state = 'inflight' OR state = 'dead')"
     };
 }
-use serde::Serialize;
-use serde_json::{json, Value};
 
 pub mod provider {
     pub const CONVERCUS: &str = "convercus";
