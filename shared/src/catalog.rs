@@ -199,12 +199,7 @@ mod tests {
 
     #[test]
     fn finds_offers_by_short_and_by_long_multibyte_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::DatabaseConfig {
-            path: dir.path().join("c.db"),
-            ..Default::default()
-        };
-        let conn = crate::db::open_and_migrate(&cfg).unwrap();
+        let (_dir, conn) = crate::db::scratch_db();
         // 15 characters, 45 bytes: longer than an inline id.
         let long = "€".repeat(15);
         for id in ["O1", "OFFER-123456789", long.as_str()] {

@@ -120,10 +120,7 @@ pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
                 lock_path.display()
             ))
         })?;
-    let mut conn = Connection::open(&cfg.path)?;
-    init_connection(&conn, cfg)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    let mut conn = open_writable(cfg)?;
     let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if found > schema_version() {
         return Err(DbError::TooNew {
@@ -136,10 +133,32 @@ pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
         // A connection keeps the schema it parsed; one that rewrote it in place (migration
         // 0004) would go on checking the old way. Start afresh with the new schema.
         drop(conn);
-        conn = Connection::open(&cfg.path)?;
-        init_connection(&conn, cfg)?;
+        conn = open_writable(cfg)?;
     }
     Ok(conn)
+}
+
+/// A read-write connection with every setting the writer needs (WAL, its size limit).
+fn open_writable(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
+    let conn = Connection::open(&cfg.path)?;
+    init_connection(&conn, cfg)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    Ok(conn)
+}
+
+/// A fresh, migrated database in a temporary directory (kept alive by the returned guard),
+/// for unit tests.
+#[cfg(test)]
+pub(crate) fn scratch_db() -> (tempfile::TempDir, Connection) {
+    #![allow(clippy::unwrap_used)]
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DatabaseConfig {
+        path: dir.path().join("scratch.db"),
+        ..DatabaseConfig::default()
+    };
+    let conn = open_and_migrate(&cfg).unwrap();
+    (dir, conn)
 }
 
 /// The current schema version of an open database.
@@ -768,6 +787,19 @@ mod tests {
             .execute("UPDATE transactions SET state = 'bogus'", [])
             .unwrap_err();
         assert!(refused.to_string().contains("CHECK"), "{refused}");
+    }
+
+    #[test]
+    fn a_connection_reopened_after_migrating_keeps_the_writer_settings() {
+        // A fresh database is migrated, so open_and_migrate hands back a reopened connection.
+        let (_dir, conn) = scratch_db();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let limit: i64 = conn
+            .pragma_query_value(None, "journal_size_limit", |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), limit), ("wal", 64 * 1024 * 1024));
     }
 
     #[test]

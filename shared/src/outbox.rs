@@ -482,15 +482,7 @@ mod tests {
         );
     }
 
-    fn db() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::DatabaseConfig {
-            path: dir.path().join("o.db"),
-            ..Default::default()
-        };
-        let conn = crate::db::open_and_migrate(&cfg).unwrap();
-        (dir, conn)
-    }
+    use crate::db::scratch_db as db;
 
     fn item(key: &str, ordering: &str) -> NewItem {
         NewItem {

@@ -358,12 +358,7 @@ mod tests {
 
     #[test]
     fn requests_are_taken_once_and_status_counts_the_queue() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::DatabaseConfig {
-            path: dir.path().join("s.db"),
-            ..Default::default()
-        };
-        let c = crate::db::open_and_migrate(&cfg).unwrap();
+        let (_dir, c) = crate::db::scratch_db();
         request_sync(&c, "koupon", 5).unwrap();
         assert_eq!(take_requests(&c).unwrap(), vec!["koupon".to_owned()]);
         assert!(take_requests(&c).unwrap().is_empty());
