@@ -725,7 +725,7 @@ pub struct VoucherView {
 /// What a lane is told about a voucher. `today` is the store-local date (`YYYY-MM-DD`):
 /// a voucher outside its validity window is `invalid` ("not valid today").
 fn voucher_view(v: &repo::Voucher, today: &str, now: i64) -> VoucherView {
-    let locked = v.state == "locked" && v.lock_expires_at.is_some_and(|e| e > now);
+    let locked = lock_is_live(v, now);
     let state = match v.state.as_str() {
         "validated" | "void" => v.state.clone(),
         _ if out_of_window(v, today) => "invalid".to_owned(),
@@ -738,6 +738,7 @@ fn voucher_view(v: &repo::Voucher, today: &str, now: i64) -> VoucherView {
             "already used at {}",
             v.validated_at.clone().unwrap_or_default()
         ),
+        "locked" if v.lock_site.is_none() => LOCKED_UPSTREAM.to_owned(),
         "locked" => "in use on an open sale".to_owned(),
         "void" => "voided by the provider".to_owned(),
         _ => "valid".to_owned(),
@@ -755,6 +756,16 @@ fn voucher_view(v: &repo::Voucher, today: &str, now: i64) -> VoucherView {
         validated_at: v.validated_at.clone(),
         message,
     }
+}
+
+/// Why a voucher locked by another system (at the provider) is refused.
+const LOCKED_UPSTREAM: &str = "locked at the provider by another system";
+
+/// Whether a voucher is locked now: by a lane of this store until its lock lapses, or at the
+/// provider by another system (a pulled lock has no local owner) until a pull unlocks it.
+/// Coupontools: "if you use locking, the lookup must also check `locked`".
+fn lock_is_live(v: &repo::Voucher, now: i64) -> bool {
+    v.state == "locked" && (v.lock_site.is_none() || v.lock_expires_at.is_some_and(|e| e > now))
 }
 
 fn out_of_window(v: &repo::Voucher, today: &str) -> bool {
@@ -793,8 +804,10 @@ fn voucher_blocked(
     if out_of_window(v, today) {
         return Some("not valid today".to_owned());
     }
-    let locked_elsewhere = v.state == "locked"
-        && v.lock_expires_at.is_some_and(|e| e > now)
+    if v.state == "locked" && v.lock_site.is_none() {
+        return Some(LOCKED_UPSTREAM.to_owned());
+    }
+    let locked_elsewhere = lock_is_live(v, now)
         && !(v.lock_site.as_deref() == Some(site) && v.lock_txn.as_deref() == Some(txn));
     locked_elsewhere.then(|| "in use on another open sale".to_owned())
 }

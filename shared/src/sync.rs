@@ -341,7 +341,10 @@ pub fn apply_voucher(conn: &Connection, v: &repo::Voucher, now: i64) -> Result<b
             && old.min_spend == v.min_spend
             && old.valid_from == v.valid_from
             && old.valid_until == v.valid_until
-            && (old.state == v.state || old.state == "locked" && v.state == "active")
+            // A lane's own lock is not yet (or never) seen upstream: not a change. A lock
+            // another system held upstream (no local owner) that is gone is one.
+            && (old.state == v.state
+                || old.state == "locked" && old.lock_site.is_some() && v.state == "active")
             && (v.validated_at.is_none() || old.validated_at.is_some());
         if same {
             return Ok(false);
@@ -355,6 +358,38 @@ pub fn apply_voucher(conn: &Connection, v: &repo::Voucher, now: i64) -> Result<b
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_pull_lifts_a_lock_held_upstream_but_not_a_lane_s_own_lock() {
+        let (_dir, c) = crate::db::scratch_db();
+        let pulled = |code: &str, state: &str| repo::Voucher {
+            code: code.into(),
+            provider: "coupontools".into(),
+            provider_ref: code.into(),
+            description: String::new(),
+            value: crate::money::Cents(100),
+            min_spend: crate::money::Cents(0),
+            valid_from: None,
+            valid_until: None,
+            state: state.into(),
+            lock_site: None,
+            lock_txn: None,
+            lock_expires_at: None,
+            validated_at: None,
+            validated_site: None,
+            validated_txn: None,
+            money_spent: None,
+        };
+        // Locked at the provider by another system, then released there.
+        assert!(apply_voucher(&c, &pulled("up1", "locked"), 10).unwrap());
+        assert!(apply_voucher(&c, &pulled("up1", "active"), 20).unwrap());
+        assert_eq!(repo::voucher(&c, "up1").unwrap().unwrap().state, "active");
+        // Locked by a lane here; the provider has not seen the lock yet.
+        assert!(apply_voucher(&c, &pulled("own1", "active"), 10).unwrap());
+        repo::lock_voucher(&c, "own1", "S", "T1", 1000, 30).unwrap();
+        assert!(!apply_voucher(&c, &pulled("own1", "active"), 40).unwrap());
+        assert_eq!(repo::voucher(&c, "own1").unwrap().unwrap().state, "locked");
+    }
 
     #[test]
     fn requests_are_taken_once_and_status_counts_the_queue() {

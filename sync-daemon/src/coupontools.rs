@@ -138,7 +138,7 @@ impl Client {
     }
 
     pub async fn probe(&self) -> Result<(), CallError> {
-        self.call("coupon/list", json!({"only_active": "true"}))
+        self.call("coupon/list", json!({"only_active": true}))
             .await
             .map(|_| ())
     }
@@ -162,11 +162,13 @@ impl Client {
         F: FnOnce(Value) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
+        // The session id (what `couponsession` names). Items queued by earlier versions
+        // named a pulled voucher's campaign (`cam_…`) instead: those use the scanned code.
         let session = item
             .payload
             .get("providerRef")
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
+            .filter(|s| !s.is_empty() && !s.starts_with("cam_"))
             .or_else(|| item.payload.get("code").and_then(Value::as_str))
             .unwrap_or_default()
             .to_owned();
@@ -289,7 +291,7 @@ impl Client {
     /// Titles of the account's active campaigns.
     pub async fn campaigns(&self) -> Result<Vec<(String, String)>, CallError> {
         let v = self
-            .call("coupon/list", json!({"only_active": "true"}))
+            .call("coupon/list", json!({"only_active": true}))
             .await?;
         Ok(v.get("coupon_info")
             .and_then(Value::as_array)
@@ -314,7 +316,7 @@ impl Client {
         let v = self
             .call(
                 "campaign/claims",
-                json!({"campaign": campaign, "page": page.to_string()}),
+                json!({"campaign": campaign, "page": page}),
             )
             .await?;
         Ok(v.get("sessions")
@@ -387,9 +389,10 @@ pub fn voucher_of(record: &Value, title: &str, config: &Config) -> Option<Vouche
         .and_then(|r| r.description.clone())
         .unwrap_or_else(|| title.to_owned());
     Some(Voucher {
+        // The session is the voucher's upstream identity: locks and validations name it.
+        provider_ref: session.clone(),
         code: session,
         provider: NAME.to_owned(),
-        provider_ref: campaign,
         description: description.chars().take(100).collect(),
         value,
         min_spend,
@@ -438,6 +441,8 @@ mod tests {
             "data": {"status": {"value": "5.00", "validated": "0", "locked": "1",
                                  "expiration_date": "2099-12-31 23:59:59"}}});
         let v = voucher_of(&rec, "Five off", &config).unwrap();
+        // Locks and validations must name the session, not its campaign.
+        assert_eq!(v.provider_ref, "ac6s7u3g8a25ja7x9qg87");
         assert_eq!(v.value, Cents(500));
         assert_eq!(v.state, "locked");
         assert_eq!(v.valid_until.as_deref(), Some("2099-12-31"));

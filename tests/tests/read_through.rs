@@ -99,3 +99,47 @@ async fn a_slow_coupontools_costs_the_lane_at_most_the_budget() {
     let log = std::fs::read_to_string(store.dir.join("edge-server.log")).unwrap();
     assert!(log.contains("over its 200 ms budget"), "{log}");
 }
+
+#[tokio::test]
+async fn a_session_locked_at_coupontools_by_another_system_is_refused_at_lookup() {
+    let providers = Providers::start().unwrap();
+    providers
+        .seed(&json!({"coupontools": {
+            "campaigns": [{"ID": "cam_100001", "title": "One off", "active": true}],
+            "sessions": [{"session": "lockedelsewhere000001", "campaign": "cam_100001",
+                          "status": {"value": "2.00", "locked": "1"}}]}}))
+        .await
+        .unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
+            "campaigns = [\"cam_100001\"]",
+            "campaigns = [\"cam_100001\"]\nread_through_ms = 500",
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let code = "lockedelsewhere000001";
+    let (status, v) = store
+        .get(&format!("/vouchers/{code}?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "locked", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("another system"),
+        "{v}"
+    );
+    // Neither a lock nor a validation at a lane gets past it, and nothing is queued.
+    for action in ["lock", "validate"] {
+        let (status, r) = store
+            .post(
+                &format!("/vouchers/{code}/{action}"),
+                &json!({"site": SITE, "transaction": "LK1", "moneySpent": 10.0}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 409, "{action}: {r}");
+        assert_eq!(r["errors"][0]["id"], "VOUCHER_UNAVAILABLE", "{r}");
+    }
+}

@@ -311,12 +311,11 @@ fn answer(
     let empty = Map::new();
     let params_ok = params.is_some();
     let params = params.unwrap_or(&empty);
-    let get = |k: &str| {
-        params
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
+    // Numbers and booleans are read as their text (`page`: number, `only_active`: true/false).
+    let get = |k: &str| match params.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+        _ => String::new(),
     };
     let id = header(req, "x-client-id")
         .map(str::to_owned)
