@@ -292,6 +292,11 @@ fn set_clipped(
         CouponState::Available
     };
     repo::set_coupon_state(conn, customer, &offer.id, state, now, true)?;
+    if !offer.requires_clip {
+        // A coupon that needs no clip has nothing to activate upstream (Convercus allows
+        // (de)activation only of coupons with `activation.activatable = true`).
+        return Ok(());
+    }
     let coupon_ref = repo::coupon_provider_ref(conn, customer, &offer.id)?;
     let items = outbox::for_activation(
         event(offer, coupon_ref.as_deref(), customer, customer_ref),

@@ -98,7 +98,17 @@ impl Client {
             )));
         }
         if !status.is_success() {
-            return Err(error_of(status.as_u16(), &body));
+            // Keycloak refuses a bad secret or password with 400 `invalid_grant`/`invalid_client`,
+            // a wrong token URL gives 404: whatever it is, the items are not at fault, so the
+            // queue pauses (never dead-letters) until the configuration works. 5xx and 429
+            // are the provider's trouble and are retried.
+            let e = error_of(status.as_u16(), &body);
+            if e.is_transient() {
+                return Err(e);
+            }
+            return Err(CallError::Auth(format!(
+                "Convercus login refused ({e}); check providers.convercus credentials and URLs"
+            )));
         }
         // The legacy answer's shape is a [GAP]: a bare token or an object with a token field.
         let parsed: Option<Value> = serde_json::from_str(&body).ok();
@@ -303,9 +313,7 @@ impl Client {
         let path = format!("/v2/accountcoupons/{}", enc(id));
         match self.call(Method::PATCH, &path, Some("ID"), None).await {
             Ok(_) => Delivery::delivered(),
-            Err(CallError::Status { code, detail, .. }) => {
-                redeem_refusal(&code, &detail, item.attempts)
-            }
+            Err(e @ CallError::Status { .. }) => redeem_refusal(&e, item.attempts),
             Err(e) => Delivery::from_error(&e),
         }
     }
@@ -387,19 +395,40 @@ impl Client {
     }
 }
 
-/// What a refused redemption means (convercus.md §4.9).
-fn redeem_refusal(code: &str, detail: &str, attempts: i64) -> Delivery {
+/// What a refused redemption means (convercus.md §4.9). The error layout and statuses are
+/// a [GAP]: an answer without one of the documented codes is judged by its HTTP status
+/// (5xx and 429 are retried with back-off, like any other call).
+fn redeem_refusal(e: &CallError, attempts: i64) -> Delivery {
+    let CallError::Status { code, detail, .. } = e else {
+        return Delivery::from_error(e);
+    };
     let reason = format!("{code}: {detail}");
-    match code {
+    match code.as_str() {
         "INTERNAL_SERVER_ERROR" | "COUPON_REDEMPTION_IN_PROGRESS" => Delivery::Retry(reason),
         "CONDITION_NOT_FULFILLED" if detail.contains("NOT_YET_REDEEMABLE") => {
             Delivery::Retry(reason)
         }
         // The activation is queued before the redemption on the same key; one more try.
         "COUPON_NOT_ACTIVATABLE" if attempts < 2 => Delivery::Retry(reason),
-        _ => Delivery::Dead(reason),
+        c if DOCUMENTED_REFUSALS.contains(&c) => Delivery::Dead(reason),
+        _ => Delivery::from_error(e),
     }
 }
+
+/// The codes convercus.md §4.9 documents, with those above that are retried.
+const DOCUMENTED_REFUSALS: &[&str] = &[
+    "CONDITION_NOT_FULFILLED",
+    "CONDITION_NOT_DEFINED",
+    "ACCOUNT_LOCKED",
+    "COUPON_NOT_FOUND",
+    "PROMOCODE_NOT_FOUND",
+    "COUPON_NOT_PROMOCODE",
+    "COUPON_NOT_ACTIVATABLE",
+    "COUPON_PREVIEW_NOT_AVAILABLE",
+    "COUPON_NOT_ASSIGNED_ACCOUNT",
+    "COUPON_NOT_MANUAL_REDEEMABLE",
+    "COUPON_NOT_ACTIVATED",
+];
 
 /// Reads a Convercus error answer (`{"code", "detail"}`, parsed defensively).
 fn error_of(status: u16, body: &str) -> CallError {
@@ -722,21 +751,44 @@ mod tests {
 
     #[test]
     fn refusals_are_classified() {
-        assert!(matches!(
-            redeem_refusal("CONDITION_NOT_FULFILLED", "NOT_YET_REDEEMABLE", 1),
-            Delivery::Retry(_)
-        ));
-        assert!(matches!(
-            redeem_refusal("CONDITION_NOT_FULFILLED", "NO_LONGER_REDEEMABLE", 1),
-            Delivery::Dead(_)
-        ));
-        assert!(matches!(
-            redeem_refusal("COUPON_NOT_ASSIGNED_ACCOUNT", "", 1),
-            Delivery::Dead(_)
-        ));
-        assert!(matches!(
-            redeem_refusal("COUPON_REDEMPTION_IN_PROGRESS", "", 5),
-            Delivery::Retry(_)
-        ));
+        let refusal = |status: u16, code: &str, detail: &str, attempts: i64| {
+            redeem_refusal(
+                &CallError::Status {
+                    status,
+                    code: code.into(),
+                    detail: detail.into(),
+                },
+                attempts,
+            )
+        };
+        let retried = |d: Delivery| matches!(d, Delivery::Retry(_));
+        let dead = |d: Delivery| matches!(d, Delivery::Dead(_));
+        assert!(retried(refusal(
+            400,
+            "CONDITION_NOT_FULFILLED",
+            "NOT_YET_REDEEMABLE",
+            1
+        )));
+        assert!(dead(refusal(
+            400,
+            "CONDITION_NOT_FULFILLED",
+            "NO_LONGER_REDEEMABLE",
+            1
+        )));
+        assert!(dead(refusal(409, "COUPON_NOT_ASSIGNED_ACCOUNT", "", 1)));
+        assert!(retried(refusal(
+            409,
+            "COUPON_REDEMPTION_IN_PROGRESS",
+            "",
+            5
+        )));
+        assert!(retried(refusal(500, "INTERNAL_SERVER_ERROR", "", 1)));
+        // No documented code: the HTTP status decides (a bare 503, a 429, an HTML 502).
+        assert!(retried(refusal(503, "", "Service Unavailable", 1)));
+        assert!(retried(refusal(429, "", "", 1)));
+        assert!(retried(refusal(502, "", "<html>Bad Gateway</html>", 1)));
+        assert!(dead(refusal(400, "", "bad request", 1)));
+        // A documented permanent code stays permanent whatever the status.
+        assert!(dead(refusal(500, "COUPON_NOT_FOUND", "", 1)));
     }
 }

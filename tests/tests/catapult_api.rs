@@ -216,6 +216,40 @@ async fn clip_and_unclip_with_per_id_errors() {
 }
 
 #[tokio::test]
+async fn a_permanent_convercus_coupon_is_never_activated_or_deactivated_upstream() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    // Convercus `activation.activatable = false`: a permanent coupon, imported as
+    // requiresClip false (as the pull maps it).
+    let snapshot = store.dir.join("permanent.json");
+    std::fs::write(
+        &snapshot,
+        json!({
+            "offers": [{"id": "CVPERM", "provider": "convercus", "providerRef": "c-perm",
+                        "shortDescription": "Permanent 5%", "startDate": "2026-01-01",
+                        "endDate": "2099-12-31", "targeted": true, "requiresClip": false,
+                        "rule": {"mechanic": {"type": "percentOff", "basisPoints": 500}}}],
+            "customers": [{"id": "4000000000077", "provider": "convercus", "providerRef": "acc-77",
+                           "coupons": [{"offerId": "CVPERM", "state": "clipped", "providerRef": "ACID-77"}]}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    store.import(&snapshot).unwrap();
+    let path = format!("/coupons/customer?site={SITE}&customer=4000000000077");
+    for body in [json!({"remove": ["CVPERM"]}), json!({"add": ["CVPERM"]})] {
+        let (status, r) = store.post(&path, &body).await.unwrap();
+        assert_eq!(status, 200, "{r}");
+        assert!(r.get("errors").is_none(), "{r}");
+    }
+    let activations: Vec<String> = outbox_rows(&store)
+        .into_iter()
+        .filter(|i| i.payload["offerId"] == "CVPERM")
+        .map(|i| i.operation)
+        .collect();
+    assert!(activations.is_empty(), "{activations:?}");
+}
+
+#[tokio::test]
 async fn demographics_by_phone_or_email() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
     let path = format!("/demographics?site={SITE}");
