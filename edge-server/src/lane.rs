@@ -599,6 +599,22 @@ pub fn commit(
             .filter(|c| !h.optional.contains(c))
             .cloned()
             .collect(),
+        // A late commit (the POS retries while the WAN is down, CATAPULT §4.7): the hold
+        // lapsed meanwhile, but the sale is still open and its last non-transient update
+        // says what the shopper was given. Coupons used elsewhere since are flagged below.
+        (None, true)
+            if existing
+                .as_ref()
+                .is_some_and(|t| t.state == "open" && t.customer_id == input.customer) =>
+        {
+            let mut given = Vec::new();
+            for id in stored.applied.keys() {
+                if find_offer(conn, catalog, id)?.is_some_and(|o| o.loyalty_cost.is_none()) {
+                    given.push(id.clone());
+                }
+            }
+            given
+        }
         (None, true) => Vec::new(),
         (_, false) => input.coupons.clone(),
     };

@@ -648,6 +648,60 @@ async fn an_abandoned_transactions_hold_expires() {
 }
 
 #[tokio::test]
+async fn a_late_empty_commit_after_the_hold_lapsed_still_redeems_what_the_sale_was_given() {
+    let store = Store::start(StoreOptions {
+        hold_ttl_secs: 1,
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JOHN, "L1")),
+            &update_body(JOHN, "L1", false, items()),
+        )
+        .await
+        .unwrap();
+    assert!(applied(&r, "BOGO1").is_some(), "{r}");
+    // Wait (polling with transient updates, which hold nothing) until the hold has lapsed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, r) = store
+            .post(
+                &format!("/transaction{}", q(JOHN, "L2")),
+                &update_body(JOHN, "L2", true, items()),
+            )
+            .await
+            .unwrap();
+        if applied(&r, "BOGO1").is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "hold never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The POS retried the commit while the WAN was down: it arrives late, list empty.
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JOHN, "L1")),
+            &json!({"coupons": []}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    assert!(list(&meta(&store, JOHN).await, "redeemed").contains(&"BOGO1".to_owned()));
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let (redeemed, conflicts): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*) FILTER (WHERE offer_id = 'BOGO1'), coalesce(sum(conflict), 0) \
+             FROM redemptions WHERE txn_id = 'L1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((redeemed, conflicts), (1, 0));
+}
+
+#[tokio::test]
 async fn vouchers_lock_validate_and_say_when_they_were_used() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
     let (status, v) = store
