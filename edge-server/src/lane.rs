@@ -624,10 +624,12 @@ pub fn commit(
         log::info!(site = input.site.as_str(), transaction = input.txn.as_str(), coupons = to_redeem.join(",").as_str(); "commit with an empty list redeems every pending coupon");
     }
     repo::ensure_customer(conn, &input.customer, now)?;
-    let customer_ref = repo::customer(conn, &input.customer)?.and_then(|c| c.provider_ref);
+    let customer_row = repo::customer(conn, &input.customer)?;
+    let customer_ref = customer_row.as_ref().and_then(|c| c.provider_ref.clone());
+    let loyalty_id = customer_row.and_then(|c| c.loyalty_id);
     let view = CustomerCoupons::read(conn, &input.customer)?;
     let mut total = Cents::ZERO;
-    let mut koupon_assets = Vec::new();
+    let mut sale_coupons = Vec::new();
     for id in &to_redeem {
         let Some(offer) = find_offer(conn, catalog, id)? else {
             log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "commit lists a coupon that is not in the catalog; acknowledged and ignored");
@@ -680,20 +682,29 @@ pub fn commit(
             now,
         )?;
         if outbox::wants_sale(&offer.provider) {
-            koupon_assets.push((offer.provider_ref.clone(), discount.0));
+            sale_coupons.push(outbox::SaleCoupon {
+                offer_id: offer.id.clone(),
+                coupon_code: if offer.external_id.is_empty() {
+                    offer.provider_ref.clone()
+                } else {
+                    offer.external_id.clone()
+                },
+                offer_barcode: coupon_ref.unwrap_or_else(|| offer.provider_ref.clone()),
+                discount_cents: discount.0,
+            });
         }
         total += discount;
     }
-    if let Some(item) = outbox::for_sale(
+    let sale_items = outbox::for_sale(
         &input.site,
         &input.txn,
         &input.customer,
-        &koupon_assets,
+        loyalty_id.as_deref(),
+        &sale_coupons,
         &stored.sale,
         redeemed_at,
-    ) {
-        outbox::enqueue(conn, &item, now)?;
-    }
+    );
+    enqueue_all(conn, sale_items, now)?;
     repo::delete_hold(conn, &input.site, &input.txn)?;
     let response = commit_response(total);
     repo::commit_transaction(

@@ -211,6 +211,21 @@ pub struct KouponConfig {
     /// Cron schedule of the offer list pull.
     pub schedule: String,
     pub timeout_ms: u64,
+    /// What a redemption of a customer's coupon names as `discountAsset` (koupon.md §3.2).
+    pub redeem_as: KouponRedeemAs,
+}
+
+/// How a customer's Koupon coupon is reported redeemed (koupon.md §3.2): `discountAsset` is
+/// either the Loyalty ID scanned at the POS, with the offer's code as `couponCode`, or the
+/// offer's own barcode, without a `couponCode`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KouponRedeemAs {
+    /// `discountAsset` = the customer's loyalty id (else their card), `couponCode` = the
+    /// offer's Koupon `offerId` (its `externalId`; else its providerRef).
+    LoyaltyId,
+    /// `discountAsset` = the offer barcode (the coupon's providerRef), no `couponCode`.
+    OfferBarcode,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -472,6 +487,7 @@ impl Default for KouponConfig {
             store_id: String::new(),
             schedule: "0 0 * * * *".to_owned(),
             timeout_ms: 10_000,
+            redeem_as: KouponRedeemAs::LoyaltyId,
         }
     }
 }

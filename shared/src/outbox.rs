@@ -117,17 +117,21 @@ pub fn settle_local(conn: &Connection, item: &Item) -> rusqlite::Result<()> {
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    match (text("customer"), text("offerId"), text("code")) {
-        (Some(customer), Some(offer), _) => {
-            conn.prepare_cached(concat!(
+    let offers = offers_of(&item.payload);
+    match (text("customer"), text("code")) {
+        (Some(customer), _) if !offers.is_empty() => {
+            let mut st = conn.prepare_cached(concat!(
                 "UPDATE customer_coupons SET local_dirty = 0 WHERE customer_id = ?1 AND offer_id = ?2 AND local_dirty = 1 \
-                 AND NOT EXISTS (SELECT 1 FROM outbox WHERE ordering_key = ?3 AND ",
+                 AND NOT EXISTS (SELECT 1 FROM outbox WHERE (ordering_key = ?3 OR ordering_key = ?4) AND ",
                 undelivered!(),
                 ")"
-            ))?
-            .execute(params![customer, offer, item.ordering_key])?;
+            ))?;
+            for offer in offers {
+                let coupon_key = format!("coupon:{customer}:{offer}");
+                st.execute(params![customer, offer, item.ordering_key, coupon_key])?;
+            }
         }
-        (_, _, Some(code)) => {
+        (_, Some(code)) => {
             conn.prepare_cached(concat!(
                 "UPDATE vouchers SET local_dirty = 0 WHERE code = ?1 AND local_dirty = 1 \
                  AND NOT EXISTS (SELECT 1 FROM outbox WHERE ordering_key = ?2 AND ",
@@ -244,15 +248,50 @@ pub fn flag_refused_redemption(conn: &Connection, item: &Item) -> rusqlite::Resu
         return Ok(());
     }
     let text = |k: &str| item.payload.get(k).and_then(Value::as_str);
-    if let (Some(site), Some(txn), Some(offer)) =
-        (text("site"), text("transaction"), text("offerId"))
-    {
-        conn.prepare_cached(
+    if let (Some(site), Some(txn)) = (text("site"), text("transaction")) {
+        let mut st = conn.prepare_cached(
             "UPDATE redemptions SET conflict = 1 WHERE site = ?1 AND txn_id = ?2 AND offer_id = ?3",
-        )?
-        .execute(params![site, txn, offer])?;
+        )?;
+        for offer in offers_of(&item.payload) {
+            st.execute(params![site, txn, offer])?;
+        }
     }
     Ok(())
+}
+
+/// A provider applied part of an item and refused the rest for good (a Koupon redemption
+/// whose entries came back short): the item is delivered, and the refused part becomes
+/// its own dead-lettered item (`payload`, the item's shape with only that part) for store
+/// IT, who may retry or discard just that part. Its redemptions are flagged as conflicts.
+pub fn deliver_part(
+    conn: &Connection,
+    item: &Item,
+    refused: &Value,
+    error: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    mark_delivered(conn, item.id, now)?;
+    settle_local(conn, item)?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO outbox (provider, operation, idempotency_key, ordering_key, payload, state, \
+           attempts, next_attempt_at, last_error, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'dead', ?6, ?7, ?8, ?7, ?7)",
+    )?
+    .execute(params![
+        item.provider,
+        item.operation,
+        format!("{}:refused", item.idempotency_key),
+        format!("{}:refused", item.ordering_key),
+        refused.to_string(),
+        item.attempts,
+        now,
+        error
+    ])?;
+    let part = Item {
+        payload: refused.clone(),
+        ..item.clone()
+    };
+    flag_refused_redemption(conn, &part)
 }
 
 /// Returns in-flight items whose lease ran out (their worker died) to `pending`.
@@ -363,23 +402,7 @@ pub fn for_redemption(
                 "redeemedAt": redeemed_at,
             }),
         }],
-        provider::KOUPON => vec![NewItem {
-            provider: provider::KOUPON,
-            operation: "redemption",
-            idempotency_key: format!("koupon:redemption:{site}:{txn}:{}", ev.offer_id),
-            ordering_key,
-            payload: json!({
-                "discountAsset": ev.provider_ref,
-                "couponCode": null,
-                "qty": 1,
-                "customer": ev.customer_id,
-                "offerId": ev.offer_id,
-                "site": site,
-                "transaction": txn,
-                "discountCents": discount_cents,
-                "redeemedAt": redeemed_at,
-            }),
-        }],
+        // Koupon takes one redeem call per sale: see [`for_sale`].
         _ => Vec::new(),
     }
 }
@@ -389,36 +412,89 @@ pub fn wants_sale(provider: &str) -> bool {
     provider == provider::KOUPON
 }
 
-/// The Koupon transaction post for a committed sale that used Koupon discount assets.
+/// One Koupon coupon redeemed on a sale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaleCoupon {
+    pub offer_id: String,
+    /// The offer's Koupon code (`offerId` upstream): `couponCode` on a loyalty account.
+    pub coupon_code: String,
+    /// The offer barcode (the customer's copy's providerRef, else the offer's).
+    pub offer_barcode: String,
+    pub discount_cents: i64,
+}
+
+/// The Koupon rows of a committed sale that used Koupon coupons: ONE redemption call for
+/// all of them (koupon.md §6: one `redeem` per POS transaction, duplicates merged when
+/// sent), then the analytics post of the whole sale. The payloads name the customer's
+/// loyalty id, each offer's code and barcode: which of them Koupon is sent is the sync
+/// daemon's choice (`providers.koupon.redeem_as`).
 pub fn for_sale(
     site: &str,
     txn: &str,
     customer_id: &str,
-    koupon_assets: &[(String, i64)],
+    loyalty_id: Option<&str>,
+    coupons: &[SaleCoupon],
     basket: &Value,
     committed_at: &str,
-) -> Option<NewItem> {
-    if koupon_assets.is_empty() {
-        return None;
+) -> Vec<NewItem> {
+    if coupons.is_empty() {
+        return Vec::new();
     }
-    let assets: Vec<Value> = koupon_assets
+    let entries: Vec<Value> = coupons
         .iter()
-        .map(|(asset, cents)| json!({"discountAsset": asset, "discountCents": cents}))
+        .map(|c| {
+            json!({"offerId": c.offer_id, "couponCode": c.coupon_code,
+                   "offerBarcode": c.offer_barcode, "qty": 1, "discountCents": c.discount_cents})
+        })
         .collect();
-    Some(NewItem {
-        provider: provider::KOUPON,
-        operation: "transaction",
-        idempotency_key: format!("koupon:transaction:{site}:{txn}"),
-        ordering_key: format!("sale:{site}:{txn}"),
-        payload: json!({
-            "site": site,
-            "transaction": txn,
-            "customer": customer_id,
-            "discounts": assets,
-            "basket": basket,
-            "committedAt": committed_at,
-        }),
-    })
+    vec![
+        NewItem {
+            provider: provider::KOUPON,
+            operation: "redemption",
+            idempotency_key: format!("koupon:redemption:{site}:{txn}"),
+            ordering_key: format!("koupon-redeem:{site}:{txn}"),
+            payload: json!({
+                "site": site,
+                "transaction": txn,
+                "customer": customer_id,
+                "loyaltyId": loyalty_id,
+                "redemptions": entries,
+                "redeemedAt": committed_at,
+            }),
+        },
+        NewItem {
+            provider: provider::KOUPON,
+            operation: "transaction",
+            idempotency_key: format!("koupon:transaction:{site}:{txn}"),
+            ordering_key: format!("sale:{site}:{txn}"),
+            payload: json!({
+                "site": site,
+                "transaction": txn,
+                "customer": customer_id,
+                "loyaltyId": loyalty_id,
+                "discounts": entries,
+                "basket": basket,
+                "committedAt": committed_at,
+            }),
+        },
+    ]
+}
+
+/// The offers a redemption item is about: its `offerId`, or every entry's of a sale's
+/// Koupon redemption.
+fn offers_of(payload: &Value) -> Vec<String> {
+    match payload.get("redemptions").and_then(Value::as_array) {
+        Some(entries) => entries
+            .iter()
+            .filter_map(|e| e.get("offerId").and_then(Value::as_str).map(str::to_owned))
+            .collect(),
+        None => payload
+            .get("offerId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// Voucher operations (`lock`, `unlock`, `validate`) for the voucher's provider.

@@ -94,6 +94,13 @@ pub enum Delivery {
     AuthFailed(String),
     /// Refused permanently: dead-letter with the reason.
     Dead(String),
+    /// Part applied, part refused for good (a Koupon redemption with short entries): the
+    /// item is delivered and `refused` (the item's payload with only the refused part)
+    /// is dead-lettered on its own with `reason`, for store IT.
+    Partly {
+        refused: serde_json::Value,
+        reason: String,
+    },
 }
 
 impl Delivery {

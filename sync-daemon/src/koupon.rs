@@ -9,7 +9,7 @@
 
 use crate::http::{self, CallError, Delivery};
 use serde_json::{json, Value};
-use shared::config::{Config, KouponConfig};
+use shared::config::{Config, KouponConfig, KouponRedeemAs};
 use shared::domain::Offer;
 use shared::outbox::Item;
 
@@ -128,6 +128,10 @@ impl Client {
 
     pub async fn deliver(&self, item: &Item) -> Delivery {
         match item.operation.as_str() {
+            "redemption" if item.payload.get("redemptions").is_some() => {
+                self.redeem_sale(item).await
+            }
+            // One coupon per item, as queued by earlier versions.
             "redemption" => self.redeem(item).await,
             "transaction" => self.report(item).await,
             "validate" => self.redeem(item).await,
@@ -175,8 +179,32 @@ impl Client {
         }
     }
 
+    /// A sale's Koupon coupons in ONE redeem call (koupon.md §6), duplicates merged. Each
+    /// result entry is judged on its own: what Koupon recorded is delivered, a shortfall
+    /// or an `exceptionCode` is dead-lettered as its own item for store IT.
+    async fn redeem_sale(&self, item: &Item) -> Delivery {
+        let entries = sale_entries(&item.payload, self.cfg.redeem_as);
+        if entries.is_empty() {
+            return Delivery::Dead("the sale names no Koupon coupon".into());
+        }
+        let body = json!({"redemptions": entries.iter().map(Entry::wire).collect::<Vec<_>>()});
+        let base = self.cfg.storeconnect_url.clone();
+        match self
+            .call(&base, "/v1/transaction/redeem", "", Some(&body))
+            .await
+        {
+            Ok(answer) => sale_result(&item.payload, &entries, &answer, item.attempts),
+            // An answer came but cannot be read: Koupon may have recorded the redemptions,
+            // and a resend could count them twice (no idempotency key). Store IT checks.
+            Err(CallError::Malformed(m)) => Delivery::Dead(format!(
+                "Koupon's answer to the redeem call was unreadable ({m}); check at Koupon whether it was recorded before retrying"
+            )),
+            Err(e) => Delivery::from_error(&e),
+        }
+    }
+
     async fn report(&self, item: &Item) -> Delivery {
-        let body = report_body(&item.payload);
+        let body = report_body(&item.payload, self.cfg.redeem_as);
         let query = if self.cfg.store_id.is_empty() {
             String::new()
         } else {
@@ -212,6 +240,135 @@ impl Client {
     }
 }
 
+/// One entry of a redeem call: an asset (and code) with its quantity, and the offers of
+/// the sale merged into it.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    asset: String,
+    code: Option<String>,
+    qty: i64,
+    offers: Vec<Value>,
+}
+
+impl Entry {
+    fn wire(&self) -> Value {
+        let mut e = json!({"discountAsset": self.asset, "qty": self.qty});
+        if let Some(c) = &self.code {
+            e["couponCode"] = json!(c);
+        }
+        e
+    }
+}
+
+fn text_of(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A sale's coupons as redeem entries: with `LoyaltyId`, the customer's loyalty id (their
+/// card when none is known) and each offer's code; with `OfferBarcode`, each offer's
+/// barcode alone. An asset (or asset and code) may appear once per call: duplicates are
+/// merged, their quantities summed.
+fn sale_entries(payload: &Value, redeem_as: KouponRedeemAs) -> Vec<Entry> {
+    let loyalty = Some(text_of(payload, "loyaltyId"))
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| text_of(payload, "customer"));
+    let mut out: Vec<Entry> = Vec::new();
+    for r in payload
+        .get("redemptions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (asset, code) = match redeem_as {
+            KouponRedeemAs::LoyaltyId => (loyalty.clone(), Some(text_of(r, "couponCode"))),
+            KouponRedeemAs::OfferBarcode => (text_of(r, "offerBarcode"), None),
+        };
+        let qty = r.get("qty").and_then(Value::as_i64).unwrap_or(1).max(1);
+        match out.iter_mut().find(|e| e.asset == asset && e.code == code) {
+            Some(e) => {
+                e.qty += qty;
+                e.offers.push(r.clone());
+            }
+            None => out.push(Entry {
+                asset,
+                code,
+                qty,
+                offers: vec![r.clone()],
+            }),
+        }
+    }
+    out
+}
+
+/// What Koupon's answer to a sale's redeem call means, entry by entry. A 2xx without a body
+/// (204) recorded everything. An entry is matched to its result by asset and code, else by
+/// position.
+fn sale_result(payload: &Value, entries: &[Entry], answer: &Value, attempts: i64) -> Delivery {
+    if answer.is_null() {
+        return Delivery::delivered();
+    }
+    let results = answer
+        .get("results")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut refused = Vec::new();
+    let mut reasons = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let r = results
+            .iter()
+            .find(|r| {
+                text_of(r, "discountAsset") == e.asset
+                    && e.code
+                        .as_ref()
+                        .is_none_or(|c| text_of(r, "couponCode") == *c)
+            })
+            .or_else(|| results.get(i));
+        let done = r
+            .and_then(|r| r.get("redeemedQty"))
+            .and_then(|q| q.as_i64().or_else(|| q.as_str()?.parse().ok()))
+            .unwrap_or(0);
+        let exception = r.map(|r| text_of(r, "exceptionCode")).unwrap_or_default();
+        if done >= e.qty && exception.is_empty() {
+            continue;
+        }
+        if exception == "ALREADY_REDEEMED" && attempts > 1 {
+            continue; // Our earlier attempt, whose answer was lost.
+        }
+        let what = e.code.as_deref().unwrap_or(&e.asset);
+        reasons.push(format!(
+            "{what}: {done} of {} redeemed{}",
+            e.qty,
+            if exception.is_empty() {
+                String::new()
+            } else {
+                format!(" ({exception})")
+            }
+        ));
+        // Of merged offers, the first `done` count as recorded.
+        let recorded = usize::try_from(done.max(0)).unwrap_or(0);
+        refused.extend(e.offers.iter().skip(recorded).cloned());
+    }
+    if refused.is_empty() {
+        return Delivery::delivered();
+    }
+    let reason = format!("Koupon did not record everything: {}", reasons.join("; "));
+    let all = entries.iter().map(|e| e.offers.len()).sum::<usize>();
+    if refused.len() >= all {
+        return Delivery::Dead(reason);
+    }
+    let mut part = payload.clone();
+    part["redemptions"] = Value::Array(refused);
+    Delivery::Partly {
+        refused: part,
+        reason,
+    }
+}
+
 /// What one redemption entry's result means.
 fn redemption_result(qty: i64, exception: &str, attempts: i64) -> Delivery {
     if qty >= 1 && exception.is_empty() {
@@ -239,34 +396,37 @@ fn redemption_result(qty: i64, exception: &str, attempts: i64) -> Delivery {
 
 /// The analytics report of a committed sale (koupon.md §3.3) from the outbox payload: the
 /// basket as the lane sent it, money as decimals with 2 places from exact cents.
-pub fn report_body(payload: &Value) -> Value {
+pub fn report_body(payload: &Value, redeem_as: KouponRedeemAs) -> Value {
     let basket = payload.get("basket").cloned().unwrap_or(Value::Null);
-    let money = |v: Option<&Value>| -> Value {
-        let cents = v
-            .map(|x| match x {
-                Value::Number(n) => n.to_string(),
-                Value::String(s) => s.clone(),
-                _ => String::new(),
-            })
-            .and_then(|t| http::decimal_to_cents(&t))
-            .unwrap_or(0);
-        // A JSON number with exactly two decimals (serde_json keeps the text).
-        serde_json::from_str(&http::cents_to_decimal(cents, 2)).unwrap_or(json!(0))
+    let cents_of = |v: Option<&Value>| -> i64 {
+        v.map(|x| match x {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            _ => String::new(),
+        })
+        .and_then(|t| http::decimal_to_cents(&t))
+        .unwrap_or(0)
     };
+    // A JSON number with exactly two decimals (serde_json keeps the text).
+    let money = |v: Option<&Value>| -> Value {
+        serde_json::from_str(&http::cents_to_decimal(cents_of(v), 2)).unwrap_or(json!(0))
+    };
+    let gross = cents_of(basket.get("grossTotal").or_else(|| basket.get("subTotal")));
     let products: Vec<Value> = basket
         .get("items")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .enumerate()
-        .map(|(i, it)| {
+        .map(|(position, it)| {
             let upc = match it.get("upc") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Number(n)) => n.to_string(),
                 _ => String::new(),
             };
             json!({
-                "index": it.get("id").and_then(Value::as_i64).unwrap_or(i as i64 + 1),
+                // The position in the basket (koupon.md §3.3), not the POS line id.
+                "index": position + 1,
                 "description": it.get("description").and_then(Value::as_str).unwrap_or(&upc),
                 "scanCode": upc,
                 "price": money(it.get("price")),
@@ -282,13 +442,26 @@ pub fn report_body(payload: &Value) -> Value {
         .flatten()
         .filter_map(|d| d.get("discountCents").and_then(Value::as_i64))
         .sum();
-    let assets: Vec<Value> = payload
+    // What was scanned at the POS: the loyalty card, or the offer barcodes (items queued
+    // by earlier versions name their assets themselves).
+    let mut assets: Vec<Value> = Vec::new();
+    for d in payload
         .get("discounts")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|d| d.get("discountAsset").cloned())
-        .collect();
+    {
+        let asset = match (d.get("discountAsset"), redeem_as) {
+            (Some(a), _) => a.clone(),
+            (None, KouponRedeemAs::LoyaltyId) => json!(Some(text_of(payload, "loyaltyId"))
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| text_of(payload, "customer"))),
+            (None, KouponRedeemAs::OfferBarcode) => json!(text_of(d, "offerBarcode")),
+        };
+        if !assets.contains(&asset) {
+            assets.push(asset);
+        }
+    }
     let committed = payload
         .get("committedAt")
         .and_then(Value::as_str)
@@ -302,7 +475,8 @@ pub fn report_body(payload: &Value) -> Value {
         "summary": {
             "subTotal": money(basket.get("subTotal")),
             "totalDiscounts": serde_json::from_str::<Value>(&http::cents_to_decimal(discounts, 2)).unwrap_or(json!(0)),
-            "total": money(basket.get("grossTotal").or_else(|| basket.get("subTotal"))),
+            // Net of the digital discounts, tax included (koupon.md §3.3).
+            "total": serde_json::from_str::<Value>(&http::cents_to_decimal(gross - discounts, 2)).unwrap_or(json!(0)),
         },
         "discountAssets": assets,
     })
@@ -430,17 +604,108 @@ mod tests {
     #[test]
     fn report_has_exact_money_and_string_scan_codes() {
         let payload = json!({
-            "discounts": [{"discountAsset": "asset-1234", "discountCents": 100}],
-            "basket": {"items": [{"id": 1, "upc": 894773001193u64, "price": 1.99, "quantity": 2}],
+            "customer": "4000000000001", "loyaltyId": "LOY-1",
+            "discounts": [{"offerId": "KPN1", "couponCode": "KPN1", "offerBarcode": "asset-1234", "discountCents": 100},
+                          {"offerId": "KPN2", "couponCode": "KPN2", "offerBarcode": "asset-5678", "discountCents": 50}],
+            "basket": {"items": [{"id": 7, "upc": 894773001193u64, "price": 1.99, "quantity": 2}],
                        "subTotal": 3.98, "grossTotal": 4.18},
             "committedAt": "2026-11-22T10:00:00+00:00",
         });
-        let r = report_body(&payload);
+        let r = report_body(&payload, KouponRedeemAs::LoyaltyId);
         assert_eq!(r["timestamp"], "2026-11-22T10:00:00Z");
         assert_eq!(r["products"][0]["scanCode"], "894773001193");
+        assert_eq!(
+            r["products"][0]["index"], 1,
+            "the position, not the line id"
+        );
         assert_eq!(r["products"][0]["price"].to_string(), "1.99");
         assert_eq!(r["summary"]["subTotal"].to_string(), "3.98");
-        assert_eq!(r["summary"]["totalDiscounts"].to_string(), "1.00");
-        assert_eq!(r["discountAssets"], json!(["asset-1234"]));
+        assert_eq!(r["summary"]["totalDiscounts"].to_string(), "1.50");
+        assert_eq!(
+            r["summary"]["total"].to_string(),
+            "2.68",
+            "net of the discounts"
+        );
+        // What was scanned at the POS: the loyalty card, once.
+        assert_eq!(r["discountAssets"], json!(["LOY-1"]));
+        let r = report_body(&payload, KouponRedeemAs::OfferBarcode);
+        assert_eq!(r["discountAssets"], json!(["asset-1234", "asset-5678"]));
+    }
+
+    fn sale() -> Value {
+        json!({"site": "S", "transaction": "T1", "customer": "4000000000001", "loyaltyId": "LOY-1",
+               "redemptions": [
+                   {"offerId": "KPN1", "couponCode": "K1", "offerBarcode": "bar-1", "qty": 1, "discountCents": 100},
+                   {"offerId": "KPN2", "couponCode": "K2", "offerBarcode": "bar-2", "qty": 1, "discountCents": 50},
+                   {"offerId": "KPN3", "couponCode": "K1", "offerBarcode": "bar-1", "qty": 1, "discountCents": 25}]})
+    }
+
+    #[test]
+    fn a_sale_is_one_redeem_call_naming_the_loyalty_id_and_merging_duplicates() {
+        let e = sale_entries(&sale(), KouponRedeemAs::LoyaltyId);
+        let wire: Vec<Value> = e.iter().map(Entry::wire).collect();
+        assert_eq!(
+            wire,
+            [
+                json!({"discountAsset": "LOY-1", "couponCode": "K1", "qty": 2}),
+                json!({"discountAsset": "LOY-1", "couponCode": "K2", "qty": 1}),
+            ]
+        );
+        // No loyalty id known: the card scanned at the POS.
+        let mut p = sale();
+        p["loyaltyId"] = Value::Null;
+        assert_eq!(
+            sale_entries(&p, KouponRedeemAs::LoyaltyId)[0].asset,
+            "4000000000001"
+        );
+        // Offer barcodes: never a couponCode.
+        let wire: Vec<Value> = sale_entries(&sale(), KouponRedeemAs::OfferBarcode)
+            .iter()
+            .map(Entry::wire)
+            .collect();
+        assert_eq!(
+            wire,
+            [
+                json!({"discountAsset": "bar-1", "qty": 2}),
+                json!({"discountAsset": "bar-2", "qty": 1}),
+            ]
+        );
+    }
+
+    #[test]
+    fn short_entries_of_a_sale_are_split_off_and_dead_lettered() {
+        let p = sale();
+        let e = sale_entries(&p, KouponRedeemAs::LoyaltyId);
+        let full = json!({"results": [
+            {"discountAsset": "LOY-1", "couponCode": "K1", "redeemedQty": 2},
+            {"discountAsset": "LOY-1", "couponCode": "K2", "redeemedQty": 1}]});
+        assert_eq!(sale_result(&p, &e, &full, 1), Delivery::delivered());
+        assert_eq!(
+            sale_result(&p, &e, &Value::Null, 1),
+            Delivery::delivered(),
+            "204"
+        );
+        // K1 only once of twice, K2 refused: the two unrecorded offers are split off.
+        let short = json!({"results": [
+            {"discountAsset": "LOY-1", "couponCode": "K2", "redeemedQty": 0, "exceptionCode": "OFFER_EXPIRED"},
+            {"discountAsset": "LOY-1", "couponCode": "K1", "redeemedQty": 1}]});
+        match sale_result(&p, &e, &short, 1) {
+            Delivery::Partly { refused, reason } => {
+                let offers: Vec<&str> = refused["redemptions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["offerId"].as_str().unwrap())
+                    .collect();
+                assert_eq!(offers, ["KPN3", "KPN2"]);
+                assert!(reason.contains("OFFER_EXPIRED"), "{reason}");
+                assert_eq!(refused["transaction"], "T1");
+            }
+            other => panic!("{other:?}"),
+        }
+        let none = json!({"results": [
+            {"discountAsset": "LOY-1", "couponCode": "K1", "redeemedQty": 0, "exceptionCode": "X"},
+            {"discountAsset": "LOY-1", "couponCode": "K2", "redeemedQty": 0, "exceptionCode": "X"}]});
+        assert!(matches!(sale_result(&p, &e, &none, 1), Delivery::Dead(_)));
     }
 }

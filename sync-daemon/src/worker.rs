@@ -209,6 +209,9 @@ async fn settle(db: &Db, snap: &Snapshot, item: Item, outcome: Delivery) {
         Delivery::Dead(r) => {
             log::warn!(provider = provider.as_str(), outbox_item = id; "{op} refused permanently, dead-lettered for store IT (edge-ctl outbox list --state dead): {}", safe(r))
         }
+        Delivery::Partly { reason, .. } => {
+            log::warn!(provider = provider.as_str(), outbox_item = id; "{op} delivered in part; the refused part is dead-lettered for store IT (edge-ctl outbox list --state dead): {}", safe(reason))
+        }
     }
     let probe_secs = i64::try_from(o.breaker_probe_secs).unwrap_or(15);
     let result = db
@@ -236,6 +239,15 @@ async fn settle(db: &Db, snap: &Snapshot, item: Item, outcome: Delivery) {
                         &provider,
                         now,
                         &format!("item {id} dead-lettered: {r}"),
+                    )?;
+                }
+                Delivery::Partly { refused, reason } => {
+                    outbox::deliver_part(conn, &item, &refused, &reason, now)?;
+                    shared::sync::record_error(
+                        conn,
+                        &provider,
+                        now,
+                        &format!("item {id} delivered in part, the rest dead-lettered: {reason}"),
                     )?;
                 }
             }

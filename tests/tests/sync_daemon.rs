@@ -816,3 +816,132 @@ async fn oauth_login_and_an_account_found_by_its_app_code_from_the_import_list()
     assert!(daemon.log().contains("logged in to Convercus"));
     daemon.kill9();
 }
+
+/// A sale's Koupon coupons go to Koupon in ONE redeem call on the customer's loyalty
+/// account (discountAsset = loyalty id, couponCode = the offer's code): what Koupon
+/// records is delivered, an entry it refuses is dead-lettered on its own for store IT.
+#[tokio::test]
+async fn koupon_coupons_of_a_sale_are_redeemed_on_the_loyalty_account_and_a_refusal_split_off() {
+    const JANE: &str = "4000000000001";
+    const LOYALTY: &str = "LOY-4000000000001";
+    let providers = Providers::start().unwrap();
+    // KPN1 can still be redeemed on Jane's account, KPN2 was used up elsewhere.
+    providers
+        .seed(&json!({"koupon": {"assets": [
+            {"discountAsset": LOYALTY, "type": "loyalty", "coupons": {"KPN1": 1, "KPN2": 0}}],
+            "offers": []}}))
+        .await
+        .unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: format!(
+            "{}\n[outbox]\npoll_ms = 50\nbackoff_base_secs = 1\nbackoff_cap_secs = 2\n",
+            providers.config_toml("0 0 0 1 1 *")
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let snap = store.dir.join("kpn2.json");
+    std::fs::write(
+        &snap,
+        json!({
+            "offers": [{"id": "KPN2", "provider": "koupon", "providerRef": "asset-kpn2", "externalId": "KPN2",
+                        "shortDescription": "$0.50 off jam", "startDate": "2026-01-01", "endDate": "2099-12-31",
+                        "rule": {"mechanic": {"type": "amountOff", "cents": 50}, "requirement": {"upcs": ["0038000099999"]}}}],
+            "customers": [{"id": JANE, "loyaltyId": LOYALTY, "coupons": [{"offerId": "KPN2", "state": "clipped"}]}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    store.import(&snap).unwrap();
+    let q = format!("?site={SITE}&customer={JANE}&transaction=KS1");
+    let items = json!([
+        {"id": 1, "quantity": 1, "upc": 38000012345u64, "price": 4.49, "discountPrice": 4.49, "dept": 4},
+        {"id": 2, "quantity": 1, "upc": 38000099999u64, "price": 3.00, "discountPrice": 3.00, "dept": 4}]);
+    let (status, r) = store
+        .post(
+            &format!("/transaction{q}"),
+            &json!({"transientRequest": false, "items": items, "subTotal": 7.49, "grossTotal": 7.49}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    let ids: Vec<&str> = r["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["couponId"].as_str())
+        .collect();
+    assert!(ids.contains(&"KPN1") && ids.contains(&"KPN2"), "{r}");
+    let (status, _) = store
+        .post(&format!("/transaction/commit{q}"), &json!({"coupons": []}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let states = loop {
+        let states: Vec<(String, String, String)> = conn
+            .prepare("SELECT operation, idempotency_key, state FROM outbox WHERE provider = 'koupon' ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        if states
+            .iter()
+            .all(|(_, _, s)| s == "delivered" || s == "dead")
+        {
+            break states;
+        }
+        assert!(Instant::now() < deadline, "{states:?}\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (redeem, report, refused) = (
+        "koupon:redemption:STO1:KS1".to_owned(),
+        "koupon:transaction:STO1:KS1".to_owned(),
+        "koupon:redemption:STO1:KS1:refused".to_owned(),
+    );
+    assert_eq!(
+        states,
+        [
+            ("redemption".to_owned(), redeem, "delivered".to_owned()),
+            ("transaction".to_owned(), report, "delivered".to_owned()),
+            ("redemption".to_owned(), refused, "dead".to_owned()),
+        ],
+        "one redemption item for the sale, its refused part dead-lettered alone"
+    );
+    let dead: String = conn
+        .query_row("SELECT payload FROM outbox WHERE state = 'dead'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let dead: Value = serde_json::from_str(&dead).unwrap();
+    assert_eq!(dead["redemptions"].as_array().unwrap().len(), 1, "{dead}");
+    assert_eq!(dead["redemptions"][0]["offerId"], "KPN2");
+    let conflict: i64 = conn
+        .query_row(
+            "SELECT conflict FROM redemptions WHERE txn_id = 'KS1' AND offer_id = 'KPN2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(conflict, 1, "flagged for store IT");
+    // Koupon saw the loyalty account with each offer's code, and the report the card.
+    let ledger = providers.ledger().await.unwrap();
+    let redeems: Vec<(String, bool)> = ledger
+        .iter()
+        .filter(|e| e["provider"] == "koupon" && e["operation"] == "redeem")
+        .map(|e| (e["key"].as_str().unwrap().to_owned(), e["applied"] == true))
+        .collect();
+    assert_eq!(
+        redeems,
+        [
+            (format!("{LOYALTY}/KPN1"), true),
+            (format!("{LOYALTY}/KPN2"), false)
+        ]
+    );
+    daemon.kill9();
+}
