@@ -945,3 +945,48 @@ async fn koupon_coupons_of_a_sale_are_redeemed_on_the_loyalty_account_and_a_refu
     );
     daemon.kill9();
 }
+
+/// Keycloak refuses a wrong password with 400 `invalid_grant`: the items are not at fault,
+/// so they wait (the provider's queue pauses) instead of being dead-lettered.
+#[tokio::test]
+async fn a_login_refused_with_400_pauses_the_queue_and_dead_letters_nothing() {
+    let providers = Providers::start().unwrap();
+    let cv = providers.convercus_url.clone();
+    let config = providers
+        .config_toml("0 0 0 1 1 *")
+        .replace(
+            "auth = \"legacy\"",
+            &format!("auth = \"oauth\"\ntoken_url = \"{cv}/realms/pgr-a/protocol/openid-connect/token\"\nclient_secret = \"demo-client-secret\""),
+        )
+        .replace("password = \"edge-secret\"", "password = \"wrong\"");
+    let store = Store::start(StoreOptions {
+        extra_toml: format!("{config}\n[outbox]\npoll_ms = 50\nbreaker_probe_secs = 1\n"),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    // Jane clips the Convercus coffee coupon back after unclipping it: two activations.
+    let path = format!("/coupons/customer?site={SITE}&customer=4000000000001");
+    for body in [json!({"remove": ["CVX1"]}), json!({"add": ["CVX1"]})] {
+        let (status, r) = store.post(&path, &body).await.unwrap();
+        assert_eq!(status, 200, "{r}");
+    }
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    daemon
+        .wait_for_log("Convercus login refused", 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // A few more rounds of the breaker's probe: still nothing dead, nothing delivered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let states: Vec<String> = conn
+        .prepare("SELECT state FROM outbox WHERE provider = 'convercus' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(states, ["pending", "pending"], "{}", daemon.log());
+    assert!(daemon.log().contains("invalid_grant"), "{}", daemon.log());
+    daemon.kill9();
+}

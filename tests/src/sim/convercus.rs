@@ -491,6 +491,10 @@ async fn oauth_token(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -
             "password" => get("username") == c.convercus_user && get("password") == c.convercus_password,
             _ => return Reply::json(400, json!({"error": "unsupported_grant_type"})),
         };
+        // Keycloak's answers: a bad user or password is 400 invalid_grant, a bad client 401.
+        if !ok && get("grant_type") == "password" {
+            return Reply::json(400, json!({"error": "invalid_grant", "error_description": "Invalid user credentials"}));
+        }
         if !ok {
             return Reply::json(401, json!({"error": "invalid_client", "error_description": "Invalid client or Invalid client credentials"}));
         }
