@@ -184,6 +184,11 @@ pub struct CoupontoolsConfig {
     pub schedule: String,
     /// Records per page of `campaign/claims` (Coupontools pages by 5000).
     pub page_size: usize,
+    /// Session pulls are incremental (`start_date` = the last successful pull's start less
+    /// `pull_overlap_secs`, claims and validations since then); a full pull runs first
+    /// and then whenever none ran for this many hours (0 = every pull is full).
+    pub full_pull_hours: u64,
+    pub pull_overlap_secs: u64,
     /// Name of the update action parameter (coupontools.md §3.5 [GAP]).
     pub action_param: String,
     /// Allowed clock difference when deciding whether a validation found upstream is ours.
@@ -467,6 +472,8 @@ impl Default for CoupontoolsConfig {
             campaigns: Vec::new(),
             schedule: "0 */5 * * * *".to_owned(),
             page_size: 5000,
+            full_pull_hours: 24,
+            pull_overlap_secs: 900,
             action_param: "action".to_owned(),
             clock_skew_secs: 300,
             timeout_ms: 10_000,

@@ -22,6 +22,34 @@ const FIRST_ATTEMPT: &str = "firstAttemptAt";
 pub struct Client {
     cfg: CoupontoolsConfig,
     http: reqwest::Client,
+    /// Where the session pulls of this client stand (see [`Client::pull_since`]).
+    pulls: std::sync::Mutex<PullMark>,
+}
+
+/// The start (epoch seconds) of the last successful pull, and of the last full one.
+#[derive(Debug, Default, Clone, Copy)]
+struct PullMark {
+    last_start: Option<i64>,
+    last_full: Option<i64>,
+}
+
+/// `start_date` as coupontools.md §3.3 writes it: UTC, `yyyy-MM-dd hh-mm` (a hyphen in
+/// the time part).
+pub fn start_date(secs: i64) -> String {
+    Utc.timestamp_opt(secs, 0)
+        .single()
+        .map(|t| t.format("%Y-%m-%d %H-%M").to_string())
+        .unwrap_or_default()
+}
+
+/// The body of one page of a campaign's sessions (`page` is a number, 1-based), from
+/// `since` when the pull is incremental.
+pub fn page_params(campaign: &str, page: usize, since: Option<i64>) -> Value {
+    let mut p = json!({"campaign": campaign, "page": page});
+    if let Some(t) = since {
+        p["start_date"] = json!(start_date(t));
+    }
+    p
 }
 
 /// What a documented error code means for us (coupontools.md §4).
@@ -87,6 +115,7 @@ pub fn failure_of(body: &Value) -> Option<Failure> {
 impl Client {
     pub fn new(cfg: &CoupontoolsConfig) -> Client {
         Client {
+            pulls: std::sync::Mutex::new(PullMark::default()),
             cfg: cfg.clone(),
             http: http::client(cfg.timeout_ms),
         }
@@ -311,14 +340,48 @@ impl Client {
             .collect())
     }
 
-    /// One page (1-based) of a campaign's claimed sessions.
-    pub async fn claims_page(&self, campaign: &str, page: usize) -> Result<Vec<Value>, CallError> {
-        let v = self
-            .call(
-                "campaign/claims",
-                json!({"campaign": campaign, "page": page}),
-            )
-            .await?;
+    /// Where the next session pull starts: `None` for a full pull (the first of this
+    /// client, or when none was done for `full_pull_hours`), else the start of the last
+    /// successful pull less `pull_overlap_secs` (coupontools.md §3.3: incremental by
+    /// `start_date`).
+    pub fn pull_since(&self, now: i64) -> Option<i64> {
+        let mark = *self
+            .pulls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let full_every =
+            i64::try_from(self.cfg.full_pull_hours.saturating_mul(3600)).unwrap_or(i64::MAX);
+        let overlap = i64::try_from(self.cfg.pull_overlap_secs).unwrap_or(i64::MAX);
+        match (mark.last_start, mark.last_full) {
+            (Some(start), Some(full)) if now - full < full_every => {
+                Some(start.saturating_sub(overlap))
+            }
+            _ => None,
+        }
+    }
+
+    /// A session pull that started at `started` succeeded.
+    pub fn pull_done(&self, started: i64, full: bool) {
+        let mut mark = self
+            .pulls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        mark.last_start = Some(started);
+        if full {
+            mark.last_full = Some(started);
+        }
+    }
+
+    /// One page (1-based) of a campaign's sessions: `campaign/claims` (claimed, by claim
+    /// date) or `campaign/validations` (validated, by validation date), from `since`.
+    pub async fn sessions_page(
+        &self,
+        path: &str,
+        campaign: &str,
+        page: usize,
+        since: Option<i64>,
+    ) -> Result<Vec<Value>, CallError> {
+        let v = self.call(path, page_params(campaign, page, since)).await?;
         Ok(v.get("sessions")
             .and_then(Value::as_array)
             .cloned()
@@ -429,6 +492,33 @@ mod tests {
         assert_eq!(classify(513), CodeClass::NotFound);
         assert_eq!(classify(101), CodeClass::Credentials);
         assert!(failure_of(&json!({"status":{"status":"OK"}})).is_none());
+    }
+
+    #[test]
+    fn session_pulls_are_incremental_after_a_full_one() {
+        let mut cfg = CoupontoolsConfig::default();
+        assert_eq!(
+            page_params("cam_1", 2, None),
+            json!({"campaign": "cam_1", "page": 2})
+        );
+        // 2026-11-30 07:05:09 UTC: minutes with a hyphen, seconds dropped.
+        assert_eq!(
+            page_params("cam_1", 1, Some(1_796_022_309)),
+            json!({"campaign": "cam_1", "page": 1, "start_date": "2026-11-30 07-05"})
+        );
+        let c = Client::new(&cfg);
+        assert_eq!(c.pull_since(1000), None, "the first pull is full");
+        c.pull_done(1000, true);
+        assert_eq!(c.pull_since(2000), Some(1000 - 900));
+        c.pull_done(2000, false);
+        assert_eq!(c.pull_since(3000), Some(2000 - 900));
+        assert_eq!(c.pull_since(1000 + 24 * 3600), None, "a full pull a day");
+        // A failed pull (no pull_done) leaves the mark where it was.
+        assert_eq!(c.pull_since(3500), Some(2000 - 900));
+        cfg.full_pull_hours = 0;
+        let c = Client::new(&cfg);
+        c.pull_done(1000, true);
+        assert_eq!(c.pull_since(1001), None, "0: every pull is full");
     }
 
     #[test]

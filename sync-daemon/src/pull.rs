@@ -342,14 +342,36 @@ async fn pull_coupontools(
     config: &Config,
     db: &Db,
 ) -> Result<Summary, PullError> {
+    let started = shared::db::now_secs();
+    let since = client.pull_since(started);
     let titles: BTreeMap<String, String> = client.campaigns().await?.into_iter().collect();
     let page_size = client.config().page_size;
     let mut summary = Summary::default();
-    for campaign in &client.config().campaigns {
+    // A full pull reads every claimed session. An incremental one reads those claimed since,
+    // and those validated since (a session claimed long ago and used elsewhere today).
+    match since {
+        Some(t) => {
+            log::info!(provider = coupontools::NAME; "session pull: incremental, claims and validations since {} UTC", coupontools::start_date(t))
+        }
+        None => log::info!(provider = coupontools::NAME; "session pull: full"),
+    }
+    let lists: &[&str] = if since.is_some() {
+        &["campaign/claims", "campaign/validations"]
+    } else {
+        &["campaign/claims"]
+    };
+    let mut work: Vec<(String, &str)> = Vec::new();
+    for c in &client.config().campaigns {
+        for l in lists {
+            work.push((c.clone(), l));
+        }
+    }
+    for (campaign, list) in &work {
+        let (campaign, list) = (campaign, *list);
         let title = titles.get(campaign).cloned().unwrap_or_default();
         let mut page = 1;
         loop {
-            let records = match client.claims_page(campaign, page).await {
+            let records = match client.sessions_page(list, campaign, page, since).await {
                 Ok(r) => r,
                 // A campaign Coupontools does not know: say so, go on with the others.
                 Err(CallError::Status { code, detail, .. }) if code == "502" => {
@@ -388,9 +410,10 @@ async fn pull_coupontools(
                 break;
             }
             page += 1;
-            log::info!(provider = coupontools::NAME, campaign = campaign.as_str(); "pull in progress: page {page} of claimed sessions");
+            log::info!(provider = coupontools::NAME, campaign = campaign.as_str(); "pull in progress: page {page} of {list}");
         }
     }
+    client.pull_done(started, since.is_none());
     Ok(summary)
 }
 

@@ -990,3 +990,73 @@ async fn a_login_refused_with_400_pauses_the_queue_and_dead_letters_nothing() {
     assert!(daemon.log().contains("invalid_grant"), "{}", daemon.log());
     daemon.kill9();
 }
+
+/// After the first (full) pull, Coupontools pulls are incremental: only sessions claimed
+/// or validated since the last pull are read. A session claimed long ago and used
+/// elsewhere since still reaches the store, through `campaign/validations`.
+#[tokio::test]
+async fn an_incremental_coupontools_pull_learns_of_an_old_session_used_elsewhere() {
+    let providers = Providers::start().unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *"),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let sync_now = || {
+        let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
+            .arg("--config")
+            .arg(&store.config_path)
+            .args(["sync", "now", "coupontools"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let session = "ac6s7u3g8a25ja7x9qg87"; // claimed 2026-01-01 in the simulator's seed
+    let state = || -> Option<String> {
+        let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+        conn.query_row(
+            "SELECT state FROM vouchers WHERE code = ?1",
+            [session],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    sync_now();
+    daemon
+        .wait_for_log("coupontools pull done", 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        daemon.log().contains("session pull: full"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(state().as_deref(), Some("active"));
+
+    // Another system validates it at Coupontools.
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/couponsession/update",
+            providers.coupontools_url.trim_end_matches('/')
+        ))
+        .header("X-Client-Id", "demo-client-id")
+        .header("X-Client-Secret", "demo-client-secret")
+        .json(&json!({"couponsession": session, "action": "validate"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let from = daemon.log().len();
+    sync_now();
+    daemon
+        .wait_for_log("coupontools pull done", from, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let log = daemon.log()[from..].to_owned();
+    assert!(log.contains("session pull: incremental"), "{log}");
+    assert_eq!(state().as_deref(), Some("validated"), "{log}");
+    daemon.kill9();
+}
