@@ -566,6 +566,17 @@ pub fn map_coupon(
         .collect::<String>();
     let max = c.get("maxRedeemCount").and_then(Value::as_i64);
     let count = c.get("redeemCount").and_then(Value::as_i64).unwrap_or(0);
+    // Used up over all accounts of the program (`maxRedeemCountGlobal`): no lane may
+    // apply it any more, for anyone (a redemption would be refused NO_MORE_REDEEM_BY_PROGRAM).
+    let used_up_globally = c
+        .get("maxRedeemCountGlobal")
+        .and_then(Value::as_i64)
+        .is_some_and(|m| {
+            c.get("redeemCountGlobal")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                >= m
+        });
     let activatable = c
         .pointer("/activation/activatable")
         .and_then(Value::as_bool)
@@ -603,7 +614,7 @@ pub fn map_coupon(
             .map(|i| text(i, "path"))
             .filter(|p| !p.is_empty()),
         targeted: true,
-        enabled: manual && rule_known,
+        enabled: manual && rule_known && !used_up_globally,
         featured: false,
         requires_clip: activatable,
         rule: rule.unwrap_or_else(|| Rule {
@@ -731,6 +742,18 @@ mod tests {
         let (_, p) = map(&coupon("DISCOUNT", json!({"redeemCount": 1}))).unwrap();
         assert_eq!(p.state, CouponState::Redeemed);
         assert_eq!(p.upstream_redemptions, Some(1));
+        // Used up over the whole program: offered to nobody.
+        let global = |count: i64| {
+            map(&coupon(
+                "DISCOUNT",
+                json!({"maxRedeemCountGlobal": 100, "redeemCountGlobal": count}),
+            ))
+            .unwrap()
+            .0
+            .enabled
+        };
+        assert!(global(99));
+        assert!(!global(100));
         let (_, p) = map(&coupon(
             "DISCOUNT",
             json!({"validTo": "2026-02-01T00:00:00"}),
