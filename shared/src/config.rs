@@ -218,6 +218,38 @@ pub struct KouponConfig {
     pub timeout_ms: u64,
     /// What a redemption of a customer's coupon names as `discountAsset` (koupon.md §3.2).
     pub redeem_as: KouponRedeemAs,
+    /// The signed URL's open details (koupon.md §2 [GAP]), each a switch.
+    pub signature: KouponSignature,
+    pub signature_encoding: KouponEncoding,
+    pub timestamp_unit: TimestampUnit,
+}
+
+/// How the URL is signed with the Secret Key (koupon.md §2).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KouponSignature {
+    /// HMAC-SHA1 keyed by the secret (the reference's default).
+    HmacSha1,
+    /// Plain SHA-1 of the URL followed by the secret.
+    Sha1,
+}
+
+/// How the signature is written into the query.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KouponEncoding {
+    /// Lowercase hex (the reference's default).
+    Hex,
+    /// Standard base64, percent-encoded.
+    Base64,
+}
+
+/// The unit of the signed `timestamp`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampUnit {
+    Seconds,
+    Milliseconds,
 }
 
 /// How a customer's Koupon coupon is reported redeemed (koupon.md §3.2): `discountAsset` is
@@ -495,6 +527,9 @@ impl Default for KouponConfig {
             schedule: "0 0 * * * *".to_owned(),
             timeout_ms: 10_000,
             redeem_as: KouponRedeemAs::LoyaltyId,
+            signature: KouponSignature::HmacSha1,
+            signature_encoding: KouponEncoding::Hex,
+            timestamp_unit: TimestampUnit::Seconds,
         }
     }
 }

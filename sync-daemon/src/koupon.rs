@@ -1,6 +1,7 @@
 //! Koupon client (shared/api/koupon.md): every call carries a signed URL, computed afresh
 //! for every attempt (§2 defaults: HMAC-SHA1 keyed by the secret over the exact URL sent,
-//! lowercase hex, epoch seconds), and `Accept: application/json`.
+//! lowercase hex, epoch seconds; each a `providers.koupon` switch, as §2 asks), and
+//! `Accept: application/json`.
 //!
 //! Redemptions have no idempotency key. A retry after an unknown outcome that Koupon answers
 //! with `ALREADY_REDEEMED` (nothing left to redeem) is taken as our earlier attempt having
@@ -9,7 +10,9 @@
 
 use crate::http::{self, CallError, Delivery};
 use serde_json::{json, Value};
-use shared::config::{Config, KouponConfig, KouponRedeemAs};
+use shared::config::{
+    Config, KouponConfig, KouponEncoding, KouponRedeemAs, KouponSignature, TimestampUnit,
+};
 use shared::domain::Offer;
 use shared::outbox::Item;
 
@@ -20,14 +23,62 @@ pub struct Client {
     http: reqwest::Client,
 }
 
-/// HMAC-SHA1 of `url` keyed by `secret`, lowercase hex.
+/// How URLs are signed: the koupon.md §2 choices, from `providers.koupon`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signing {
+    pub algorithm: KouponSignature,
+    pub encoding: KouponEncoding,
+    pub timestamp: TimestampUnit,
+}
+
+impl Signing {
+    /// The reference's defaults: HMAC-SHA1, lowercase hex, epoch seconds.
+    pub const DEFAULT: Signing = Signing {
+        algorithm: KouponSignature::HmacSha1,
+        encoding: KouponEncoding::Hex,
+        timestamp: TimestampUnit::Seconds,
+    };
+
+    pub fn of(cfg: &KouponConfig) -> Signing {
+        Signing {
+            algorithm: cfg.signature,
+            encoding: cfg.signature_encoding,
+            timestamp: cfg.timestamp_unit,
+        }
+    }
+}
+
+/// HMAC-SHA1 of `url` keyed by `secret`, lowercase hex (the default signature).
 pub fn sign(secret: &str, url: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
-    ring::hmac::sign(&key, url.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sign_with(secret, url, Signing::DEFAULT)
+}
+
+/// The signature of `url`, as `signing` says, ready for the query string.
+pub fn sign_with(secret: &str, url: &str, signing: Signing) -> String {
+    let digest: Vec<u8> = match signing.algorithm {
+        KouponSignature::HmacSha1 => {
+            let key =
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+            ring::hmac::sign(&key, url.as_bytes()).as_ref().to_vec()
+        }
+        KouponSignature::Sha1 => {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+            ctx.update(url.as_bytes());
+            ctx.update(secret.as_bytes());
+            ctx.finish().as_ref().to_vec()
+        }
+    };
+    match signing.encoding {
+        KouponEncoding::Hex => digest.iter().map(|b| format!("{b:02x}")).collect(),
+        KouponEncoding::Base64 => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .encode(digest)
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        }
+    }
 }
 
 /// `base + path + query`, with `identifier` and `timestamp` appended and signed.
@@ -37,15 +88,28 @@ pub fn signed_url(
     query: &str,
     api_key: &str,
     secret: &str,
-    now: i64,
+    signing: Signing,
+    now_ms: i64,
 ) -> String {
     let sep = if query.is_empty() { "" } else { "&" };
+    let now = match signing.timestamp {
+        TimestampUnit::Seconds => now_ms.div_euclid(1000),
+        TimestampUnit::Milliseconds => now_ms,
+    };
     let url = format!(
         "{}{path}?{query}{sep}identifier={api_key}&timestamp={now}",
         base.trim_end_matches('/')
     );
-    let sig = sign(secret, &url);
+    let sig = sign_with(secret, &url, signing);
     format!("{url}&authSignature={sig}")
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 impl Client {
@@ -73,7 +137,8 @@ impl Client {
             query,
             &self.cfg.api_key,
             self.cfg.secret.expose(),
-            shared::db::now_secs(),
+            Signing::of(&self.cfg),
+            now_ms(),
         );
         let req = match body {
             Some(b) => self
@@ -568,18 +633,56 @@ mod tests {
             ),
             "5c570383118afdca34f576943b151ca2974061f1"
         );
-        let url = signed_url(
-            "https://storeconnect.kouponmedia.com/",
-            "/v1/transaction/redeem",
-            "",
-            "demo-api-key",
-            "demo-secret",
-            1_700_000_000,
-        );
-        assert!(url.ends_with("&authSignature=5c570383118afdca34f576943b151ca2974061f1"));
+        let redeem = |signing: Signing| {
+            signed_url(
+                "https://storeconnect.kouponmedia.com/",
+                "/v1/transaction/redeem",
+                "",
+                "demo-api-key",
+                "demo-secret",
+                signing,
+                1_700_000_000_123,
+            )
+        };
+        let url = redeem(Signing::DEFAULT);
+        assert!(url.ends_with(
+            "?identifier=demo-api-key&timestamp=1700000000&authSignature=5c570383118afdca34f576943b151ca2974061f1"
+        ));
+        // The other choices koupon.md §2 leaves open (values from Python's hashlib/hmac).
+        let with = |algorithm, encoding, timestamp| Signing {
+            algorithm,
+            encoding,
+            timestamp,
+        };
+        use KouponEncoding::*;
+        use KouponSignature::*;
+        use TimestampUnit::*;
+        assert!(redeem(with(Sha1, Hex, Seconds))
+            .ends_with("&authSignature=373c56b456048d9a801f447f4fda65d917ffa8d9"));
+        assert!(redeem(with(HmacSha1, Base64, Seconds))
+            .ends_with("&authSignature=XFcDgxGK%2Fco09XaUOxUcopdAYfE%3D"));
+        assert!(redeem(with(HmacSha1, Hex, Milliseconds)).ends_with(
+            "&timestamp=1700000000123&authSignature=7979c227e1d1cf4faf533f8864aa625ad6c4eb4f"
+        ));
         // A fresh timestamp is a fresh signature.
-        let later = signed_url("https://x", "/p", "storeId=7", "k", "s", 1_700_000_001);
-        let earlier = signed_url("https://x", "/p", "storeId=7", "k", "s", 1_700_000_000);
+        let later = signed_url(
+            "https://x",
+            "/p",
+            "storeId=7",
+            "k",
+            "s",
+            Signing::DEFAULT,
+            1_700_000_001_000,
+        );
+        let earlier = signed_url(
+            "https://x",
+            "/p",
+            "storeId=7",
+            "k",
+            "s",
+            Signing::DEFAULT,
+            1_700_000_000_000,
+        );
         assert_ne!(later, earlier);
         assert!(earlier
             .starts_with("https://x/p?storeId=7&identifier=k&timestamp=1700000000&authSignature="));
