@@ -191,6 +191,10 @@ pub struct CoupontoolsConfig {
     pub pull_overlap_secs: u64,
     /// Name of the update action parameter (coupontools.md §3.5 [GAP]).
     pub action_param: String,
+    /// Its values for a lock, an unlock and a validation (§3.5 [GAP], kept in config).
+    pub lock_action: String,
+    pub unlock_action: String,
+    pub validate_action: String,
     /// Allowed clock difference when deciding whether a validation found upstream is ours.
     pub clock_skew_secs: i64,
     pub timeout_ms: u64,
@@ -507,6 +511,9 @@ impl Default for CoupontoolsConfig {
             full_pull_hours: 24,
             pull_overlap_secs: 900,
             action_param: "action".to_owned(),
+            lock_action: "lock".to_owned(),
+            unlock_action: "unlock".to_owned(),
+            validate_action: "validate".to_owned(),
             clock_skew_secs: 300,
             timeout_ms: 10_000,
             read_through_ms: 300,
@@ -825,6 +832,16 @@ impl Config {
                 "providers.coupontools.page_size",
                 "must be at least 1",
             ));
+        }
+        for (key, value) in [
+            ("providers.coupontools.action_param", &t.action_param),
+            ("providers.coupontools.lock_action", &t.lock_action),
+            ("providers.coupontools.unlock_action", &t.unlock_action),
+            ("providers.coupontools.validate_action", &t.validate_action),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
         }
         let k = &p.koupon;
         if k.enabled && (k.api_key.is_empty() || k.secret.expose().is_empty()) {

@@ -248,7 +248,12 @@ impl Client {
         };
         let mut params = Map::new();
         params.insert("couponsession".into(), json!(session));
-        params.insert(self.cfg.action_param.clone(), json!(action));
+        let value = match action {
+            "lock" => &self.cfg.lock_action,
+            "unlock" => &self.cfg.unlock_action,
+            _ => &self.cfg.validate_action,
+        };
+        params.insert(self.cfg.action_param.clone(), json!(value));
         if action == "validate" {
             if let Some(c) = item.payload.get("moneySpentCents").and_then(Value::as_i64) {
                 params.insert("money_spent".into(), json!(http::cents_to_decimal(c, 3)));
@@ -268,6 +273,14 @@ impl Client {
                     Ok(None) => Delivery::Dead(format!("{code}: {detail}")),
                     Err(e) => Delivery::from_error(&e),
                 }
+            }
+            // 302: a value not in the allowed list. For this call that is our action value
+            // (a [GAP] kept in config): a configuration fault, so the queue pauses and the
+            // item waits instead of every lock and validation being dead-lettered.
+            Err(CallError::Status { code, detail, .. }) if code == "302" => {
+                Delivery::AuthFailed(format!(
+                    "Coupontools refused the action value `{value}` ({code}: {detail}); check providers.coupontools.action_param and {action}_action"
+                ))
             }
             Err(CallError::Status {
                 code,

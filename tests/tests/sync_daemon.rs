@@ -1060,3 +1060,49 @@ async fn an_incremental_coupontools_pull_learns_of_an_old_session_used_elsewhere
     assert_eq!(state().as_deref(), Some("validated"), "{log}");
     daemon.kill9();
 }
+
+/// The Coupontools action values are configuration (coupontools.md §3.5 [GAP]); a value
+/// Coupontools does not allow (302) pauses delivery with an error naming the key, and the
+/// item waits rather than being dead-lettered.
+#[tokio::test]
+async fn a_coupontools_action_value_refused_with_302_pauses_instead_of_dead_lettering() {
+    let providers = Providers::start().unwrap();
+    let config = providers.config_toml("0 0 0 1 1 *").replace(
+        "campaigns = [\"cam_100001\"]",
+        "campaigns = [\"cam_100001\"]\nvalidate_action = \"redeem\"",
+    );
+    let store = Store::start(StoreOptions {
+        extra_toml: format!("{config}\n[outbox]\npoll_ms = 50\nbreaker_probe_secs = 1\n"),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let (status, r) = store
+        .post(
+            "/vouchers/CT-SESSION-0001/validate",
+            &json!({"site": SITE, "transaction": "CA1", "moneySpent": 25.0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    daemon
+        .wait_for_log(
+            "refused the action value `redeem`",
+            0,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert!(daemon.log().contains("validate_action"), "{}", daemon.log());
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let state: String = conn
+        .query_row(
+            "SELECT state FROM outbox WHERE provider = 'coupontools' AND operation = 'validate'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_ne!(state, "dead");
+    daemon.kill9();
+}
