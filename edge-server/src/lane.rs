@@ -410,10 +410,25 @@ pub fn evaluate(
             global_redemptions,
         });
     }
+    // Available balance = total − points held by the customer's other open sales (the
+    // points-priced coupons their holds list), as a pre-authorisation reserves them
+    // (catapult-loyalty-redemption.md §4).
+    let mut held_elsewhere = 0i64;
+    for h in view
+        .holds
+        .iter()
+        .filter(|h| h.is_live(now) && !h.is_for(&input.site, &input.txn))
+    {
+        for id in &h.optional {
+            if let Some(cost) = find_offer(conn, catalog, id)?.and_then(|o| o.loyalty_cost) {
+                held_elsewhere = held_elsewhere.saturating_add(cost);
+            }
+        }
+    }
     let loyalty = customer.as_ref().and_then(|c| {
         c.loyalty_id.clone().map(|id| LoyaltyAccount {
             id,
-            balance: c.points_balance,
+            balance: c.points_balance.saturating_sub(held_elsewhere).max(0),
         })
     });
     let ctx = Context {
@@ -662,6 +677,11 @@ pub fn commit(
             repo::bump_offer_redeemed(conn, id)?;
         }
         if let Some(cost) = offer.loyalty_cost {
+            let balance = customer_row_balance(conn, &input.customer)?;
+            if balance < cost {
+                // The sale is done; the lane's own check came before another sale spent them.
+                log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "points coupon redeemed with {balance} points left of the {cost} it costs; balance set to 0, for store IT");
+            }
             repo::spend_points(conn, &input.customer, cost)?;
         }
         let coupon_ref = repo::coupon_provider_ref(conn, &input.customer, id)?;
@@ -717,6 +737,10 @@ pub fn commit(
         now,
     )?;
     Ok(response)
+}
+
+fn customer_row_balance(conn: &Connection, customer: &str) -> Result<i64, LaneError> {
+    Ok(repo::customer(conn, customer)?.map_or(0, |c| c.points_balance))
 }
 
 struct TxnCommitted(String);

@@ -554,6 +554,50 @@ async fn empty_commit_redeems_all_pending_but_never_an_unlisted_points_coupon() 
 }
 
 #[tokio::test]
+async fn points_held_by_another_open_sale_are_not_offered_again() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    unclip_basket_coupon(&store).await;
+    let balance = |r: &Value| r["loyaltyBalances"][0]["balance"].as_i64();
+    // Lane 1 totals a sale offering the 500-point coupon: its hold reserves the points.
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "P1")),
+            &update_body(JANE, "P1", false, items()),
+        )
+        .await
+        .unwrap();
+    assert!(applied(&r, "PTS500").is_some(), "{r}");
+    assert_eq!(
+        balance(&r),
+        Some(800),
+        "its own sale sees the whole balance"
+    );
+    // Lane 2, same customer: only what is not held elsewhere.
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "P2")),
+            &update_body(JANE, "P2", true, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(balance(&r), Some(300), "{r}");
+    // Lane 1 cancels: the points are free again.
+    let (status, _) = store
+        .get(&format!("/transaction/cancel{}", q(JANE, "P1")))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "P2")),
+            &update_body(JANE, "P2", true, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(balance(&r), Some(800), "{r}");
+}
+
+#[tokio::test]
 async fn global_limit_holds_across_customers() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
     let flowers = json!([{"id": 1, "quantity": 1, "upc": 555, "price": 10.00, "dept": 9}]);
