@@ -173,7 +173,11 @@ pub async fn catalog(req: HttpRequest, state: State) -> Result<HttpResponse, Api
     let today = state.config().today();
     // Served from the in-memory catalog: no database read at all.
     let catalog = state.catalog.current();
-    let coupons: Vec<Value> = catalog.not_ended(today).map(|o| coupon_json(o)).collect();
+    let external = state.config().lanes.use_external_images;
+    let coupons: Vec<Value> = catalog
+        .not_ended(today)
+        .map(|o| coupon_json(o, external))
+        .collect();
     Ok(json_ok(&json!({ "coupons": coupons })))
 }
 
@@ -186,7 +190,18 @@ fn upc_json(u: &Upc) -> Value {
     }
 }
 
-fn coupon_json(o: &shared::domain::Offer) -> Value {
+/// The `imageUrl` a lane can fetch (CATAPULT §8): a path this server serves, or, only when
+/// the POS uses external images, an absolute URL. An image that cannot be fetched is not
+/// advertised (`""`).
+fn image_url(o: &shared::domain::Offer, external: bool) -> &str {
+    match o.image_url.as_deref() {
+        Some(u) if u.starts_with('/') => u,
+        Some(u) if external && (u.starts_with("https://") || u.starts_with("http://")) => u,
+        _ => "",
+    }
+}
+
+fn coupon_json(o: &shared::domain::Offer, external: bool) -> Value {
     let reward = o
         .rule
         .reward
@@ -202,7 +217,7 @@ fn coupon_json(o: &shared::domain::Offer) -> Value {
         "brand": o.brand,
         "startDate": o.start_date.format("%Y-%m-%d").to_string(),
         "endDate": o.end_date.format("%Y-%m-%d").to_string(),
-        "imageUrl": o.image_url.clone().unwrap_or_default(),
+        "imageUrl": image_url(o, external),
         "targeted": o.targeted,
         "enabled": o.enabled,
         "featured": o.featured,

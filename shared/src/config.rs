@@ -383,6 +383,11 @@ pub struct LanesConfig {
     /// Receipt line appended to update answers with applied coupons (empty = none).
     /// `{total}` is replaced by the total discount.
     pub receipt_footer: String,
+    /// Mirror of the POS `useExternalImages` setting. `false` (the POS default): the POS
+    /// fetches base URL + `imageUrl`, so only images this server serves are advertised (the
+    /// sync daemon caches provider images under `server.image_dir`). `true`: provider
+    /// images are advertised by their absolute URL.
+    pub use_external_images: bool,
     /// Extra paths (aliases) per operation; the built-in primary path and aliases always work.
     pub route_aliases: RouteAliases,
 }
@@ -463,6 +468,7 @@ impl Default for LanesConfig {
             hold_ttl_secs: 30 * 60,
             self_stacking: false,
             default_coupon_type: "Mfr Discount".to_owned(),
+            use_external_images: false,
             receipt_footer: "Digital coupons saved you {total}".to_owned(),
             route_aliases: RouteAliases::default(),
         }

@@ -10,6 +10,7 @@ pub mod convercus;
 pub mod coupontools;
 pub mod daemon;
 pub mod http;
+pub mod images;
 pub mod koupon;
 pub mod package;
 pub mod pull;

@@ -5,6 +5,7 @@
 
 use crate::daemon::Clients;
 use crate::http::CallError;
+use crate::images::Images;
 use crate::{convercus, coupontools, koupon};
 use shared::config::Config;
 use shared::db::Db;
@@ -197,8 +198,14 @@ async fn write_loop(
     let mut written_offers: HashMap<String, (Offer, String)> = HashMap::new();
     // Batch writes since the last progress line: count, total and longest.
     let mut writes = (0u32, std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let mut images = images_for(&config);
     while let Some((ids, mut pulled)) = rx.recv().await {
         summary.seen += ids;
+        for p in &mut pulled {
+            for (o, _) in &mut p.coupons {
+                localise(&mut images, o).await;
+            }
+        }
         // Offers the pull already wrote in this form need no second look.
         let mut known = HashMap::new();
         for p in &mut pulled {
@@ -424,7 +431,7 @@ async fn pull_koupon(
     db: &Db,
 ) -> Result<Summary, PullError> {
     let raw = client.offers().await?;
-    let offers: Vec<(Offer, bool)> = raw
+    let mut offers: Vec<(Offer, bool)> = raw
         .iter()
         .filter_map(|o| koupon::offer_of(o, config))
         .map(|o| {
@@ -432,6 +439,10 @@ async fn pull_koupon(
             (o, configured)
         })
         .collect();
+    let mut images = images_for(config);
+    for (o, _) in &mut offers {
+        localise(&mut images, o).await;
+    }
     let seen = raw.len();
     let changed = db
         .writer
@@ -455,6 +466,19 @@ async fn pull_koupon(
         offers_changed: changed,
         changes: Changes::default(),
     })
+}
+
+/// The image cache of one pull, unless the lanes use provider images directly
+/// (`lanes.use_external_images`).
+fn images_for(config: &Config) -> Option<Images> {
+    (!config.lanes.use_external_images).then(|| Images::new(&config.server.image_dir, 10_000))
+}
+
+/// Points a pulled offer's image at the copy this store serves (see [`crate::images`]).
+async fn localise(images: &mut Option<Images>, offer: &mut Offer) {
+    if let (Some(images), Some(url)) = (images.as_mut(), offer.image_url.clone()) {
+        offer.image_url = images.local(&url).await;
+    }
 }
 
 #[cfg(test)]

@@ -1106,3 +1106,80 @@ async fn a_coupontools_action_value_refused_with_302_pauses_instead_of_dead_lett
     assert_ne!(state, "dead");
     daemon.kill9();
 }
+
+/// CATAPULT §8: the POS (useExternalImages=false) fetches base URL + imageUrl, so a
+/// provider's image is cached by the pull and advertised as a path the edge serves, to
+/// lanes without credentials; one that is not JPEG/PNG/GIF or is over 1 MB is not advertised.
+#[tokio::test]
+async fn provider_images_are_cached_and_served_from_the_store() {
+    let providers = Providers::start().unwrap();
+    let kp = providers.koupon_url.trim_end_matches('/').to_owned();
+    let offer = |id: &str, title: &str, image: &str| {
+        json!({"is_active": "1", "featured": "0", "offerId": id, "barcodeString": format!("bar-{id}"),
+               "companyImage": format!("{kp}/cdn/{image}"), "title": title})
+    };
+    providers
+        .seed(&json!({"koupon": {"assets": [], "offers": [
+            offer("KP-IMG", "Image test", "coupon.png"),
+            offer("KP-BIG", "Too big", "big.png"),
+            offer("KP-HTML", "Not an image", "page.html")]}}))
+        .await
+        .unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *"),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
+        .arg("--config")
+        .arg(&store.config_path)
+        .args(["sync", "now", "koupon"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    daemon
+        .wait_for_log("koupon pull done", 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // The catalog is refreshed from the database within a second or two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let coupons = loop {
+        let (status, c) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+        assert_eq!(status, 200);
+        let coupons = c["coupons"].as_array().unwrap().clone();
+        if coupons
+            .iter()
+            .any(|o| o["shortDescription"] == "Image test")
+        {
+            break coupons;
+        }
+        assert!(Instant::now() < deadline, "{c}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let image = |title: &str| {
+        coupons
+            .iter()
+            .find(|o| o["shortDescription"] == title)
+            .map(|o| o["imageUrl"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let url = image("Image test");
+    assert!(
+        url.starts_with("/images/p-") && url.ends_with(".png"),
+        "{url}"
+    );
+    assert_eq!(image("Too big"), "", "over 1 MB: not advertised");
+    assert_eq!(image("Not an image"), "", "text/html: not advertised");
+    // Fetched as the POS does: base URL + imageUrl, no credentials.
+    let r = store.client.get(store.url(&url)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        e2e::sim::koupon::TINY_PNG
+    );
+    assert!(daemon.log().contains("over 1 MB"), "{}", daemon.log());
+    daemon.kill9();
+}

@@ -102,7 +102,37 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/transaction", web::post().to(begin))
         .route("/v1/transaction/redeem", web::post().to(redeem))
         .route("/v1/transaction/report", web::post().to(report))
-        .route("/v2/offers/list", web::get().to(offers));
+        .route("/v2/offers/list", web::get().to(offers))
+        .route("/cdn/{name}", web::get().to(cdn));
+}
+
+/// A 1×1 transparent PNG.
+pub const TINY_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
+    0x42, 0x60, 0x82,
+];
+
+/// The offers' `companyImage` host (a stand-in for Koupon's CDN): `*.png` is a tiny PNG,
+/// `big.png` a PNG over 1 MB, `*.html` a web page, anything else 404.
+async fn cdn(name: web::Path<String>) -> HttpResponse {
+    let name = name.into_inner();
+    if name == "big.png" {
+        return HttpResponse::Ok()
+            .content_type("image/png")
+            .body(vec![0u8; 1536 * 1024]);
+    }
+    if name.ends_with(".png") {
+        return HttpResponse::Ok().content_type("image/png").body(TINY_PNG);
+    }
+    if name.ends_with(".html") {
+        return HttpResponse::Ok()
+            .content_type("text/html")
+            .body("<html></html>");
+    }
+    HttpResponse::NotFound().finish()
 }
 
 fn error(status: u16, code: &str, message: &str) -> Reply {
