@@ -118,12 +118,30 @@ impl<'de> Deserialize<'de> for Upc {
         }
         Ok(match Raw::deserialize(d)? {
             Raw::Text(s) => Upc::normalise(&s),
-            Raw::Number(n) => Upc::normalise(&n.to_string()),
+            Raw::Number(n) => Upc::from_number(&n),
         })
     }
 }
 
 impl Upc {
+    /// A UPC sent as a JSON number. A whole number written with a fraction or an exponent
+    /// (`894773001193.0`, `8.94773001193E11`, as some JSON writers print large numbers) is
+    /// that whole number, not the digits of its text.
+    pub fn from_number(n: &serde_json::Number) -> Upc {
+        if let Some(u) = n.as_u64() {
+            return Upc::normalise(&u.to_string());
+        }
+        let text = n.to_string();
+        let whole = rust_decimal::Decimal::from_str_exact(&text)
+            .or_else(|_| rust_decimal::Decimal::from_scientific(&text))
+            .ok()
+            .filter(|d| d.fract().is_zero() && !d.is_sign_negative());
+        match whole {
+            Some(d) => Upc::normalise(&d.trunc().normalize().to_string()),
+            None => Upc::normalise(&text),
+        }
+    }
+
     pub fn normalise(raw: &str) -> Upc {
         let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
         let trimmed = digits.trim_start_matches('0');
@@ -334,6 +352,11 @@ mod tests {
                 Upc::normalise("894773001193")
             ]
         );
+        // Whole numbers some JSON writers print with a fraction or an exponent.
+        let parsed: Vec<Upc> =
+            serde_json::from_str(r#"[894773001193.0, 8.94773001193E11, 8.94773001193e+11]"#)
+                .unwrap_or_default();
+        assert_eq!(parsed, vec![Upc::normalise("894773001193"); 3]);
     }
 
     #[test]
