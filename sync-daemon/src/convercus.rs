@@ -23,6 +23,8 @@ pub const NAME: &str = shared::outbox::provider::CONVERCUS;
 struct Token {
     value: String,
     renew_at: Instant,
+    /// OAuth: the refresh token, if one was issued, and until when it may be used.
+    refresh: Option<(String, Option<Instant>)>,
 }
 
 pub struct Client {
@@ -59,9 +61,32 @@ impl Client {
         }
     }
 
+    /// Renews an OAuth token with its refresh token (convercus.md §2.1: "refresh token if
+    /// issued, else new client-credentials request"). `None` when there is none, it has
+    /// lapsed, or the token URL refuses it: then the caller logs in afresh.
+    async fn refresh(&self, old: &Token) -> Option<Token> {
+        let (refresh, until) = old.refresh.as_ref()?;
+        if self.cfg.auth != ConvercusAuth::Oauth || until.is_some_and(|u| Instant::now() >= u) {
+            return None;
+        }
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+            ("client_id", self.cfg.client_id.as_str()),
+            ("client_secret", self.cfg.client_secret.expose()),
+        ];
+        let request = self.http.post(&self.cfg.token_url).form(&form);
+        match self.token_from(request, true, "refresh").await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::info!(provider = NAME; "Convercus refused the refresh token ({e}); logging in afresh");
+                None
+            }
+        }
+    }
+
     /// Logs in (legacy JWT or OAuth client credentials) and returns a fresh token.
     async fn login(&self) -> Result<Token, CallError> {
-        let started = Instant::now();
         let (request, oauth) = match self.cfg.auth {
             ConvercusAuth::Legacy => (
                 self.http.post(self.url("/auth/login")).json(&json!({
@@ -86,6 +111,17 @@ impl Client {
                 (self.http.post(&self.cfg.token_url).form(&form), true)
             }
         };
+        self.token_from(request, oauth, "login").await
+    }
+
+    /// Sends a login or refresh request and reads the token from its answer.
+    async fn token_from(
+        &self,
+        request: RequestBuilder,
+        oauth: bool,
+        how: &str,
+    ) -> Result<Token, CallError> {
+        let started = Instant::now();
         let resp = request
             .send()
             .await
@@ -133,10 +169,29 @@ impl Client {
         } else {
             Duration::from_secs(self.cfg.token_refresh_secs)
         };
-        log::info!(provider = NAME; "logged in to Convercus; token renewed in {} s", lifetime.as_secs());
+        let refresh = parsed
+            .as_ref()
+            .filter(|_| oauth)
+            .and_then(|v| v.get("refresh_token"))
+            .and_then(Value::as_str)
+            .map(|r| {
+                let until = parsed
+                    .as_ref()
+                    .and_then(|v| v.get("refresh_expires_in"))
+                    .and_then(Value::as_u64)
+                    .filter(|s| *s > 0)
+                    .map(|s| started + Duration::from_millis(s.saturating_mul(800)));
+                (r.to_owned(), until)
+            });
+        if how == "refresh" {
+            log::info!(provider = NAME; "Convercus token renewed with its refresh token; next renewal in {} s", lifetime.as_secs());
+        } else {
+            log::info!(provider = NAME; "logged in to Convercus; token renewed in {} s", lifetime.as_secs());
+        }
         Ok(Token {
             value: token,
             renew_at: started + lifetime,
+            refresh,
         })
     }
 
@@ -146,7 +201,16 @@ impl Client {
         match guard.as_ref() {
             Some(t) if !force && Instant::now() < t.renew_at => Ok(t.value.clone()),
             _ => {
-                let t = self.login().await?;
+                // Due for renewal: the refresh token first (OAuth), else a login. A 401
+                // (`force`) always logs in afresh.
+                let refreshed = match guard.as_ref() {
+                    Some(old) if !force => self.refresh(old).await,
+                    _ => None,
+                };
+                let t = match refreshed {
+                    Some(t) => t,
+                    None => self.login().await?,
+                };
                 let value = t.value.clone();
                 *guard = Some(t);
                 Ok(value)

@@ -1183,3 +1183,61 @@ async fn provider_images_are_cached_and_served_from_the_store() {
     assert!(daemon.log().contains("over 1 MB"), "{}", daemon.log());
     daemon.kill9();
 }
+
+/// convercus.md §2.1: renew at ~80 % of `expires_in`, with the refresh token when one was
+/// issued, else by a new client-credentials request.
+#[tokio::test]
+async fn an_oauth_token_is_renewed_with_its_refresh_token() {
+    let providers = Providers::start().unwrap();
+    providers
+        .config(&json!({"token_ttl_secs": 3}))
+        .await
+        .unwrap();
+    let cv = providers.convercus_url.clone();
+    let config = providers
+        .config_toml("0 0 0 1 1 *")
+        .replace(
+            "auth = \"legacy\"",
+            &format!("auth = \"oauth\"\ntoken_url = \"{cv}/realms/pgr-a/protocol/openid-connect/token\"\nclient_secret = \"demo-client-secret\""),
+        )
+        .replace("username = \"edge\"", "username = \"\"");
+    let store = Store::start(StoreOptions {
+        extra_toml: config,
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let pull = |from: usize| {
+        let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
+            .arg("--config")
+            .arg(&store.config_path)
+            .args(["sync", "now", "convercus"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        from
+    };
+    let from = pull(0);
+    daemon
+        .wait_for_log("convercus pull done", from, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(daemon.log().contains("logged in to Convercus"));
+    // Past 80 % of the 3 s lifetime (the refresh token lives 30 s): the next call renews
+    // with the refresh token.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let from = pull(daemon.log().len());
+    daemon
+        .wait_for_log("convercus pull done", from, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let log = daemon.log()[from..].to_owned();
+    assert!(
+        log.contains("renewed with its refresh token"),
+        "{}",
+        daemon.log()
+    );
+    assert!(!log.contains("logged in to Convercus"), "{log}");
+    daemon.kill9();
+}

@@ -489,6 +489,16 @@ async fn oauth_token(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -
         let ok = match get("grant_type").as_str() {
             "client_credentials" => get("client_id") == "machine-2-machine" && get("client_secret") == c.convercus_client_secret,
             "password" => get("username") == c.convercus_user && get("password") == c.convercus_password,
+            // Keycloak: a refresh token it issued, not lapsed or revoked, with the client.
+            "refresh_token" => {
+                if !(get("client_id") == "machine-2-machine" && get("client_secret") == c.convercus_client_secret) {
+                    return Reply::json(401, json!({"error": "invalid_client"}));
+                }
+                if !d.convercus.token_ok(&get("refresh_token")) {
+                    return Reply::json(400, json!({"error": "invalid_grant", "error_description": "Invalid refresh token"}));
+                }
+                true
+            }
             _ => return Reply::json(400, json!({"error": "unsupported_grant_type"})),
         };
         // Keycloak's answers: a bad user or password is 400 invalid_grant, a bad client 401.
@@ -499,7 +509,9 @@ async fn oauth_token(st: web::Data<State>, req: HttpRequest, body: web::Bytes) -
             return Reply::json(401, json!({"error": "invalid_client", "error_description": "Invalid client or Invalid client credentials"}));
         }
         let token = d.convercus.issue("service-account-machine-2-machine", &c.convercus_org, c.token_ttl_secs);
-        Reply::json(200, json!({"access_token": token, "expires_in": c.token_ttl_secs, "token_type": "Bearer", "scope": "openid"}))
+        let refresh = d.convercus.issue("refresh-machine-2-machine", &c.convercus_org, c.token_ttl_secs.saturating_mul(10));
+        Reply::json(200, json!({"access_token": token, "expires_in": c.token_ttl_secs, "refresh_token": refresh,
+                                "refresh_expires_in": c.token_ttl_secs.saturating_mul(10), "token_type": "Bearer", "scope": "openid"}))
     })
     .await
 }
