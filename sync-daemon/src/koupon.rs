@@ -333,14 +333,20 @@ fn text_of(v: &Value, k: &str) -> String {
     }
 }
 
+/// The loyalty id scanned at the POS for a sale: the customer's loyalty id, else the card
+/// CATAPULT sent as `customer`.
+fn loyalty_of(payload: &Value) -> String {
+    Some(text_of(payload, "loyaltyId"))
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| text_of(payload, "customer"))
+}
+
 /// A sale's coupons as redeem entries: with `LoyaltyId`, the customer's loyalty id (their
 /// card when none is known) and each offer's code; with `OfferBarcode`, each offer's
 /// barcode alone. An asset (or asset and code) may appear once per call: duplicates are
 /// merged, their quantities summed.
 fn sale_entries(payload: &Value, redeem_as: KouponRedeemAs) -> Vec<Entry> {
-    let loyalty = Some(text_of(payload, "loyaltyId"))
-        .filter(|l| !l.is_empty())
-        .unwrap_or_else(|| text_of(payload, "customer"));
+    let loyalty = loyalty_of(payload);
     let mut out: Vec<Entry> = Vec::new();
     for r in payload
         .get("redemptions")
@@ -518,9 +524,7 @@ pub fn report_body(payload: &Value, redeem_as: KouponRedeemAs) -> Value {
     {
         let asset = match (d.get("discountAsset"), redeem_as) {
             (Some(a), _) => a.clone(),
-            (None, KouponRedeemAs::LoyaltyId) => json!(Some(text_of(payload, "loyaltyId"))
-                .filter(|l| !l.is_empty())
-                .unwrap_or_else(|| text_of(payload, "customer"))),
+            (None, KouponRedeemAs::LoyaltyId) => json!(loyalty_of(payload)),
             (None, KouponRedeemAs::OfferBarcode) => json!(text_of(d, "offerBarcode")),
         };
         if !assets.contains(&asset) {

@@ -526,6 +526,27 @@ async fn a_poison_item_is_dead_lettered_and_the_rest_delivered_without_waiting()
     assert_eq!(v["ok"], false);
 }
 
+/// `edge-ctl sync now <provider>` against the store's configuration.
+fn sync_now(store: &Store, provider: &str) {
+    let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
+        .arg("--config")
+        .arg(&store.config_path)
+        .args(["sync", "now", provider])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The simulator's provider configuration with Convercus on OAuth (client credentials
+/// against the simulator's Keycloak token URL) instead of the legacy login.
+fn oauth_toml(providers: &Providers) -> String {
+    let cv = &providers.convercus_url;
+    providers.config_toml("0 0 0 1 1 *").replace(
+        "auth = \"legacy\"",
+        &format!("auth = \"oauth\"\ntoken_url = \"{cv}/realms/pgr-a/protocol/openid-connect/token\"\nclient_secret = \"demo-client-secret\""),
+    )
+}
+
 fn rewrite_schedule(config: &std::path::Path, provider: &str, schedule: &str) {
     let text = std::fs::read_to_string(config).unwrap();
     let mut out = String::new();
@@ -756,12 +777,10 @@ async fn a_pull_brings_customers_and_coupons_but_never_undoes_an_undelivered_red
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oauth_login_and_an_account_found_by_its_app_code_from_the_import_list() {
     let providers = Providers::start().unwrap();
-    let cv = providers.convercus_url.clone();
-    let config = providers
-        .config_toml("0 0 0 1 1 *")
+    let config = oauth_toml(&providers)
         .replace(
-            "auth = \"legacy\"",
-            &format!("auth = \"oauth\"\ntoken_url = \"{cv}/realms/pgr-a/protocol/openid-connect/token\"\nclient_secret = \"demo-client-secret\"\ncustomers = [\"A1B2C3D4E5\"]"),
+            "[providers.convercus]",
+            "[providers.convercus]\ncustomers = [\"A1B2C3D4E5\"]",
         )
         .replace("username = \"edge\"", "username = \"\"");
     let store = Store::start(StoreOptions {
@@ -771,13 +790,7 @@ async fn oauth_login_and_an_account_found_by_its_app_code_from_the_import_list()
     .await
     .unwrap();
     let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
-    let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
-        .arg("--config")
-        .arg(&store.config_path)
-        .args(["sync", "now", "convercus"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    sync_now(&store, "convercus");
     daemon
         .wait_for_log("convercus pull done", 0, Duration::from_secs(20))
         .await
@@ -951,14 +964,8 @@ async fn koupon_coupons_of_a_sale_are_redeemed_on_the_loyalty_account_and_a_refu
 #[tokio::test]
 async fn a_login_refused_with_400_pauses_the_queue_and_dead_letters_nothing() {
     let providers = Providers::start().unwrap();
-    let cv = providers.convercus_url.clone();
-    let config = providers
-        .config_toml("0 0 0 1 1 *")
-        .replace(
-            "auth = \"legacy\"",
-            &format!("auth = \"oauth\"\ntoken_url = \"{cv}/realms/pgr-a/protocol/openid-connect/token\"\nclient_secret = \"demo-client-secret\""),
-        )
-        .replace("password = \"edge-secret\"", "password = \"wrong\"");
+    let config =
+        oauth_toml(&providers).replace("password = \"edge-secret\"", "password = \"wrong\"");
     let store = Store::start(StoreOptions {
         extra_toml: format!("{config}\n[outbox]\npoll_ms = 50\nbreaker_probe_secs = 1\n"),
         ..StoreOptions::default()
@@ -1004,15 +1011,6 @@ async fn an_incremental_coupontools_pull_learns_of_an_old_session_used_elsewhere
     .await
     .unwrap();
     let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
-    let sync_now = || {
-        let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
-            .arg("--config")
-            .arg(&store.config_path)
-            .args(["sync", "now", "coupontools"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    };
     let session = "ac6s7u3g8a25ja7x9qg87"; // claimed 2026-01-01 in the simulator's seed
     let state = || -> Option<String> {
         let conn = rusqlite::Connection::open(store.db_path()).unwrap();
@@ -1023,7 +1021,7 @@ async fn an_incremental_coupontools_pull_learns_of_an_old_session_used_elsewhere
         )
         .ok()
     };
-    sync_now();
+    sync_now(&store, "coupontools");
     daemon
         .wait_for_log("coupontools pull done", 0, Duration::from_secs(20))
         .await
@@ -1050,7 +1048,7 @@ async fn an_incremental_coupontools_pull_learns_of_an_old_session_used_elsewhere
     assert!(r.status().is_success());
 
     let from = daemon.log().len();
-    sync_now();
+    sync_now(&store, "coupontools");
     daemon
         .wait_for_log("coupontools pull done", from, Duration::from_secs(20))
         .await
@@ -1132,13 +1130,7 @@ async fn provider_images_are_cached_and_served_from_the_store() {
     .await
     .unwrap();
     let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
-    let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
-        .arg("--config")
-        .arg(&store.config_path)
-        .args(["sync", "now", "koupon"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    sync_now(&store, "koupon");
     daemon
         .wait_for_log("koupon pull done", 0, Duration::from_secs(20))
         .await
@@ -1193,14 +1185,7 @@ async fn an_oauth_token_is_renewed_with_its_refresh_token() {
         .config(&json!({"token_ttl_secs": 3}))
         .await
         .unwrap();
-    let cv = providers.convercus_url.clone();
-    let config = providers
-        .config_toml("0 0 0 1 1 *")
-        .replace(
-            "auth = \"legacy\"",
-            &format!("auth = \"oauth\"\ntoken_url = \"{cv}/realms/pgr-a/protocol/openid-connect/token\"\nclient_secret = \"demo-client-secret\""),
-        )
-        .replace("username = \"edge\"", "username = \"\"");
+    let config = oauth_toml(&providers).replace("username = \"edge\"", "username = \"\"");
     let store = Store::start(StoreOptions {
         extra_toml: config,
         ..StoreOptions::default()
@@ -1208,17 +1193,8 @@ async fn an_oauth_token_is_renewed_with_its_refresh_token() {
     .await
     .unwrap();
     let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
-    let pull = |from: usize| {
-        let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
-            .arg("--config")
-            .arg(&store.config_path)
-            .args(["sync", "now", "convercus"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        from
-    };
-    let from = pull(0);
+    sync_now(&store, "convercus");
+    let from = 0;
     daemon
         .wait_for_log("convercus pull done", from, Duration::from_secs(20))
         .await
@@ -1227,7 +1203,8 @@ async fn an_oauth_token_is_renewed_with_its_refresh_token() {
     // Past 80 % of the 3 s lifetime (the refresh token lives 30 s): the next call renews
     // with the refresh token.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let from = pull(daemon.log().len());
+    let from = daemon.log().len();
+    sync_now(&store, "convercus");
     daemon
         .wait_for_log("convercus pull done", from, Duration::from_secs(20))
         .await
