@@ -191,6 +191,12 @@ pub fn run_with_admin(
             .app_data(app_state.clone())
             .wrap(actix_web::middleware::from_fn(auth::basic_auth))
             .wrap(actix_web::middleware::from_fn(admin::record))
+            // Outermost, so credentials, routing, metrics and the unmatched-path log all see
+            // the normalised path: CATAPULT appends endpoint paths to a base URL that
+            // usually ends in '/' (`https://host/` + `/coupons` = `//coupons`), and a
+            // trailing slash may occur too. Repeated slashes are merged, a trailing one
+            // trimmed; the query string is kept.
+            .wrap(actix_web::middleware::NormalizePath::trim())
             .configure(|cfg| routes::configure(cfg, &app_state.config()))
     })
     .workers(workers)

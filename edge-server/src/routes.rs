@@ -2,6 +2,9 @@
 //! its aliases (the CATAPULT reference prints only two paths for sure; the rest are
 //! assumptions, so aliases from the configuration are added here too). Unmatched paths
 //! and methods are logged so the first real lane reveals the path it uses.
+//!
+//! Requests are routed by their normalised path (repeated slashes merged, a trailing one
+//! trimmed: `NormalizePath` in `lib.rs`), so configured aliases are normalised the same way.
 
 use crate::error::ApiError;
 use crate::{catapult, vouchers};
@@ -116,10 +119,11 @@ fn route(op: Operation, method: Method) -> actix_web::Route {
 pub fn paths(config: &Config) -> BTreeMap<String, Vec<(Method, Operation)>> {
     let mut map: BTreeMap<String, Vec<(Method, Operation)>> = BTreeMap::new();
     for (op, methods, paths) in TABLE {
-        let all = paths
-            .iter()
-            .map(|p| (*p).to_owned())
-            .chain(configured_aliases(config, *op).iter().cloned());
+        let all = paths.iter().map(|p| (*p).to_owned()).chain(
+            configured_aliases(config, *op)
+                .iter()
+                .map(|p| normalise_path(p)),
+        );
         for path in all {
             for m in *methods {
                 if let Ok(method) = Method::from_bytes(m.as_bytes()) {
@@ -132,6 +136,22 @@ pub fn paths(config: &Config) -> BTreeMap<String, Vec<(Method, Operation)>> {
         }
     }
     map
+}
+
+/// A path as requests are routed after `NormalizePath::trim()`: repeated slashes merged
+/// into one, a trailing slash trimmed (`/` stays `/`). A configured alias written
+/// `/transaction/update/` would otherwise never match.
+pub fn normalise_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    while out.len() > 1 && out.ends_with('/') {
+        out.pop();
+    }
+    out
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig, config: &Config) {
@@ -174,4 +194,20 @@ async fn method_not_allowed(
         path: req.path().to_owned(),
         allow,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_are_normalised_like_request_paths() {
+        assert_eq!(
+            normalise_path("//transaction//update/"),
+            "/transaction/update"
+        );
+        assert_eq!(normalise_path("/coupons"), "/coupons");
+        assert_eq!(normalise_path("/"), "/");
+        assert_eq!(normalise_path("//"), "/");
+    }
 }

@@ -1,0 +1,108 @@
+//! Conformance with what real CATAPULT lanes send beyond the reference's examples, and with
+//! the reference's own rules, against the real edge-server binary over HTTPS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::{Store, StoreOptions, PASSWORD, SITE, USER};
+use serde_json::{json, Value};
+
+const JANE: &str = "4000000000001";
+
+fn q(customer: &str, txn: &str) -> String {
+    format!("?site={SITE}&customer={customer}&transaction={txn}")
+}
+
+fn item() -> Value {
+    json!({"id": 1, "quantity": 2, "upc": 894773001193u64, "price": 12.99, "discountPrice": 12.99, "dept": 2})
+}
+
+fn error_id(v: &Value) -> &str {
+    v["errors"][0]["id"].as_str().unwrap_or_default()
+}
+
+/// GET without credentials; returns (status, content type, body bytes).
+async fn get_open(store: &Store, path: &str) -> (u16, String, Vec<u8>) {
+    let r = store.client.get(store.url(path)).send().await.unwrap();
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, ct, r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn paths_with_repeated_or_trailing_slashes_answer_like_the_plain_path() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let catalog = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+    assert_eq!(catalog.0, 200);
+    for path in ["//coupons", "/coupons/", "//coupons//", "///coupons"] {
+        let got = store.get(&format!("{path}?site={SITE}")).await.unwrap();
+        assert_eq!(got, catalog, "{path}");
+    }
+    let meta = store
+        .get(&format!("/coupons/customer?site={SITE}&customer={JANE}"))
+        .await
+        .unwrap();
+    let got = store
+        .get(&format!("//coupons//customer/?site={SITE}&customer={JANE}"))
+        .await
+        .unwrap();
+    assert_eq!(got, meta);
+
+    // Writes too: an update and its commit, as a lane with base URL `https://host/` sends them.
+    let (status, v) = store
+        .post(
+            &format!("//transaction{}", q(JANE, "NP-1")),
+            &json!({"items": [item()]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["applied"].as_array().is_some_and(|a| !a.is_empty()),
+        "{v}"
+    );
+    let (status, v) = store
+        .post(
+            &format!("//transaction/commit/{}", q(JANE, "NP-1")),
+            &json!({"coupons": []}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["receiptLines"].as_array().is_some_and(|l| !l.is_empty()),
+        "{v}"
+    );
+
+    // Paths open without credentials stay open, others stay closed.
+    assert_eq!(get_open(&store, "//healthz").await.0, 200);
+    let (status, ct, body) = get_open(&store, "//images//coupon-bogo.gif").await;
+    assert_eq!((status, ct.as_str()), (200, "image/gif"));
+    assert!(body.starts_with(b"GIF89a"));
+    let (status, _, _) = get_open(&store, &format!("//coupons?site={SITE}")).await;
+    assert_eq!(status, 401);
+
+    // Unmatched paths and methods are still answered, and logged, by their normalised path.
+    let (status, e) = store.get("//no//such/path/").await.unwrap();
+    assert_eq!((status, error_id(&e)), (404, "NOT_FOUND"), "{e}");
+    assert!(
+        e["errors"][0]["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("/no/such/path")),
+        "{e}"
+    );
+    assert!(store.log_tail().contains("/no/such/path"));
+    let r = store
+        .client
+        .get(store.url("//transaction/commit/"))
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+}
