@@ -49,12 +49,14 @@ fn matches(value: Option<&header::HeaderValue>, pairs: &[(&str, &str)]) -> bool 
     let Some(value) = value.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let Some(encoded) = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))
-    else {
+    // The scheme name is case-insensitive (RFC 7235 §2.1, RFC 7617 §2): `Basic`, `basic`
+    // and `BASIC` are one scheme. One or more spaces separate it from the credentials.
+    let Some((scheme, encoded)) = value.trim_start().split_once(' ') else {
         return false;
     };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
     let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
         return false;
     };
@@ -92,5 +94,27 @@ mod tests {
             Some(&header::HeaderValue::from_static("Bearer x")),
             &creds
         ));
+    }
+
+    #[test]
+    fn the_scheme_name_is_case_insensitive() {
+        let creds = vec![Credential {
+            username: "pos".into(),
+            password: Secret::new("pw"),
+        }];
+        for value in [
+            "Basic cG9zOnB3",
+            "basic cG9zOnB3",
+            "BASIC cG9zOnB3",
+            "bAsIc cG9zOnB3",
+            "Basic  cG9zOnB3",
+        ] {
+            let v = header::HeaderValue::from_static(value);
+            assert!(authorised(Some(&v), &creds), "{value}");
+        }
+        for value in ["Basiccg9zOnB3", "Basic", "Basi cG9zOnB3", "BASIC cG9zOnB4"] {
+            let v = header::HeaderValue::from_static(value);
+            assert!(!authorised(Some(&v), &creds), "{value}");
+        }
     }
 }

@@ -106,3 +106,31 @@ async fn paths_with_repeated_or_trailing_slashes_answer_like_the_plain_path() {
     assert_eq!(r.status().as_u16(), 405);
     assert_eq!(r.headers()["allow"], "POST");
 }
+
+#[tokio::test]
+async fn the_basic_auth_scheme_name_is_case_insensitive() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    // lane:lane-secret
+    let token = "bGFuZTpsYW5lLXNlY3JldA==";
+    let path = format!("/coupons?site={SITE}");
+    for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+        let r = store
+            .client
+            .get(store.url(&path))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{scheme}");
+    }
+    for value in [format!("Bearer {token}"), format!("Basic{token}")] {
+        let r = store
+            .client
+            .get(store.url(&path))
+            .header("authorization", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{value}");
+    }
+}
