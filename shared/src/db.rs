@@ -26,12 +26,19 @@ pub fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../migrations/0004_state_checks_without_in_lists.sql"
         )),
+        M::up_with_hook(
+            include_str!("../migrations/0005_customer_phone_digits.sql"),
+            |tx: &rusqlite::Transaction| -> rusqlite_migration::HookResult {
+                crate::repo::fill_phone_digits(tx)?;
+                Ok(())
+            },
+        ),
     ])
 }
 
 /// Number of the newest migration this build knows.
 pub fn schema_version() -> i64 {
-    4
+    5
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -715,7 +722,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version(), 4);
+        assert_eq!(schema_version(), 5);
     }
 
     /// Every table with a `state` check, and a row of it with `?1` as its state.
@@ -769,7 +776,7 @@ mod tests {
             }
         }
         let conn = open_and_migrate(&c).unwrap();
-        assert_eq!(current_version(&conn).unwrap(), 4);
+        assert_eq!(current_version(&conn).unwrap(), schema_version());
         let check: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
@@ -787,6 +794,41 @@ mod tests {
             .execute("UPDATE transactions SET state = 'bogus'", [])
             .unwrap_err();
         assert!(refused.to_string().contains("CHECK"), "{refused}");
+    }
+
+    #[test]
+    fn migration_5_fills_in_the_digits_of_phones_already_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir);
+        {
+            let mut old = Connection::open(&c.path).unwrap();
+            old.pragma_update(None, "journal_mode", "WAL").unwrap();
+            migrations().to_version(&mut old, 4).unwrap();
+            old.execute_batch(
+                "INSERT INTO customers (id, phone, updated_at) VALUES
+                   ('A', '(828)265-2907', 1), ('B', '+1 555 123 4567', 1), ('C', NULL, 1)",
+            )
+            .unwrap();
+        }
+        let conn = open_and_migrate(&c).unwrap();
+        assert_eq!(current_version(&conn).unwrap(), 5);
+        let digits: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT id, phone_digits FROM customers ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            digits,
+            [
+                ("A".to_owned(), Some("8282652907".to_owned())),
+                ("B".to_owned(), Some("5551234567".to_owned())),
+                ("C".to_owned(), None)
+            ]
+        );
+        let found = crate::repo::customer_by_phone(&conn, "8282652907").unwrap();
+        assert_eq!(found.map(|c| c.id).as_deref(), Some("A"));
     }
 
     #[test]

@@ -191,11 +191,43 @@ pub fn customer(conn: &Connection, id: &str) -> Result<Option<Customer>> {
     st.query_row([id], customer_from_row).optional()
 }
 
+/// The digits a phone number is compared by: punctuation and spaces ignored, and the
+/// leading country code `1` of an 11-digit number dropped (a lane sends the 10-digit
+/// national number). `None` when there are no digits.
+pub fn phone_digits(phone: &str) -> Option<String> {
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    match digits.strip_prefix('1') {
+        Some(national) if digits.len() == 11 => Some(national.to_owned()),
+        _ if digits.is_empty() => None,
+        _ => Some(digits),
+    }
+}
+
+/// The first customer (by id) whose stored phone has the digits of `phone`, whatever the
+/// punctuation of either (see [`phone_digits`]). Uses the index on `phone_digits`.
 pub fn customer_by_phone(conn: &Connection, phone: &str) -> Result<Option<Customer>> {
+    let Some(digits) = phone_digits(phone) else {
+        return Ok(None);
+    };
     let mut st = conn.prepare_cached(&format!(
-        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE phone = ?1 ORDER BY id LIMIT 1"
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE phone_digits = ?1 ORDER BY id LIMIT 1"
     ))?;
-    st.query_row([phone], customer_from_row).optional()
+    st.query_row([digits], customer_from_row).optional()
+}
+
+/// Fills `phone_digits` in for every stored phone (migration 0005; later writes fill it in
+/// themselves). Returns how many rows it set.
+pub fn fill_phone_digits(conn: &Connection) -> Result<usize> {
+    let phones: Vec<(String, String)> = conn
+        .prepare_cached("SELECT id, phone FROM customers WHERE phone IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_>>()?;
+    let mut set = conn.prepare_cached("UPDATE customers SET phone_digits = ?2 WHERE id = ?1")?;
+    let mut n = 0;
+    for (id, phone) in phones {
+        n += set.execute(params![id, phone_digits(&phone)])?;
+    }
+    Ok(n)
 }
 
 pub fn customer_by_email(conn: &Connection, email: &str) -> Result<Option<Customer>> {
@@ -208,10 +240,11 @@ pub fn customer_by_email(conn: &Connection, email: &str) -> Result<Option<Custom
 /// Inserts or updates a customer's profile (keeps the row when it exists).
 pub fn upsert_customer(conn: &Connection, c: &Customer, now: i64) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO customers (id, first_name, last_name, email, phone, provider, provider_ref, loyalty_id, points_balance, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+        "INSERT INTO customers (id, first_name, last_name, email, phone, phone_digits, provider, provider_ref, loyalty_id, points_balance, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?11, ?6, ?7, ?8, ?9, ?10) \
          ON CONFLICT (id) DO UPDATE SET first_name = excluded.first_name, last_name = excluded.last_name, \
-           email = excluded.email, phone = excluded.phone, provider = excluded.provider, \
+           email = excluded.email, phone = excluded.phone, phone_digits = excluded.phone_digits, \
+           provider = excluded.provider, \
            provider_ref = excluded.provider_ref, loyalty_id = excluded.loyalty_id, \
            points_balance = excluded.points_balance, updated_at = excluded.updated_at",
     )?
@@ -225,7 +258,8 @@ pub fn upsert_customer(conn: &Connection, c: &Customer, now: i64) -> Result<()> 
         c.provider_ref,
         c.loyalty_id,
         c.points_balance,
-        now
+        now,
+        c.phone.as_deref().and_then(phone_digits)
     ])?;
     Ok(())
 }
@@ -660,4 +694,92 @@ pub fn import_coupon_state(
     )?
     .execute(params![customer_id, offer_id, state.as_str(), now, provider_ref])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::db::scratch_db;
+
+    #[test]
+    fn phone_digits_ignore_punctuation_and_a_leading_country_code() {
+        for stored in [
+            "8282652907",
+            "(828)265-2907",
+            "828-265-2907",
+            "828.265.2907",
+            "+1 828 265 2907",
+            "1-828-265-2907",
+        ] {
+            assert_eq!(
+                phone_digits(stored).as_deref(),
+                Some("8282652907"),
+                "{stored}"
+            );
+        }
+        assert_eq!(phone_digits("2652907").as_deref(), Some("2652907"));
+        // Only an 11-digit number starting with 1 has a country code to drop.
+        assert_eq!(phone_digits("18282652").as_deref(), Some("18282652"));
+        assert_eq!(
+            phone_digits("44 20 7946 0958").as_deref(),
+            Some("442079460958")
+        );
+        assert_eq!(phone_digits(""), None);
+        assert_eq!(phone_digits("n/a"), None);
+    }
+
+    fn customer_with_phone(id: &str, phone: Option<&str>) -> Customer {
+        Customer {
+            id: id.into(),
+            phone: phone.map(str::to_owned),
+            ..Customer::default()
+        }
+    }
+
+    #[test]
+    fn a_formatted_phone_is_found_by_its_digits_through_the_index() {
+        let (_dir, conn) = scratch_db();
+        upsert_customer(&conn, &customer_with_phone("C2", Some("(828)265-2907")), 1).unwrap();
+        upsert_customer(
+            &conn,
+            &customer_with_phone("C1", Some("+1 828 265 2907")),
+            1,
+        )
+        .unwrap();
+        upsert_customer(&conn, &customer_with_phone("C3", None), 1).unwrap();
+        let found = customer_by_phone(&conn, "8282652907").unwrap().unwrap();
+        assert_eq!(
+            (found.id.as_str(), found.phone.as_deref()),
+            ("C1", Some("+1 828 265 2907"))
+        );
+        // A changed phone moves its digits along; a removed one takes them away.
+        upsert_customer(&conn, &customer_with_phone("C1", Some("555-123-4567")), 2).unwrap();
+        assert_eq!(
+            customer_by_phone(&conn, "8282652907").unwrap().unwrap().id,
+            "C2"
+        );
+        assert_eq!(
+            customer_by_phone(&conn, "5551234567").unwrap().unwrap().id,
+            "C1"
+        );
+        upsert_customer(&conn, &customer_with_phone("C2", None), 2).unwrap();
+        assert!(customer_by_phone(&conn, "8282652907").unwrap().is_none());
+        assert!(customer_by_phone(&conn, "").unwrap().is_none());
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN SELECT {CUSTOMER_COLUMNS} FROM customers WHERE phone_digits = ?1 ORDER BY id LIMIT 1"
+            ))
+            .unwrap()
+            .query_map(["8282652907"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING INDEX customers_phone_digits")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+    }
 }

@@ -134,3 +134,41 @@ async fn the_basic_auth_scheme_name_is_case_insensitive() {
         assert_eq!(r.status().as_u16(), 401, "{value}");
     }
 }
+
+#[tokio::test]
+async fn demographics_finds_formatted_phones_by_their_digits() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let snapshot = store.dir.join("phones.json");
+    let customers = json!({"customers": [
+        {"id": "PH1", "firstName": "Paren", "phone": "(828)265-2907"},
+        {"id": "PH2", "firstName": "Dash", "phone": "704-555-0101"},
+        {"id": "PH3", "firstName": "Country", "phone": "1-336-555-0199"},
+        {"id": "PH4", "firstName": "Plus", "phone": "+19195550142"}
+    ]});
+    std::fs::write(&snapshot, customers.to_string()).unwrap();
+    store.import(&snapshot).unwrap();
+    let demo = format!("/demographics?site={SITE}");
+    for (digits, id, phone) in [
+        ("8282652907", "PH1", "(828)265-2907"),
+        ("7045550101", "PH2", "704-555-0101"),
+        ("3365550199", "PH3", "1-336-555-0199"),
+        ("9195550142", "PH4", "+19195550142"),
+    ] {
+        let (status, v) = store
+            .post(&demo, &json!({"phones": [digits]}))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{digits}: {v}");
+        assert_eq!(
+            (v["id"].as_str(), v["phone"].as_str()),
+            (Some(id), Some(phone)),
+            "{digits}: the stored phone is answered as stored: {v}"
+        );
+    }
+    // Digits that are not a stored phone's still find nobody.
+    let (status, v) = store
+        .post(&demo, &json!({"phones": ["2652907", "8282652900"]}))
+        .await
+        .unwrap();
+    assert_eq!((status, error_id(&v)), (200, "CUSTOMER_NOT_FOUND"), "{v}");
+}
