@@ -9,7 +9,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 use shared::db::now_secs;
 use shared::domain::{CouponId, CustomerId, SiteId, TransactionId, Upc};
@@ -55,6 +55,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     };
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::InvalidRequest(format!("the JSON body is invalid: {e}")))
+}
+
+/// Reads an explicit JSON `null` in an optional field as the field's default, as a missing
+/// key is read: Java clients send `"items": null` or `"transientRequest": null` for
+/// "nothing". Wrong types are still refused.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `name` from the query string, else the body's value.
@@ -252,9 +263,9 @@ struct ClipBody {
     site: Option<String>,
     #[serde(default)]
     customer: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     add: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     remove: Vec<String>,
 }
 
@@ -293,9 +304,9 @@ pub async fn clip(
 struct DemographicsBody {
     #[serde(default)]
     site: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     phones: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     emails: Vec<String>,
 }
 
@@ -383,9 +394,9 @@ struct UpdateBody {
     terminal: Option<i64>,
     #[serde(default)]
     time: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     transient_request: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     items: Vec<ItemBody>,
     #[serde(default)]
     sub_total: Option<Decimal>,
@@ -393,9 +404,9 @@ struct UpdateBody {
     tax_total: Option<Decimal>,
     #[serde(default)]
     gross_total: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     phones: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     emails: Vec<String>,
 }
 
@@ -403,8 +414,9 @@ struct UpdateBody {
 #[serde(rename_all = "camelCase")]
 struct ItemBody {
     id: i64,
-    #[serde(default = "one")]
-    quantity: Decimal,
+    /// Absent or null: one.
+    #[serde(default)]
+    quantity: Option<Decimal>,
     #[serde(default)]
     upc: Option<UpcValue>,
     #[serde(default)]
@@ -413,10 +425,6 @@ struct ItemBody {
     discount_price: Option<Decimal>,
     #[serde(default)]
     dept: Option<i64>,
-}
-
-fn one() -> Decimal {
-    Decimal::ONE
 }
 
 /// CATAPULT sends UPCs as JSON numbers; strings are accepted too.
@@ -458,9 +466,9 @@ fn basket(items: &[ItemBody]) -> Result<Vec<BasketLine>, ApiError> {
                     .map(UpcValue::normalised)
                     .unwrap_or_else(|| Upc::normalise("")),
                 dept: i.dept,
-                quantity: MilliQty::from_decimal(i.quantity).ok_or_else(|| {
-                    ApiError::InvalidRequest("`items[].quantity` is out of range".into())
-                })?,
+                quantity: MilliQty::from_decimal(i.quantity.unwrap_or(Decimal::ONE)).ok_or_else(
+                    || ApiError::InvalidRequest("`items[].quantity` is out of range".into()),
+                )?,
                 unit_price: price,
                 unit_discount_price: discount_price,
             })
@@ -700,9 +708,9 @@ struct CommitBody {
     customer: Option<String>,
     #[serde(default)]
     transaction: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     coupons: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     tenders: Vec<Tender>,
 }
 
@@ -804,6 +812,49 @@ pub async fn readyz(state: State) -> HttpResponse {
             .json(json!({"status": "database unavailable", "error": e.to_string()})),
         Err(_) => {
             HttpResponse::ServiceUnavailable().json(json!({"status": "database unavailable"}))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn null_in_an_optional_field_reads_as_absent() {
+        let u: UpdateBody = parse_json(
+            br#"{"site":null,"customer":null,"transaction":null,"cashier":null,"terminal":null,
+                 "time":null,"transientRequest":null,"items":null,"subTotal":null,"taxTotal":null,
+                 "grossTotal":null,"phones":null,"emails":null}"#,
+        )
+        .unwrap();
+        assert!(!u.transient_request && u.items.is_empty() && u.phones.is_empty());
+        let u: UpdateBody = parse_json(
+            br#"{"items":[{"id":1,"quantity":null,"upc":null,"price":null,"discountPrice":null,"dept":null}]}"#,
+        )
+        .unwrap();
+        let line = &basket(&u.items).unwrap()[0];
+        assert_eq!((line.quantity, line.unit_price), (MilliQty(1000), Cents(0)));
+        let c: ClipBody = parse_json(br#"{"add":null,"remove":null}"#).unwrap();
+        assert!(c.add.is_empty() && c.remove.is_empty());
+        let d: DemographicsBody = parse_json(br#"{"phones":null,"emails":null}"#).unwrap();
+        assert!(d.phones.is_empty() && d.emails.is_empty());
+        let c: CommitBody =
+            parse_json(br#"{"coupons":null,"tenders":[{"type":null,"amount":null}]}"#).unwrap();
+        assert!(c.coupons.is_empty() && c.tenders.len() == 1);
+    }
+
+    #[test]
+    fn wrong_types_and_missing_required_fields_are_still_refused() {
+        for body in [
+            &br#"{"items":"lots"}"#[..],
+            br#"{"transientRequest":"yes"}"#,
+            br#"{"items":[{"id":null}]}"#,
+            br#"{"items":[{"quantity":1}]}"#,
+            br#"{"phones":[null]}"#,
+        ] {
+            assert!(parse_json::<UpdateBody>(body).is_err(), "{body:?}");
         }
     }
 }

@@ -7,6 +7,7 @@ use e2e::{Store, StoreOptions, PASSWORD, SITE, USER};
 use serde_json::{json, Value};
 
 const JANE: &str = "4000000000001";
+const JOHN: &str = "4000000000002";
 
 fn q(customer: &str, txn: &str) -> String {
     format!("?site={SITE}&customer={customer}&transaction={txn}")
@@ -171,4 +172,122 @@ async fn demographics_finds_formatted_phones_by_their_digits() {
         .await
         .unwrap();
     assert_eq!((status, error_id(&v)), (200, "CUSTOMER_NOT_FOUND"), "{v}");
+}
+
+#[tokio::test]
+async fn explicit_nulls_in_optional_fields_read_as_absent() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+
+    // Update: every optional field null, and an item whose optional fields are null.
+    let all_null = json!({"site": null, "customer": null, "transaction": null, "cashier": null,
+        "terminal": null, "time": null, "transientRequest": null, "items": null, "subTotal": null,
+        "taxTotal": null, "grossTotal": null, "phones": null, "emails": null});
+    let (status, v) = store
+        .post(&format!("/transaction{}", q(JANE, "NULL-1")), &all_null)
+        .await
+        .unwrap();
+    assert_eq!((status, &v["applied"]), (200, &json!([])), "{v}");
+    let null_item = json!({"id": 2, "quantity": null, "upc": null, "price": null,
+        "discountPrice": null, "dept": null});
+    let (status, v) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "NULL-1")),
+            &json!({"transientRequest": null, "items": [item(), null_item], "phones": null}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["applied"].as_array().is_some_and(|a| !a.is_empty()),
+        "a non-transient update with the item gets its coupons: {v}"
+    );
+
+    // Commit: null lists (an empty list redeems what the sale holds), null tender fields.
+    let (status, v) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "NULL-1")),
+            &json!({"site": null, "customer": null, "transaction": null, "coupons": null,
+                    "tenders": null}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["receiptLines"].as_array().is_some_and(|l| !l.is_empty()),
+        "{v}"
+    );
+    let (status, v) = store
+        .post(
+            &format!("/transaction/commit{}", q(JOHN, "NULL-2")),
+            &json!({"coupons": [], "tenders": [{"type": null, "amount": null}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+
+    // Clip.
+    let clip = format!("/coupons/customer?site={SITE}&customer={JOHN}");
+    let (status, v) = store
+        .post(
+            &clip,
+            &json!({"site": null, "customer": null, "add": null, "remove": null}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, v), (200, json!({"added": [], "removed": []})));
+    let (status, v) = store
+        .post(&clip, &json!({"add": ["PCT10"], "remove": null}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, v),
+        (200, json!({"added": ["PCT10"], "removed": []}))
+    );
+
+    // Demographics.
+    let demo = format!("/demographics?site={SITE}");
+    let (status, v) = store
+        .post(
+            &demo,
+            &json!({"phones": null, "emails": ["jane@example.com"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, v["id"].as_str()), (200, Some(JANE)), "{v}");
+    let (status, v) = store
+        .post(
+            &demo,
+            &json!({"site": null, "phones": ["5559876543"], "emails": null}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, v["id"].as_str()), (200, Some(JOHN)), "{v}");
+
+    // Cancel (POST body).
+    let (status, v) = store
+        .post(
+            &format!("/transaction/cancel{}", q(JOHN, "NULL-3")),
+            &json!({"site": null, "customer": null, "transaction": null}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, v), (200, json!({})));
+
+    // Required fields and wrong types are still refused.
+    for body in [
+        json!({"items": [{"id": null}]}),
+        json!({"items": "none"}),
+        json!({"transientRequest": "no"}),
+        json!({"phones": [null]}),
+    ] {
+        let (status, v) = store
+            .post(&format!("/transaction{}", q(JANE, "NULL-4")), &body)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, error_id(&v)),
+            (400, "INVALID_REQUEST"),
+            "{body}: {v}"
+        );
+    }
 }

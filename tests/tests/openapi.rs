@@ -921,6 +921,62 @@ async fn every_answer_matches_the_spec() {
     )
     .await;
 
+    // ---- explicit nulls in optional fields (Java clients): accepted, and allowed by the
+    // documented request schemas; wrong types are still refused as documented
+    let nulls = json!({"site": null, "customer": null, "transaction": null, "cashier": null,
+        "terminal": null, "time": null, "transientRequest": null, "subTotal": null,
+        "taxTotal": null, "grossTotal": null, "phones": null, "emails": null,
+        "items": [{"id": 1, "quantity": null, "upc": null, "price": null,
+                   "discountPrice": null, "dept": null}]});
+    p.expect(
+        200,
+        post.clone(),
+        &format!("/transaction{}", q(JANE, "OA-N1")),
+        Some(&nulls),
+    )
+    .await;
+    p.expect(
+        200,
+        post.clone(),
+        &format!("/transaction/commit{}", q(JANE, "OA-N1")),
+        Some(&json!({"site": null, "coupons": null, "tenders": [{"type": null, "amount": null}]})),
+    )
+    .await;
+    p.expect(
+        200,
+        post.clone(),
+        &format!("/coupons/clip{clip_q}"),
+        Some(&json!({"site": null, "customer": null, "add": null, "remove": null})),
+    )
+    .await;
+    let v = p
+        .expect(
+            200,
+            post.clone(),
+            &format!("/demographics?site={SITE}"),
+            Some(&json!({"site": null, "phones": null, "emails": ["john@example.com"]})),
+        )
+        .await;
+    assert_eq!(v["id"], JOHN, "{v}");
+    p.expect(
+        200,
+        post.clone(),
+        &format!("/transaction/cancel{}", q(JOHN, "OA-N2")),
+        Some(&json!({"site": null, "customer": null, "transaction": null})),
+    )
+    .await;
+    for body in [json!({"items": null, "transientRequest": "no"})] {
+        let v = p
+            .expect(
+                400,
+                post.clone(),
+                &format!("/transaction{}", q(JANE, "OA-N3")),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(error_id(&v), "INVALID_REQUEST", "{body}: {v}");
+    }
+
     // ---- images (no credentials needed)
     let path = "/images/coupon-bogo.gif";
     let reply = p.send(&get, path, Body::None, false).await;
