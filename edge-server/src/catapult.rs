@@ -714,12 +714,16 @@ struct CommitBody {
     tenders: Vec<Tender>,
 }
 
+/// A tender that closed the sale (§5.11): any type (the reference lists none), and an
+/// amount kept with the sign as received (drawer tenders are documented as negative).
+/// Both may be absent; a non-numeric amount is refused like any other wrong type. The
+/// tenders are recorded with the request body as received.
 #[derive(Deserialize)]
 struct Tender {
     #[serde(rename = "type", default)]
-    _kind: Option<String>,
+    kind: Option<String>,
     #[serde(default)]
-    _amount: Option<Decimal>,
+    amount: Option<Decimal>,
 }
 
 pub async fn commit(
@@ -733,7 +737,15 @@ pub async fn commit(
     let site = site(&state, pick(&query, body.site.as_ref(), "site"))?;
     let customer = customer(pick(&query, body.customer.as_ref(), "customer"))?;
     let txn = transaction(pick(&query, body.transaction.as_ref(), "transaction"))?;
-    let _ = body.tenders.len();
+    let tenders = body
+        .tenders
+        .iter()
+        .map(|t| {
+            let amount = t.amount.map(|a| money(a, "tenders[].amount")).transpose()?;
+            Ok((t.kind.as_deref().unwrap_or(""), amount))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    log::debug!(site = site.as_str(), transaction = txn.as_str(), tenders = tenders_text(&tenders).as_str(); "commit tenders");
     let input = CommitInput {
         site: site.as_str().to_owned(),
         customer: customer.as_str().to_owned(),
@@ -751,6 +763,18 @@ pub async fn commit(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(response))
+}
+
+/// `CASH 5.21, CHECK -1.00` for the log.
+fn tenders_text(tenders: &[(&str, Option<Cents>)]) -> String {
+    tenders
+        .iter()
+        .map(|(kind, amount)| match amount {
+            Some(a) => format!("{kind} {a}"),
+            None => (*kind).to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // ---------------------------------------------------------------- images, health
@@ -842,7 +866,7 @@ mod tests {
         assert!(d.phones.is_empty() && d.emails.is_empty());
         let c: CommitBody =
             parse_json(br#"{"coupons":null,"tenders":[{"type":null,"amount":null}]}"#).unwrap();
-        assert!(c.coupons.is_empty() && c.tenders.len() == 1);
+        assert!(c.coupons.is_empty() && c.tenders[0].amount.is_none());
     }
 
     #[test]
@@ -856,5 +880,21 @@ mod tests {
         ] {
             assert!(parse_json::<UpdateBody>(body).is_err(), "{body:?}");
         }
+        assert!(parse_json::<CommitBody>(br#"{"tenders":[{"amount":"five"}]}"#).is_err());
+        assert!(parse_json::<CommitBody>(br#"{"tenders":[{"type":5}]}"#).is_err());
+    }
+
+    #[test]
+    fn tender_amounts_are_read_exactly() {
+        let c: CommitBody = parse_json(
+            br#"{"tenders":[{"type":"CASH","amount":5.21},{"type":"EBT","amount":-0.07},{"type":"GIFT"}]}"#,
+        )
+        .unwrap();
+        let amounts: Vec<Option<Decimal>> = c.tenders.iter().map(|t| t.amount).collect();
+        assert_eq!(
+            amounts,
+            [Some(Decimal::new(521, 2)), Some(Decimal::new(-7, 2)), None]
+        );
+        assert_eq!(c.tenders[2].kind.as_deref(), Some("GIFT"));
     }
 }

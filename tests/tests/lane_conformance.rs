@@ -291,3 +291,46 @@ async fn explicit_nulls_in_optional_fields_read_as_absent() {
         );
     }
 }
+
+#[tokio::test]
+async fn commit_tenders_carry_any_type_and_a_numeric_amount() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let tenders = json!([{"type": "CASH", "amount": 5.21}, {"type": "EBT FOOD", "amount": -3.10},
+                         {"type": "GIFT"}, {"amount": 0}, {}]);
+    let (status, v) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "TND-1")),
+            &json!({"coupons": [], "tenders": tenders}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    for (what, amount) in [
+        ("letters", json!("five")),
+        ("a boolean", json!(true)),
+        ("an object", json!({"value": 5})),
+        ("out of range", json!(1e300)),
+    ] {
+        let (status, v) = store
+            .post(
+                &format!("/transaction/commit{}", q(JANE, "TND-2")),
+                &json!({"coupons": [], "tenders": [{"type": "CASH", "amount": amount}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, error_id(&v)),
+            (400, "INVALID_REQUEST"),
+            "{what}: {v}"
+        );
+    }
+    // The refused commits changed nothing: the transaction can still be committed.
+    let (status, _) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "TND-2")),
+            &json!({"coupons": [], "tenders": [{"type": "CASH", "amount": 1.00}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}

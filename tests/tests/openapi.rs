@@ -976,6 +976,15 @@ async fn every_answer_matches_the_spec() {
             .await;
         assert_eq!(error_id(&v), "INVALID_REQUEST", "{body}: {v}");
     }
+    let v = p
+        .expect(
+            400,
+            post.clone(),
+            &format!("/transaction/commit{}", q(JANE, "OA-N3")),
+            Some(&json!({"tenders": [{"type": "CASH", "amount": "five"}]})),
+        )
+        .await;
+    assert_eq!(error_id(&v), "INVALID_REQUEST", "{v}");
 
     // ---- images (no credentials needed)
     let path = "/images/coupon-bogo.gif";
