@@ -68,6 +68,37 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// CATAPULT's limits on phones (at most 10 characters each; in a demographics request
+/// also digits only), naming the offending entry.
+fn check_phones(phones: &[String], digits_only: bool) -> Result<(), ApiError> {
+    for (i, p) in phones.iter().enumerate() {
+        if p.chars().count() > 10 {
+            return Err(ApiError::InvalidRequest(format!(
+                "`phones[{i}]` is longer than 10 characters"
+            )));
+        }
+        if digits_only && !p.chars().all(|c| c.is_ascii_digit()) {
+            return Err(ApiError::InvalidRequest(format!(
+                "`phones[{i}]` must be digits only"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// CATAPULT's limit on e-mails: 1..254 characters each, naming the offending entry.
+fn check_emails(emails: &[String]) -> Result<(), ApiError> {
+    match emails
+        .iter()
+        .position(|e| e.is_empty() || e.chars().count() > 254)
+    {
+        Some(i) => Err(ApiError::InvalidRequest(format!(
+            "`emails[{i}]` must be 1..254 characters"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `name` from the query string, else the body's value.
 fn pick(query: &Query, body: Option<&String>, name: &str) -> Option<String> {
     query.get(name).map(str::to_owned).or_else(|| body.cloned())
@@ -319,24 +350,8 @@ pub async fn demographics(
     let bytes = read_body(&state, payload).await?;
     let body: DemographicsBody = parse_json(&bytes)?;
     site(&state, pick(&query, body.site.as_ref(), "site"))?;
-    if body
-        .phones
-        .iter()
-        .any(|p| p.chars().count() > 10 || !p.chars().all(|c| c.is_ascii_digit()))
-    {
-        return Err(ApiError::InvalidRequest(
-            "phones must be numeric, at most 10 digits".into(),
-        ));
-    }
-    if body
-        .emails
-        .iter()
-        .any(|e| e.is_empty() || e.chars().count() > 254)
-    {
-        return Err(ApiError::InvalidRequest(
-            "emails must be 1..254 characters".into(),
-        ));
-    }
+    check_phones(&body.phones, true)?;
+    check_emails(&body.emails)?;
     let found = read(&state, move |c| {
         for p in &body.phones {
             if let Some(found) = shared::repo::customer_by_phone(c, p)? {
@@ -488,10 +503,12 @@ pub async fn update(
     let site = site(&state, pick(&query, body.site.as_ref(), "site"))?;
     let customer = customer(pick(&query, body.customer.as_ref(), "customer"))?;
     let txn = transaction(pick(&query, body.transaction.as_ref(), "transaction"))?;
-    // Phones and e-mails (sendPhones/sendEmails) play no part in pricing: a malformed one
-    // must never cost the shopper their coupons, so they are not checked here.
+    // Phones and e-mails (sendPhones/sendEmails) play no part in pricing, but their
+    // documented limits (§5.7) are checked like every other field's: a real CATAPULT lane
+    // never sends longer ones, so a longer one is a client fault worth a clear 400.
+    check_phones(&body.phones, false)?;
+    check_emails(&body.emails)?;
     let _ = (&body.time, body.sub_total, body.tax_total, body.gross_total);
-    let _ = (&body.phones, &body.emails, body.cashier);
     let input = UpdateInput {
         site: site.as_str().to_owned(),
         customer: customer.as_str().to_owned(),
@@ -896,5 +913,19 @@ mod tests {
             [Some(Decimal::new(521, 2)), Some(Decimal::new(-7, 2)), None]
         );
         assert_eq!(c.tenders[2].kind.as_deref(), Some("GIFT"));
+    }
+
+    #[test]
+    fn phones_and_emails_are_checked_against_catapults_limits() {
+        let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(check_phones(&s(&["8282652907", ""]), true).is_ok());
+        assert!(check_phones(&s(&["828-265-29"]), false).is_ok());
+        let e = check_phones(&s(&["1", "82826529071"]), false).unwrap_err();
+        assert!(e.to_string().contains("phones[1]"), "{e}");
+        assert!(check_phones(&s(&["828-265-29"]), true).is_err());
+        assert!(check_emails(&s(&["a@b.c", &"x".repeat(254)])).is_ok());
+        let e = check_emails(&s(&["a@b.c", ""])).unwrap_err();
+        assert!(e.to_string().contains("emails[1]"), "{e}");
+        assert!(check_emails(&s(&[&"x".repeat(255)])).is_err());
     }
 }

@@ -334,3 +334,34 @@ async fn commit_tenders_carry_any_type_and_a_numeric_amount() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn update_phones_and_emails_are_held_to_catapults_limits() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let path = format!("/transaction{}", q(JANE, "LIM-1"));
+    let ok = json!({"items": [item()], "phones": ["8282652907", ""],
+                    "emails": ["jane@example.com", "x".repeat(254)]});
+    let (status, v) = store.post(&path, &ok).await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    for (body, field) in [
+        (
+            json!({"phones": ["8282652907", "18282652907"]}),
+            "phones[1]",
+        ),
+        (json!({"emails": [""]}), "emails[0]"),
+        (json!({"emails": ["a@b.c", "x".repeat(255)]}), "emails[1]"),
+    ] {
+        let (status, v) = store.post(&path, &body).await.unwrap();
+        assert_eq!(
+            (status, error_id(&v)),
+            (400, "INVALID_REQUEST"),
+            "{body}: {v}"
+        );
+        assert!(
+            v["errors"][0]["details"]
+                .as_str()
+                .is_some_and(|d| d.contains(field)),
+            "the details name `{field}`: {v}"
+        );
+    }
+}

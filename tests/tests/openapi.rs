@@ -922,7 +922,7 @@ async fn every_answer_matches_the_spec() {
     .await;
 
     // ---- explicit nulls in optional fields (Java clients): accepted, and allowed by the
-    // documented request schemas; wrong types are still refused as documented
+    // documented request schemas; limits and wrong types are still refused as documented
     let nulls = json!({"site": null, "customer": null, "transaction": null, "cashier": null,
         "terminal": null, "time": null, "transientRequest": null, "subTotal": null,
         "taxTotal": null, "grossTotal": null, "phones": null, "emails": null,
@@ -965,7 +965,11 @@ async fn every_answer_matches_the_spec() {
         Some(&json!({"site": null, "customer": null, "transaction": null})),
     )
     .await;
-    for body in [json!({"items": null, "transientRequest": "no"})] {
+    for body in [
+        json!({"phones": ["12345678901"]}),
+        json!({"emails": [""]}),
+        json!({"items": null, "transientRequest": "no"}),
+    ] {
         let v = p
             .expect(
                 400,
