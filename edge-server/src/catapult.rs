@@ -8,7 +8,7 @@ use crate::{json_money, State};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use rust_decimal::Decimal;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 use shared::db::now_secs;
@@ -66,6 +66,83 @@ where
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The names of a request body's top-level fields its type does not know, read without
+/// their values. Held by a `#[serde(flatten)]` field, it receives only the entries no other
+/// field took, in the same single pass over the body: a body without unknown fields costs
+/// nothing more.
+#[derive(Default, Debug)]
+pub struct UnknownFields(Vec<String>);
+
+impl<'de> Deserialize<'de> for UnknownFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> Visitor<'de> for Names {
+            type Value = UnknownFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UnknownFields, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    names.push(name);
+                }
+                Ok(UnknownFields(names))
+            }
+        }
+        d.deserialize_map(Names)
+    }
+}
+
+/// How many distinct (endpoint, field name) pairs are remembered: a client sending ever new
+/// names cannot grow the set (nor the log) beyond this.
+const UNKNOWN_FIELDS_KEPT: usize = 64;
+
+/// Longest field name logged (and remembered), in characters.
+const UNKNOWN_FIELD_NAME_MAX: usize = 64;
+
+/// Logs the names (never the values) of request fields this server ignores, once per
+/// (endpoint, name) per process. CATAPULT may add fields, or send `sharedkey` /
+/// `sharedsecret` under names the reference does not give: the log shows which arrive.
+#[derive(Default)]
+pub struct UnknownFieldLog {
+    seen: std::sync::Mutex<std::collections::HashSet<(&'static str, String)>>,
+}
+
+impl UnknownFieldLog {
+    /// Notes the unknown fields of one request body to `endpoint`; returns how many names
+    /// were logged now (for tests).
+    pub fn note(&self, endpoint: &'static str, fields: UnknownFields) -> usize {
+        if fields.0.is_empty() {
+            return 0;
+        }
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut logged = 0;
+        for name in fields.0 {
+            // A name of that many bytes has at most that many characters: no copy then.
+            let name = if name.len() > UNKNOWN_FIELD_NAME_MAX {
+                truncate(&name, UNKNOWN_FIELD_NAME_MAX)
+            } else {
+                name
+            };
+            let key = (endpoint, name);
+            if seen.len() >= UNKNOWN_FIELDS_KEPT || seen.contains(&key) {
+                continue;
+            }
+            log::info!(endpoint = endpoint, field = key.1.as_str(); "request field unknown to this server, ignored (its name is logged once per endpoint, never its value)");
+            seen.insert(key);
+            logged += 1;
+            if seen.len() == UNKNOWN_FIELDS_KEPT {
+                log::info!(kept = UNKNOWN_FIELDS_KEPT; "unknown request field names: no more new ones will be logged until the server restarts");
+            }
+        }
+        logged
+    }
 }
 
 /// CATAPULT's limits on phones (at most 10 characters each; in a demographics request
@@ -298,6 +375,8 @@ struct ClipBody {
     add: Vec<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     remove: Vec<String>,
+    #[serde(flatten)]
+    unknown: UnknownFields,
 }
 
 pub async fn clip(
@@ -307,7 +386,10 @@ pub async fn clip(
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req);
     let bytes = read_body(&state, payload).await?;
-    let body: ClipBody = parse_json(&bytes)?;
+    let mut body: ClipBody = parse_json(&bytes)?;
+    state
+        .unknown_fields
+        .note("clip", std::mem::take(&mut body.unknown));
     site(&state, pick(&query, body.site.as_ref(), "site"))?;
     let customer = customer(pick(&query, body.customer.as_ref(), "customer"))?;
     let add = coupon_ids(&body.add, false)?;
@@ -339,6 +421,8 @@ struct DemographicsBody {
     phones: Vec<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     emails: Vec<String>,
+    #[serde(flatten)]
+    unknown: UnknownFields,
 }
 
 pub async fn demographics(
@@ -348,7 +432,10 @@ pub async fn demographics(
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req);
     let bytes = read_body(&state, payload).await?;
-    let body: DemographicsBody = parse_json(&bytes)?;
+    let mut body: DemographicsBody = parse_json(&bytes)?;
+    state
+        .unknown_fields
+        .note("demographics", std::mem::take(&mut body.unknown));
     site(&state, pick(&query, body.site.as_ref(), "site"))?;
     check_phones(&body.phones, true)?;
     check_emails(&body.emails)?;
@@ -423,6 +510,8 @@ struct UpdateBody {
     phones: Vec<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     emails: Vec<String>,
+    #[serde(flatten)]
+    unknown: UnknownFields,
 }
 
 #[derive(Deserialize)]
@@ -498,8 +587,11 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req);
     let bytes = read_body(&state, payload).await?;
-    // Parsed straight into types: this is the busiest write path.
-    let body: UpdateBody = parse_json(&bytes)?;
+    // Parsed straight into types, in one pass: this is the busiest write path.
+    let mut body: UpdateBody = parse_json(&bytes)?;
+    state
+        .unknown_fields
+        .note("update", std::mem::take(&mut body.unknown));
     let site = site(&state, pick(&query, body.site.as_ref(), "site"))?;
     let customer = customer(pick(&query, body.customer.as_ref(), "customer"))?;
     let txn = transaction(pick(&query, body.transaction.as_ref(), "transaction"))?;
@@ -696,6 +788,14 @@ pub async fn cancel(
     // The POST body is not documented: any JSON object (or none) is accepted and only its
     // parameters are read.
     let raw: Option<Map<String, Value>> = serde_json::from_slice(&bytes).ok();
+    if let Some(body) = &raw {
+        let unknown = body
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "site" | "customer" | "transaction"))
+            .cloned()
+            .collect();
+        state.unknown_fields.note("cancel", UnknownFields(unknown));
+    }
     let site = site(&state, param(&query, raw.as_ref(), "site"))?;
     let customer = customer(param(&query, raw.as_ref(), "customer"))?;
     let txn = transaction(param(&query, raw.as_ref(), "transaction"))?;
@@ -729,6 +829,8 @@ struct CommitBody {
     coupons: Vec<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     tenders: Vec<Tender>,
+    #[serde(flatten)]
+    unknown: UnknownFields,
 }
 
 /// A tender that closed the sale (§5.11): any type (the reference lists none), and an
@@ -750,7 +852,10 @@ pub async fn commit(
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req);
     let bytes = read_body(&state, payload).await?;
-    let body: CommitBody = parse_json(&bytes)?;
+    let mut body: CommitBody = parse_json(&bytes)?;
+    state
+        .unknown_fields
+        .note("commit", std::mem::take(&mut body.unknown));
     let site = site(&state, pick(&query, body.site.as_ref(), "site"))?;
     let customer = customer(pick(&query, body.customer.as_ref(), "customer"))?;
     let txn = transaction(pick(&query, body.transaction.as_ref(), "transaction"))?;
@@ -913,6 +1018,33 @@ mod tests {
             [Some(Decimal::new(521, 2)), Some(Decimal::new(-7, 2)), None]
         );
         assert_eq!(c.tenders[2].kind.as_deref(), Some("GIFT"));
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_named_and_known_ones_still_read() {
+        let u: UpdateBody = parse_json(
+            br#"{"sharedkey":"k","items":[{"id":1,"price":1.99,"x":1}],"sharedsecret":{"a":[1]},"subTotal":1.99}"#,
+        )
+        .unwrap();
+        assert_eq!(u.unknown.0, ["sharedkey", "sharedsecret"]);
+        assert_eq!(u.sub_total, Some(Decimal::new(199, 2)));
+        assert_eq!(basket(&u.items).unwrap()[0].unit_price, Cents(199));
+        let u: UpdateBody = parse_json(br#"{"items":[]}"#).unwrap();
+        assert!(u.unknown.0.is_empty());
+    }
+
+    #[test]
+    fn each_unknown_field_name_is_logged_once_per_endpoint_and_the_set_is_bounded() {
+        let log = UnknownFieldLog::default();
+        let names = |n: &[&str]| UnknownFields(n.iter().map(|s| (*s).to_owned()).collect());
+        assert_eq!(log.note("update", names(&["sharedkey", "sharedsecret"])), 2);
+        assert_eq!(log.note("update", names(&["sharedkey"])), 0);
+        assert_eq!(log.note("commit", names(&["sharedkey"])), 1);
+        let many: Vec<String> = (0..1000).map(|i| format!("f{i}")).collect();
+        let logged = log.note("clip", UnknownFields(many));
+        assert_eq!(logged, UNKNOWN_FIELDS_KEPT - 3);
+        assert_eq!(log.note("clip", names(&["another"])), 0);
+        assert!(log.seen.lock().unwrap().len() <= UNKNOWN_FIELDS_KEPT);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: admin::Metrics,
     /// Coupontools look-up of a voucher never seen here (None when off).
     pub read_through: Option<read_through::ReadThrough>,
+    /// Names of request fields this server ignores, each logged once.
+    pub unknown_fields: catapult::UnknownFieldLog,
 }
 
 fn policy_of(config: &Config) -> lane::Policy {
@@ -54,6 +56,7 @@ impl AppState {
             db,
             catalog,
             metrics: admin::Metrics::new(),
+            unknown_fields: catapult::UnknownFieldLog::default(),
         }
     }
 

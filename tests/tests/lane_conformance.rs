@@ -365,3 +365,78 @@ async fn update_phones_and_emails_are_held_to_catapults_limits() {
         );
     }
 }
+
+#[tokio::test]
+async fn unknown_fields_are_ignored_and_only_their_names_logged_once() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let extra = json!({"sharedkey": "KEY-VALUE-1", "sharedsecret": "SECRET-VALUE-2"});
+    let with_extra = |body: Value| {
+        let mut body = body;
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let update = format!("/transaction{}", q(JANE, "UNK-1"));
+    for _ in 0..2 {
+        let (status, v) = store
+            .post(&update, &with_extra(json!({"items": [item()]})))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert!(
+            v["applied"].as_array().is_some_and(|a| !a.is_empty()),
+            "{v}"
+        );
+    }
+    let requests = [
+        (
+            format!("/coupons/customer?site={SITE}&customer={JOHN}"),
+            json!({"add": ["PCT10"]}),
+        ),
+        (
+            format!("/demographics?site={SITE}"),
+            json!({"phones": ["5551234567"]}),
+        ),
+        (
+            format!("/transaction/cancel{}", q(JOHN, "UNK-2")),
+            json!({}),
+        ),
+        (
+            format!("/transaction/commit{}", q(JANE, "UNK-1")),
+            json!({"coupons": []}),
+        ),
+    ];
+    for (path, body) in requests {
+        let (status, v) = store.post(&path, &with_extra(body)).await.unwrap();
+        assert_eq!(status, 200, "{path}: {v}");
+        assert!(v.get("errors").is_none(), "{path}: {v}");
+    }
+    let (status, _) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "UNK-1")),
+            &json!({"coupons": [], "sharedkey": "x"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "a replayed commit too");
+
+    let log = std::fs::read_to_string(store.dir.join("edge-server.log")).unwrap();
+    assert!(
+        !log.contains("KEY-VALUE-1") && !log.contains("SECRET-VALUE-2"),
+        "values are never logged"
+    );
+    for endpoint in ["update", "clip", "demographics", "cancel", "commit"] {
+        for field in ["sharedkey", "sharedsecret"] {
+            let lines = log
+                .lines()
+                .filter(|l| {
+                    l.contains("request field unknown")
+                        && l.contains(&format!("endpoint={endpoint}"))
+                        && l.contains(&format!("field={field}"))
+                })
+                .count();
+            assert_eq!(lines, 1, "{endpoint} {field} logged once:\n{log}");
+        }
+    }
+}
