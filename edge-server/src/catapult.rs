@@ -542,7 +542,7 @@ enum UpcValue {
 impl UpcValue {
     fn normalised(&self) -> Upc {
         match self {
-            UpcValue::Number(n) => Upc::normalise(&n.to_string()),
+            UpcValue::Number(n) => Upc::from_number(n),
             UpcValue::Text(s) => Upc::normalise(s),
         }
     }

@@ -440,3 +440,35 @@ async fn unknown_fields_are_ignored_and_only_their_names_logged_once() {
         }
     }
 }
+
+/// CATAPULT §5.8: UPCs come as JSON numbers; a writer that prints a large whole number as
+/// `894773001193.0` or `8.94773001193E11` still means 894773001193 (BOGO1's dog food).
+#[tokio::test]
+async fn upcs_printed_with_a_fraction_or_an_exponent_still_match() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    for (n, upc) in ["894773001193.0", "8.94773001193E11"].iter().enumerate() {
+        let txn = format!("UPC-{n}");
+        let body = format!(
+            r#"{{"transientRequest": true, "items": [{{"id": 1, "quantity": 2, "upc": {upc}, "price": 12.99, "discountPrice": 12.99, "dept": 2}}]}}"#
+        );
+        let r = store
+            .client
+            .post(store.url(&format!("/transaction{}", q(JANE, &txn))))
+            .basic_auth(USER, Some(PASSWORD))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, v) = e2e::json_of(r).await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert!(
+            v["applied"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["couponId"] == "BOGO1"),
+            "{upc}: {v}"
+        );
+    }
+}
