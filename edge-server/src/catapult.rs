@@ -304,8 +304,8 @@ pub async fn catalog(req: HttpRequest, state: State) -> Result<HttpResponse, Api
 /// leading zero or precision: then as strings.
 fn upc_json(u: &Upc) -> Value {
     match u.as_str().parse::<u64>() {
-        Ok(n) if !u.as_str().starts_with('0') && n < (1 << 53) => json!(n),
-        _ => json!(u.as_str()),
+        Ok(n) if !u.has_leading_zeros() && n < (1 << 53) => json!(n),
+        _ => json!(u.written()),
     }
 }
 

@@ -103,9 +103,48 @@ impl CouponId {
 /// strings; both sides normalise the same way. The check digit is not recomputed: both
 /// sides must carry the same significant digits. A code without any digit normalises to
 /// the empty string and matches nothing.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Upc(String);
+///
+/// The leading zeros a code was written with are remembered (not compared): CATAPULT §5.1
+/// asks that a zero-padded UPC go back to the POS as a string with its zeros, never as a
+/// number that would lose them.
+#[derive(Debug, Clone)]
+pub struct Upc {
+    digits: String,
+    zeros: u8,
+}
+
+impl PartialEq for Upc {
+    fn eq(&self, other: &Upc) -> bool {
+        self.digits == other.digits
+    }
+}
+
+impl Eq for Upc {}
+
+impl std::hash::Hash for Upc {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.digits.hash(h);
+    }
+}
+
+impl PartialOrd for Upc {
+    fn partial_cmp(&self, other: &Upc) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Upc {
+    fn cmp(&self, other: &Upc) -> std::cmp::Ordering {
+        self.digits.cmp(&other.digits)
+    }
+}
+
+/// Stored and sent as written (zeros kept), so a rule read back keeps them.
+impl Serialize for Upc {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.written())
+    }
+}
 
 /// UPCs are read from JSON numbers or strings, and always normalised on the way in.
 impl<'de> Deserialize<'de> for Upc {
@@ -145,15 +184,37 @@ impl Upc {
     pub fn normalise(raw: &str) -> Upc {
         let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
         let trimmed = digits.trim_start_matches('0');
-        Upc(trimmed.to_owned())
+        Upc {
+            zeros: u8::try_from(digits.len() - trimmed.len()).unwrap_or(u8::MAX),
+            digits: trimmed.to_owned(),
+        }
     }
 
+    /// The normalised code: what matching compares.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.digits
+    }
+
+    /// The code as it was written, leading zeros included (digits only).
+    pub fn written(&self) -> std::borrow::Cow<'_, str> {
+        if self.zeros == 0 {
+            std::borrow::Cow::Borrowed(&self.digits)
+        } else {
+            std::borrow::Cow::Owned(format!(
+                "{}{}",
+                "0".repeat(usize::from(self.zeros)),
+                self.digits
+            ))
+        }
+    }
+
+    /// Whether the code was written with leading zeros (then it must travel as a string).
+    pub fn has_leading_zeros(&self) -> bool {
+        self.zeros > 0
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.digits.is_empty()
     }
 }
 
@@ -351,6 +412,15 @@ mod tests {
                 Upc::normalise("894773001193"),
                 Upc::normalise("894773001193")
             ]
+        );
+        // Zeros are remembered for the way back, not compared.
+        let padded = Upc::normalise("0038000012345");
+        assert_eq!(padded, Upc::normalise("38000012345"));
+        assert_eq!(padded.written(), "0038000012345");
+        assert!(padded.has_leading_zeros() && !Upc::normalise("38000012345").has_leading_zeros());
+        assert_eq!(
+            serde_json::to_string(&padded).unwrap_or_default(),
+            r#""0038000012345""#
         );
         // Whole numbers some JSON writers print with a fraction or an exponent.
         let parsed: Vec<Upc> =

@@ -94,6 +94,9 @@ async fn catalog_lists_every_live_coupon_with_catapult_fields() {
             "rewardUpcs": []
         })
     );
+    // A zero-padded UPC goes back as written, a string (a number would lose the zeros).
+    let cereal = coupons.iter().find(|c| c["id"] == "KPN1").unwrap();
+    assert_eq!(cereal["requirementUpcs"], json!(["0038000012345"]));
     // The image it advertises is served from the same origin, with the exact type.
     let r = store
         .client
