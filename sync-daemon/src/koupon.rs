@@ -404,7 +404,8 @@ fn sale_result(payload: &Value, entries: &[Entry], answer: &Value, attempts: i64
             .and_then(|q| q.as_i64().or_else(|| q.as_str()?.parse().ok()))
             .unwrap_or(0);
         let exception = r.map(|r| text_of(r, "exceptionCode")).unwrap_or_default();
-        if done >= e.qty && exception.is_empty() {
+        if done >= e.qty {
+            // All of it recorded (an exception code beside a full quantity changes nothing).
             continue;
         }
         if exception == "ALREADY_REDEEMED" && attempts > 1 {

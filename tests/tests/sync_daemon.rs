@@ -537,6 +537,20 @@ fn sync_now(store: &Store, provider: &str) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// Asks for a pull of `provider` now and waits until the daemon says it is done.
+async fn pull_now(daemon: &Daemon, store: &Store, provider: &str) {
+    let from = daemon.log().len();
+    sync_now(store, provider);
+    daemon
+        .wait_for_log(
+            &format!("{provider} pull done"),
+            from,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+}
+
 /// The simulator's provider configuration with Convercus on OAuth (client credentials
 /// against the simulator's Keycloak token URL) instead of the legacy login.
 fn oauth_toml(providers: &Providers) -> String {
@@ -790,11 +804,7 @@ async fn oauth_login_and_an_account_found_by_its_app_code_from_the_import_list()
     .await
     .unwrap();
     let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
-    sync_now(&store, "convercus");
-    daemon
-        .wait_for_log("convercus pull done", 0, Duration::from_secs(20))
-        .await
-        .unwrap();
+    pull_now(&daemon, &store, "convercus").await;
     let conn = rusqlite::Connection::open(store.db_path()).unwrap();
     let (first, account): (String, String) = conn
         .query_row(
@@ -1021,11 +1031,7 @@ async fn an_incremental_coupontools_pull_learns_of_an_old_session_used_elsewhere
         )
         .ok()
     };
-    sync_now(&store, "coupontools");
-    daemon
-        .wait_for_log("coupontools pull done", 0, Duration::from_secs(20))
-        .await
-        .unwrap();
+    pull_now(&daemon, &store, "coupontools").await;
     assert!(
         daemon.log().contains("session pull: full"),
         "{}",
@@ -1048,11 +1054,7 @@ async fn an_incremental_coupontools_pull_learns_of_an_old_session_used_elsewhere
     assert!(r.status().is_success());
 
     let from = daemon.log().len();
-    sync_now(&store, "coupontools");
-    daemon
-        .wait_for_log("coupontools pull done", from, Duration::from_secs(20))
-        .await
-        .unwrap();
+    pull_now(&daemon, &store, "coupontools").await;
     let log = daemon.log()[from..].to_owned();
     assert!(log.contains("session pull: incremental"), "{log}");
     assert_eq!(state().as_deref(), Some("validated"), "{log}");
@@ -1130,11 +1132,7 @@ async fn provider_images_are_cached_and_served_from_the_store() {
     .await
     .unwrap();
     let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
-    sync_now(&store, "koupon");
-    daemon
-        .wait_for_log("koupon pull done", 0, Duration::from_secs(20))
-        .await
-        .unwrap();
+    pull_now(&daemon, &store, "koupon").await;
     // The catalog is refreshed from the database within a second or two.
     let deadline = Instant::now() + Duration::from_secs(10);
     let coupons = loop {
@@ -1193,22 +1191,13 @@ async fn an_oauth_token_is_renewed_with_its_refresh_token() {
     .await
     .unwrap();
     let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
-    sync_now(&store, "convercus");
-    let from = 0;
-    daemon
-        .wait_for_log("convercus pull done", from, Duration::from_secs(20))
-        .await
-        .unwrap();
+    pull_now(&daemon, &store, "convercus").await;
     assert!(daemon.log().contains("logged in to Convercus"));
     // Past 80 % of the 3 s lifetime (the refresh token lives 30 s): the next call renews
     // with the refresh token.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let from = daemon.log().len();
-    sync_now(&store, "convercus");
-    daemon
-        .wait_for_log("convercus pull done", from, Duration::from_secs(20))
-        .await
-        .unwrap();
+    pull_now(&daemon, &store, "convercus").await;
     let log = daemon.log()[from..].to_owned();
     assert!(
         log.contains("renewed with its refresh token"),
