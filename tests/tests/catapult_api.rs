@@ -637,8 +637,10 @@ async fn global_limit_holds_across_customers() {
 
 #[tokio::test]
 async fn an_abandoned_transactions_hold_expires() {
+    // Expiry times are whole seconds: a 1 s hold placed at x.999 s lapses at once, so the
+    // check that it holds right after the update needs 2 s (at least 1 s of life).
     let store = Store::start(StoreOptions {
-        hold_ttl_secs: 1,
+        hold_ttl_secs: 2,
         ..StoreOptions::default()
     })
     .await
