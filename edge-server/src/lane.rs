@@ -641,6 +641,8 @@ pub fn commit(
     repo::ensure_customer(conn, &input.customer, now)?;
     let customer_row = repo::customer(conn, &input.customer)?;
     let customer_ref = customer_row.as_ref().and_then(|c| c.provider_ref.clone());
+    // Points left as this commit spends them (read once, not again per points coupon).
+    let mut points_left = customer_row.as_ref().map_or(0, |c| c.points_balance);
     let loyalty_id = customer_row.and_then(|c| c.loyalty_id);
     let view = CustomerCoupons::read(conn, &input.customer)?;
     let mut total = Cents::ZERO;
@@ -677,7 +679,8 @@ pub fn commit(
             repo::bump_offer_redeemed(conn, id)?;
         }
         if let Some(cost) = offer.loyalty_cost {
-            let balance = customer_row_balance(conn, &input.customer)?;
+            let balance = points_left;
+            points_left = points_left.saturating_sub(cost).max(0);
             if balance < cost {
                 // The sale is done; the lane's own check came before another sale spent them.
                 log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "points coupon redeemed with {balance} points left of the {cost} it costs; balance set to 0, for store IT");
@@ -737,10 +740,6 @@ pub fn commit(
         now,
     )?;
     Ok(response)
-}
-
-fn customer_row_balance(conn: &Connection, customer: &str) -> Result<i64, LaneError> {
-    Ok(repo::customer(conn, customer)?.map_or(0, |c| c.points_balance))
 }
 
 struct TxnCommitted(String);

@@ -325,6 +325,11 @@ impl Entry {
     }
 }
 
+/// The elements of the array at `v[k]` (none when it is missing or not an array).
+fn list<'a>(v: &'a Value, k: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(k).and_then(Value::as_array).into_iter().flatten()
+}
+
 fn text_of(v: &Value, k: &str) -> String {
     match v.get(k) {
         Some(Value::String(s)) => s.clone(),
@@ -348,12 +353,7 @@ fn loyalty_of(payload: &Value) -> String {
 fn sale_entries(payload: &Value, redeem_as: KouponRedeemAs) -> Vec<Entry> {
     let loyalty = loyalty_of(payload);
     let mut out: Vec<Entry> = Vec::new();
-    for r in payload
-        .get("redemptions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for r in list(payload, "redemptions") {
         let (asset, code) = match redeem_as {
             KouponRedeemAs::LoyaltyId => (loyalty.clone(), Some(text_of(r, "couponCode"))),
             KouponRedeemAs::OfferBarcode => (text_of(r, "offerBarcode"), None),
@@ -382,11 +382,7 @@ fn sale_result(payload: &Value, entries: &[Entry], answer: &Value, attempts: i64
     if answer.is_null() {
         return Delivery::delivered();
     }
-    let results = answer
-        .get("results")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let results: Vec<&Value> = list(answer, "results").collect();
     let mut refused = Vec::new();
     let mut reasons = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -484,11 +480,7 @@ pub fn report_body(payload: &Value, redeem_as: KouponRedeemAs) -> Value {
         serde_json::from_str(&http::cents_to_decimal(cents_of(v), 2)).unwrap_or(json!(0))
     };
     let gross = cents_of(basket.get("grossTotal").or_else(|| basket.get("subTotal")));
-    let products: Vec<Value> = basket
-        .get("items")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let products: Vec<Value> = list(&basket, "items")
         .enumerate()
         .map(|(position, it)| {
             let upc = match it.get("upc") {
@@ -507,22 +499,13 @@ pub fn report_body(payload: &Value, redeem_as: KouponRedeemAs) -> Value {
             })
         })
         .collect();
-    let discounts: i64 = payload
-        .get("discounts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let discounts: i64 = list(payload, "discounts")
         .filter_map(|d| d.get("discountCents").and_then(Value::as_i64))
         .sum();
     // What was scanned at the POS: the loyalty card, or the offer barcodes (items queued
     // by earlier versions name their assets themselves).
     let mut assets: Vec<Value> = Vec::new();
-    for d in payload
-        .get("discounts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for d in list(payload, "discounts") {
         let asset = match (d.get("discountAsset"), redeem_as) {
             (Some(a), _) => a.clone(),
             (None, KouponRedeemAs::LoyaltyId) => json!(loyalty_of(payload)),
