@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
+use shared::config::CommitErrors;
 use shared::db::now_secs;
 use shared::domain::{CouponId, CustomerId, SiteId, TransactionId, Upc};
 use shared::engine::BasketLine;
@@ -874,6 +875,7 @@ pub async fn commit(
         txn: txn.as_str().to_owned(),
         coupons: coupon_ids(&body.coupons, true)?,
         request: String::from_utf8_lossy(&bytes).into_owned(),
+        report_errors: state.config().lanes.commit_errors == CommitErrors::Report,
     };
     let stamp = rfc3339_now();
     let catalog = state.catalog.current();

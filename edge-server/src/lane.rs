@@ -581,6 +581,8 @@ pub struct CommitInput {
     pub coupons: Vec<String>,
     /// The request body as received, kept with the sale.
     pub request: String,
+    /// Whether the answer names listed coupons it could not redeem (`lanes.commit_errors`).
+    pub report_errors: bool,
 }
 
 /// Commits the sale once; a repeat replays the stored answer and changes nothing.
@@ -647,9 +649,13 @@ pub fn commit(
     let view = CustomerCoupons::read(conn, &input.customer)?;
     let mut total = Cents::ZERO;
     let mut sale_coupons = Vec::new();
+    // Listed coupons this commit could not redeem, for the answer's `errors`.
+    let mut not_found = Vec::new();
+    let mut unusable = Vec::new();
     for id in &to_redeem {
         let Some(offer) = find_offer(conn, catalog, id)? else {
             log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "commit lists a coupon that is not in the catalog; acknowledged and ignored");
+            not_found.push(id.as_str());
             continue;
         };
         let usable = match view.holding(id, &input.site, &input.txn, now) {
@@ -672,6 +678,7 @@ pub fn commit(
         if !usable {
             // The sale is done and the shopper had the discount: acknowledge, and flag it.
             log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "commit lists a coupon already used or held elsewhere; recorded as a conflict for store IT");
+            unusable.push(id.as_str());
             continue;
         }
         repo::redeem_coupon(conn, &input.customer, id, offer.per_customer_limit, now)?;
@@ -729,7 +736,12 @@ pub fn commit(
     );
     enqueue_all(conn, sale_items, now)?;
     repo::delete_hold(conn, &input.site, &input.txn)?;
-    let response = commit_response(total);
+    let errors = if input.report_errors && !empty_list {
+        commit_errors(&input.txn, existing.is_none(), &not_found, &unusable)
+    } else {
+        Vec::new()
+    };
+    let response = commit_response(total, &errors);
     repo::commit_transaction(
         conn,
         &input.site,
@@ -749,12 +761,51 @@ fn committed(t: &repo::TxnRow) -> Option<TxnCommitted> {
         .then(|| TxnCommitted(t.commit_response.clone().unwrap_or_else(|| "{}".to_owned())))
 }
 
-fn commit_response(total: Cents) -> String {
-    if total > Cents::ZERO {
-        json!({"receiptLines": [{"type": "TEXT", "content": format!("Digital coupons redeemed: {total}")}]}).to_string()
-    } else {
-        json!({"receiptLines": []}).to_string()
+/// What a commit answer says about the listed coupons it could not redeem (CATAPULT §5.15):
+/// `COUPON_NOT_FOUND` for each id not in the catalog and, for a sale never seen here (no
+/// update, no cancel), `INVALID_TRANSACTION` first. A coupon used elsewhere since a known
+/// sale's update is acknowledged without error (§4.7: the shopper had the discount) and
+/// only flagged for store IT.
+fn commit_errors(
+    txn: &str,
+    never_seen: bool,
+    not_found: &[&str],
+    unusable: &[&str],
+) -> Vec<(&'static str, String)> {
+    let mut errors = Vec::new();
+    if never_seen && !(not_found.is_empty() && unusable.is_empty()) {
+        let ids: Vec<&str> = not_found.iter().chain(unusable).copied().collect();
+        errors.push((
+            "INVALID_TRANSACTION",
+            format!(
+                "transaction {txn} was never updated here and lists coupons that cannot be redeemed: {}; the sale is recorded without them",
+                ids.join(", ")
+            ),
+        ));
     }
+    for id in not_found {
+        errors.push((
+            "COUPON_NOT_FOUND",
+            format!("coupon {id} is not in the catalog; the sale is recorded without it"),
+        ));
+    }
+    errors
+}
+
+fn commit_response(total: Cents, errors: &[(&'static str, String)]) -> String {
+    let lines = if total > Cents::ZERO {
+        json!([{"type": "TEXT", "content": format!("Digital coupons redeemed: {total}")}])
+    } else {
+        json!([])
+    };
+    if errors.is_empty() {
+        return json!({ "receiptLines": lines }).to_string();
+    }
+    let errors: Vec<Value> = errors
+        .iter()
+        .map(|(id, details)| json!({"id": id, "details": details}))
+        .collect();
+    json!({"receiptLines": lines, "errors": errors}).to_string()
 }
 
 // ------------------------------------------------------------------ vouchers

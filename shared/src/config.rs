@@ -388,8 +388,24 @@ pub struct LanesConfig {
     /// sync daemon caches provider images under `server.image_dir`). `true`: provider
     /// images are advertised by their absolute URL.
     pub use_external_images: bool,
+    /// Whether a commit answer names the listed coupons it could not redeem (CATAPULT §5.15:
+    /// `COUPON_NOT_FOUND` per unknown id, `INVALID_TRANSACTION` for a sale never seen here
+    /// that lists coupons it cannot redeem). The sale is recorded and answered 200 either
+    /// way; `None` leaves `errors` out, for a POS that would retry a commit answered so.
+    pub commit_errors: CommitErrors,
     /// Extra paths (aliases) per operation; the built-in primary path and aliases always work.
     pub route_aliases: RouteAliases,
+}
+
+/// What a commit answer says about listed coupons it could not redeem (`lanes.commit_errors`).
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitErrors {
+    /// `errors` names unknown coupons and unredeemable coupons of a sale never seen here.
+    #[default]
+    Report,
+    /// No `errors` in commit answers (the problems are still logged and flagged for IT).
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
@@ -469,6 +485,7 @@ impl Default for LanesConfig {
             self_stacking: false,
             default_coupon_type: "Mfr Discount".to_owned(),
             use_external_images: false,
+            commit_errors: CommitErrors::Report,
             receipt_footer: "Digital coupons saved you {total}".to_owned(),
             route_aliases: RouteAliases::default(),
         }

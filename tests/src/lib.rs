@@ -83,6 +83,8 @@ pub fn free_port() -> Result<u16> {
 pub struct StoreOptions {
     pub hold_ttl_secs: u64,
     pub self_stacking: bool,
+    /// More keys of the `[lanes]` table, one `key = value` per line.
+    pub lanes_toml: String,
     pub extra_toml: String,
     pub port: Option<u16>,
 }
@@ -92,6 +94,7 @@ impl Default for StoreOptions {
         StoreOptions {
             hold_ttl_secs: 1800,
             self_stacking: false,
+            lanes_toml: String::new(),
             extra_toml: String::new(),
             port: None,
         }
@@ -167,6 +170,7 @@ self_signed_names = ["localhost", "127.0.0.1"]
 [lanes]
 hold_ttl_secs = {ttl}
 self_stacking = {stacking}
+{lanes}
 
 [[lanes.credentials]]
 username = "{USER}"
@@ -182,6 +186,7 @@ level = "info"
             key = dir.join("tls/key.pem").display(),
             ttl = opts.hold_ttl_secs,
             stacking = opts.self_stacking,
+            lanes = opts.lanes_toml,
             extra = opts.extra_toml,
         );
         std::fs::write(&config_path, config)?;

@@ -509,6 +509,113 @@ async fn commit_redeems_listed_returns_the_rest_and_replays() {
 }
 
 #[tokio::test]
+async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorded() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let error_ids = |r: &Value| -> Vec<String> {
+        r["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["id"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // A sale this store saw: an unknown id is named (COUPON_NOT_FOUND), the rest redeemed.
+    store
+        .post(
+            &format!("/transaction{}", q(JANE, "E1")),
+            &update_body(JANE, "E1", false, items()),
+        )
+        .await
+        .unwrap();
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "E1")),
+            &json!({"coupons": ["BOGO1", "NOPE1"], "tenders": []}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(error_ids(&r), ["COUPON_NOT_FOUND"], "{r}");
+    assert!(r["errors"][0]["details"]
+        .as_str()
+        .unwrap()
+        .contains("NOPE1"));
+    assert_eq!(
+        r["receiptLines"][0]["type"], "TEXT",
+        "the rest is redeemed: {r}"
+    );
+    assert!(list(&meta(&store, JANE).await, "redeemed").contains(&"BOGO1".to_owned()));
+
+    // A sale never seen here listing a coupon used already and an unknown one:
+    // INVALID_TRANSACTION first, still 200, recorded (conflict flagged) and replayed alike.
+    let commit =
+        json!({"coupons": ["BOGO1", "NOPE2"], "tenders": [{"type": "CASH", "amount": -5.21}]});
+    let (status, first) = store
+        .post(&format!("/transaction/commit{}", q(JANE, "E2")), &commit)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        error_ids(&first),
+        ["INVALID_TRANSACTION", "COUPON_NOT_FOUND"],
+        "{first}"
+    );
+    let details = first["errors"][0]["details"].as_str().unwrap();
+    assert!(
+        details.contains("BOGO1") && details.contains("NOPE2"),
+        "{details}"
+    );
+    assert_eq!(first["receiptLines"], json!([]));
+    let (status, again) = store
+        .post(&format!("/transaction/commit{}", q(JANE, "E2")), &commit)
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (200, &first));
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let conflicts: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM redemptions WHERE conflict = 1 AND txn_id = 'E2' AND offer_id = 'BOGO1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(conflicts, 1);
+
+    // A never-seen sale whose listed coupons are all redeemable is an ordinary commit.
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "E3")),
+            &json!({"coupons": ["PCT10"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(r.get("errors").is_none(), "{r}");
+    assert!(list(&meta(&store, JANE).await, "redeemed").contains(&"PCT10".to_owned()));
+}
+
+#[tokio::test]
+async fn commit_errors_none_leaves_errors_out_of_commit_answers() {
+    let store = Store::start(StoreOptions {
+        lanes_toml: "commit_errors = \"none\"".to_owned(),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "E4")),
+            &json!({"coupons": ["NOPE1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(r, json!({"receiptLines": []}));
+}
+
+#[tokio::test]
 async fn empty_commit_redeems_all_pending_but_never_an_unlisted_points_coupon() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
     unclip_basket_coupon(&store).await;
