@@ -109,6 +109,8 @@ fn snapshot(state: &crate::AppState) -> Result<Value, shared::db::DbError> {
     let now = now_secs();
     let providers = shared::sync::status(&conn, &["convercus", "coupontools", "koupon"], now)?;
     let dead = shared::outbox::list_recent(&conn, Some("dead"), None, 100)?;
+    let (conflicts, recent_conflicts) =
+        shared::repo::conflicts_since(&conn, now - shared::repo::CONFLICT_WINDOW_SECS, 20)?;
     let config = state.config();
     Ok(json!({
         "now": now,
@@ -125,6 +127,7 @@ fn snapshot(state: &crate::AppState) -> Result<Value, shared::db::DbError> {
             "orderingKey": i.ordering_key, "attempts": i.attempts,
             "reason": i.last_error, "since": i.updated_at,
         })).collect::<Vec<_>>(),
+        "conflicts": {"last30Days": conflicts, "recent": recent_conflicts},
     }))
 }
 
@@ -210,6 +213,14 @@ async fn metrics(state: State) -> HttpResponse {
                 0.0
             }),
         );
+    }
+    if let Some(g) = gauge(
+        "edge_redemption_conflicts_30d",
+        "Redemptions flagged for store IT in the last 30 days (coupon already used, held elsewhere or expired, or refused by the provider)",
+        &[],
+    ) {
+        g.with_label_values(&[] as &[&str])
+            .set(snap["conflicts"]["last30Days"].as_f64().unwrap_or(0.0));
     }
     let mut families = state.metrics.registry.gather();
     families.extend(store.gather());
@@ -298,6 +309,26 @@ pub fn status_html(snap: &Value) -> String {
     if dead.is_empty() {
         dead.push_str("<tr><td colspan=\"6\">none</td></tr>\n");
     }
+    let mut conflicts = String::new();
+    for c in snap["conflicts"]["recent"].as_array().into_iter().flatten() {
+        let at = c["at"]
+            .as_i64()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M UTC").to_string());
+        conflicts.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            esc(&at),
+            esc(c["site"].as_str().unwrap_or("")),
+            esc(c["transaction"].as_str().unwrap_or("")),
+            esc(c["customer"].as_str().unwrap_or("")),
+            esc(c["coupon"].as_str().unwrap_or("")),
+            shared::money::Cents(c["discount_cents"].as_i64().unwrap_or(0)),
+        ));
+    }
+    if conflicts.is_empty() {
+        conflicts.push_str("<tr><td colspan=\"6\">none</td></tr>\n");
+    }
+    let conflict_count = snap["conflicts"]["last30Days"].as_i64().unwrap_or(0);
     let sites: Vec<String> = snap["sites"]
         .as_array()
         .into_iter()
@@ -316,6 +347,9 @@ pub fn status_html(snap: &Value) -> String {
          <th>pending</th><th>in flight</th><th>dead</th><th>delivered</th><th>oldest pending</th></tr>\n{rows}</table>\
          <h2>Dead-lettered items</h2><p>Refused permanently by the provider; retry or discard with <code>edge-ctl outbox retry|discard ID</code>.</p>\
          <table id=\"dead\"><tr><th>id</th><th>provider</th><th>operation</th><th>key</th><th>attempts</th><th>reason</th></tr>\n{dead}</table>\
+         <h2>Redemption conflicts</h2><p id=\"conflict-count\">{conflict_count} in the last 30 days: a lane committed a coupon already used, held by another sale or expired \
+         (acknowledged, as the shopper had the discount), or the provider refused the redemption. Check them with the provider or the customer; newest first.</p>\
+         <table id=\"conflicts\"><tr><th>recorded</th><th>site</th><th>transaction</th><th>customer</th><th>coupon</th><th>discount</th></tr>\n{conflicts}</table>\
          </body></html>\n",
         sites = sites.join(", "),
         schema = snap["schemaVersion"],

@@ -33,12 +33,15 @@ pub fn migrations() -> Migrations<'static> {
                 Ok(())
             },
         ),
+        M::up(include_str!(
+            "../migrations/0006_redemption_conflicts_index.sql"
+        )),
     ])
 }
 
 /// Number of the newest migration this build knows.
 pub fn schema_version() -> i64 {
-    5
+    6
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -722,7 +725,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version(), 5);
+        assert_eq!(schema_version(), 6);
     }
 
     /// Every table with a `state` check, and a row of it with `?1` as its state.
@@ -811,7 +814,7 @@ mod tests {
             .unwrap();
         }
         let conn = open_and_migrate(&c).unwrap();
-        assert_eq!(current_version(&conn).unwrap(), 5);
+        assert_eq!(current_version(&conn).unwrap(), 6);
         let digits: Vec<(String, Option<String>)> = conn
             .prepare("SELECT id, phone_digits FROM customers ORDER BY id")
             .unwrap()

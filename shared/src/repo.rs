@@ -552,6 +552,49 @@ pub fn insert_redemption(
     Ok(n == 1)
 }
 
+/// A redemption flagged for store IT: a commit listed a coupon already redeemed, held by
+/// another sale or expired (acknowledged all the same), or the provider refused its
+/// redemption (`outbox::deliver_part`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Conflict {
+    pub site: String,
+    pub transaction: String,
+    pub customer: String,
+    pub coupon: String,
+    pub discount_cents: i64,
+    /// When the commit recorded it (Unix seconds).
+    pub at: i64,
+}
+
+/// How far back store IT is shown conflicts (`edge-ctl status`, the admin page): the 30
+/// days of CATAPULT's history lists.
+pub const CONFLICT_WINDOW_SECS: i64 = 30 * 24 * 3600;
+
+/// How many redemptions recorded since `since` are conflicts, and the newest `limit` of
+/// them (index `redemptions_conflicts`, migration 0006).
+pub fn conflicts_since(conn: &Connection, since: i64, limit: i64) -> Result<(i64, Vec<Conflict>)> {
+    let count = conn
+        .prepare_cached(
+            "SELECT count(*) FROM redemptions WHERE conflict = 1 AND redeemed_at >= ?1",
+        )?
+        .query_row([since], |r| r.get(0))?;
+    let mut st = conn.prepare_cached(
+        "SELECT site, txn_id, customer_id, offer_id, discount, redeemed_at FROM redemptions \
+         WHERE conflict = 1 AND redeemed_at >= ?1 ORDER BY redeemed_at DESC, id DESC LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![since, limit], |r| {
+        Ok(Conflict {
+            site: r.get(0)?,
+            transaction: r.get(1)?,
+            customer: r.get(2)?,
+            coupon: r.get(3)?,
+            discount_cents: r.get(4)?,
+            at: r.get(5)?,
+        })
+    })?;
+    Ok((count, rows.collect::<Result<_>>()?))
+}
+
 // ---------------------------------------------------------------- vouchers
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -701,6 +744,52 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::db::scratch_db;
+
+    #[test]
+    fn conflicts_are_counted_since_a_time_newest_first() {
+        let (_dir, conn) = scratch_db();
+        let row = |txn: &str, offer: &str, conflict: bool, at: i64| {
+            insert_redemption(
+                &conn,
+                "STO1",
+                txn,
+                "C1",
+                offer,
+                Cents(100),
+                conflict,
+                false,
+                at,
+            )
+            .unwrap()
+        };
+        row("T1", "A", true, 1_000);
+        row("T2", "A", false, 2_000);
+        row("T3", "B", true, 3_000);
+        row("T4", "C", true, 4_000);
+        let (count, recent) = conflicts_since(&conn, 2_000, 1).unwrap();
+        assert_eq!(count, 2, "T3 and T4; T1 is older, T2 no conflict");
+        assert_eq!(
+            recent,
+            [Conflict {
+                site: "STO1".into(),
+                transaction: "T4".into(),
+                customer: "C1".into(),
+                coupon: "C".into(),
+                discount_cents: 100,
+                at: 4_000,
+            }]
+        );
+        assert_eq!(conflicts_since(&conn, 0, 10).unwrap().0, 3);
+        // The query is served by the partial index of migration 0006.
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT count(*) FROM redemptions WHERE conflict = 1 AND redeemed_at >= 0",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("redemptions_conflicts"), "{plan}");
+    }
 
     #[test]
     fn phone_digits_ignore_punctuation_and_a_leading_country_code() {

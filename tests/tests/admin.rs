@@ -49,6 +49,77 @@ fn outbox_with_a_dead_letter(store: &Store) {
     shared::sync::record_success(&conn, "koupon", now - 30, "12 offers").unwrap();
 }
 
+/// A coupon committed on two sales: the second is acknowledged and flagged as a conflict.
+async fn a_redemption_conflict(store: &Store) {
+    for txn in ["C1", "C2"] {
+        let (status, r) = store
+            .post(
+                &format!(
+                    "/transaction/commit?site={SITE}&customer=4000000000001&transaction={txn}"
+                ),
+                &json!({"coupons": ["PCT10"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn redemption_conflicts_are_shown_to_store_it() {
+    let (store, port) = store_with_admin().await;
+    let admin = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let get = |path: &'static str| {
+        store
+            .client
+            .get(admin(path))
+            .basic_auth("it", Some(ADMIN_PASSWORD))
+            .send()
+    };
+    let metric = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("edge_redemption_conflicts_30d "))
+            .unwrap_or_else(|| panic!("no conflicts gauge in\n{text}"))
+            .to_owned()
+    };
+    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text), "edge_redemption_conflicts_30d 0");
+    a_redemption_conflict(&store).await;
+    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text), "edge_redemption_conflicts_30d 1");
+    let v: Value = get("/status.json").await.unwrap().json().await.unwrap();
+    assert_eq!(v["conflicts"]["last30Days"], 1, "{v}");
+    let c = &v["conflicts"]["recent"][0];
+    assert_eq!(
+        (&c["transaction"], &c["coupon"], &c["customer"]),
+        (&json!("C2"), &json!("PCT10"), &json!("4000000000001")),
+        "{v}"
+    );
+    // And in `edge-ctl status`, text and JSON.
+    let edge_ctl = |json: bool| {
+        let mut cmd = std::process::Command::new(e2e::binary("edge-ctl").unwrap());
+        cmd.arg("--config").arg(&store.config_path);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.arg("status").output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: Value = serde_json::from_str(&edge_ctl(true)).unwrap();
+    assert_eq!(v["conflicts"]["last30Days"], 1, "{v}");
+    assert_eq!(v["conflicts"]["recent"][0]["coupon"], "PCT10", "{v}");
+    let text = edge_ctl(false);
+    assert!(
+        text.contains("redemption conflicts in the last 30 days: 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("STO1 C2  customer 4000000000001  coupon PCT10"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn metrics_status_json_and_credentials() {
     let (store, port) = store_with_admin().await;
@@ -160,6 +231,7 @@ async fn status_page_renders_in_headless_chromium() {
         );
     let (store, port) = store_with_admin().await;
     outbox_with_a_dead_letter(&store);
+    a_redemption_conflict(&store).await;
     let profile = store.dir.join("chromium-profile");
     let url = format!("https://it:{ADMIN_PASSWORD}@127.0.0.1:{port}/status");
     let out = tokio::process::Command::new(chromium)
@@ -191,6 +263,15 @@ async fn status_page_renders_in_headless_chromium() {
         "{dom}"
     );
     assert!(dom.contains("voucher:S1"), "{dom}");
+    // The redemption conflict, with its sale and coupon.
+    assert!(
+        dom.contains("<p id=\"conflict-count\">1 in the last 30 days"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<td>C2</td><td>4000000000001</td><td>PCT10</td>"),
+        "{dom}"
+    );
     // Without credentials the browser gets no page.
     let out = tokio::process::Command::new(chromium)
         .args([

@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Per provider: last successful sync, last error, outbox depth by state, oldest pending.
+    /// Per provider: last successful sync, last error, outbox depth by state, oldest pending;
+    /// then the redemption conflicts of the last 30 days, newest first.
     Status,
     /// The outbox.
     Outbox {
@@ -137,6 +138,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Status => {
             let rows = shared::sync::status(&conn, &sync_daemon::worker::PROVIDERS, now)?;
+            let (conflicts, recent) =
+                shared::repo::conflicts_since(&conn, now - shared::repo::CONFLICT_WINDOW_SECS, 10)?;
             if cli.json {
                 let out: Vec<_> = rows
                     .iter()
@@ -146,7 +149,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                         v
                     })
                     .collect();
-                println!("{}", json!({"now": now, "providers": out}));
+                println!(
+                    "{}",
+                    json!({"now": now, "providers": out,
+                           "conflicts": {"last30Days": conflicts, "recent": recent}})
+                );
             } else {
                 for r in rows {
                     let q = |s: &str| r.queue.get(s).copied().unwrap_or(0);
@@ -169,6 +176,21 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     if let Some(age) = r.oldest_pending_age_secs {
                         println!("  oldest pending {age} s");
                     }
+                }
+                println!("redemption conflicts in the last 30 days: {conflicts}");
+                if conflicts > 0 {
+                    println!("  (a lane committed a coupon already used, held by another sale or expired, or the provider refused it; newest first)");
+                }
+                for c in recent {
+                    println!(
+                        "  {}  {} {}  customer {}  coupon {}  {}",
+                        ago(now, Some(c.at)),
+                        c.site,
+                        c.transaction,
+                        c.customer,
+                        c.coupon,
+                        shared::money::Cents(c.discount_cents)
+                    );
                 }
             }
         }
