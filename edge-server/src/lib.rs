@@ -139,8 +139,8 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Db, Option<rustls::ServerConf
         );
         None
     } else {
-        if tls::ensure_certificate(&config.server.tls)? {
-            log::info!(cert = config.server.tls.cert.display().to_string().as_str(); "generated a self-signed certificate; import it into the POS Java trust store");
+        if let Some(names) = tls::ensure_certificate(&config.server.tls, config.server.listen)? {
+            log::info!(cert = config.server.tls.cert.display().to_string().as_str(), names = names.join(", ").as_str(); "generated a self-signed certificate for {}; import it into the POS Java trust store, and give the lanes a base URL with one of these names", names.join(", "));
         }
         Some(tls::server_config(&config.server.tls)?)
     };
@@ -308,17 +308,23 @@ pub fn serve(config: Config, config_path: &std::path::Path) -> anyhow::Result<()
 /// its fingerprint, and the steps to make the POS trust it.
 pub fn tls_init(config: &Config) -> anyhow::Result<()> {
     let tls = &config.server.tls;
-    let generated = tls::ensure_certificate(tls)?;
+    let generated = tls::ensure_certificate(tls, config.server.listen)?;
     let fp = tls::certificate_fingerprint(tls)?;
     println!(
         "{} {}",
-        if generated {
+        if generated.is_some() {
             "generated a self-signed certificate:"
         } else {
             "using the configured certificate:"
         },
         tls.cert.display()
     );
+    if let Some(names) = generated {
+        println!(
+            "valid for: {} (the lanes' base URL must use one of these names)",
+            names.join(", ")
+        );
+    }
     println!("SHA-256 fingerprint: {fp}");
     println!(
         "Lanes must trust it. On each POS (CATAPULT runs on Java), import it into the trust store:"

@@ -6,6 +6,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use shared::config::TlsConfig;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -20,11 +21,53 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// The names a generated certificate is valid for: the configured ones, then (with
+/// `self_signed_local_names`) this machine's host name and the addresses lanes can reach
+/// the server at: every interface's (loopback and IPv6 link-local left out) when `listen`
+/// is unspecified (0.0.0.0 or [::]), else `listen`'s. In that order, each once.
+pub fn certificate_names(cfg: &TlsConfig, listen: SocketAddr) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |name: String| {
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    };
+    cfg.self_signed_names.iter().cloned().for_each(&mut add);
+    if !cfg.self_signed_local_names {
+        return names;
+    }
+    // The kernel's host name (what `hostname` prints), as lanes may be set up with it.
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        add(host.trim().to_owned());
+    }
+    if listen.ip().is_unspecified() {
+        match if_addrs::get_if_addrs() {
+            Ok(interfaces) => {
+                for ip in interfaces
+                    .iter()
+                    .filter(|i| !i.is_loopback() && !i.is_link_local())
+                    .map(if_addrs::Interface::ip)
+                    .filter(|ip| listen.is_ipv6() || ip.is_ipv4())
+                {
+                    add(ip.to_string());
+                }
+            }
+            Err(e) => log::warn!("cannot list this machine's addresses for the certificate ({e}); it names only server.tls.self_signed_names and the host name: run `edge-server tls-init` outside the service's sandbox, or list the addresses lanes use in server.tls.self_signed_names"),
+        }
+    } else {
+        add(listen.ip().to_string());
+    }
+    names
+}
+
 /// Writes a self-signed certificate and key for `names` unless both files exist.
-/// Returns true when it generated them.
-pub fn ensure_certificate(cfg: &TlsConfig) -> Result<bool, TlsError> {
+/// Returns the names it was made for when it generated them.
+pub fn ensure_certificate(
+    cfg: &TlsConfig,
+    listen: SocketAddr,
+) -> Result<Option<Vec<String>>, TlsError> {
     if cfg.cert.exists() && cfg.key.exists() {
-        return Ok(false);
+        return Ok(None);
     }
     if !cfg.generate_self_signed {
         return Err(TlsError::Read {
@@ -32,7 +75,8 @@ pub fn ensure_certificate(cfg: &TlsConfig) -> Result<bool, TlsError> {
             message: "missing, and server.tls.generate_self_signed is false".into(),
         });
     }
-    let certified = rcgen::generate_simple_self_signed(cfg.self_signed_names.clone())
+    let names = certificate_names(cfg, listen);
+    let certified = rcgen::generate_simple_self_signed(names.clone())
         .map_err(|e| TlsError::Generate(e.to_string()))?;
     for (path, pem) in [
         (&cfg.cert, certified.cert.pem()),
@@ -45,7 +89,7 @@ pub fn ensure_certificate(cfg: &TlsConfig) -> Result<bool, TlsError> {
         write_private(path, pem.as_bytes())
             .map_err(|e| TlsError::Generate(format!("{}: {e}", path.display())))?;
     }
-    Ok(true)
+    Ok(Some(names))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -184,4 +228,54 @@ pub fn server_config(cfg: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> 
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(names: &[&str], local: bool) -> TlsConfig {
+        TlsConfig {
+            self_signed_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            self_signed_local_names: local,
+            ..TlsConfig::default()
+        }
+    }
+
+    #[test]
+    fn configured_names_come_first_each_once_and_alone_when_local_names_are_off() {
+        let listen: SocketAddr = ([0, 0, 0, 0], 8443).into();
+        assert_eq!(
+            certificate_names(
+                &cfg(&["localhost", "pos.store", "localhost", ""], false),
+                listen
+            ),
+            ["localhost", "pos.store"]
+        );
+    }
+
+    #[test]
+    fn a_specific_listen_address_is_named_and_no_other_address() {
+        let names = certificate_names(&cfg(&["localhost"], true), ([10, 1, 2, 3], 8443).into());
+        assert_eq!(names.first().map(String::as_str), Some("localhost"));
+        assert_eq!(names.last().map(String::as_str), Some("10.1.2.3"));
+        let addresses = names
+            .iter()
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok());
+        assert_eq!(addresses.count(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn on_every_interface_loopback_and_link_local_addresses_are_left_out() {
+        let names = certificate_names(&cfg(&[], true), ([0, 0, 0, 0], 8443).into());
+        for ip in names
+            .iter()
+            .filter_map(|n| n.parse::<std::net::IpAddr>().ok())
+        {
+            assert!(
+                ip.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified(),
+                "{names:?}"
+            );
+        }
+    }
 }

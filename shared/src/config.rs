@@ -366,6 +366,10 @@ pub struct TlsConfig {
     pub generate_self_signed: bool,
     /// Host names put into a generated certificate.
     pub self_signed_names: Vec<String>,
+    /// Also name the machine's host name and the addresses lanes can reach it at (every
+    /// interface's when `server.listen` is unspecified, else the listen address) in a
+    /// generated certificate: the POS's Java client checks the name it connects to.
+    pub self_signed_local_names: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -473,6 +477,7 @@ impl Default for TlsConfig {
             key: PathBuf::from("/var/lib/edge-coupon/tls/key.pem"),
             generate_self_signed: true,
             self_signed_names: vec!["localhost".to_owned()],
+            self_signed_local_names: true,
         }
     }
 }

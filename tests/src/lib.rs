@@ -330,6 +330,15 @@ pub fn install_crypto() {
 /// An HTTPS client that trusts exactly the store's certificate, TLS 1.2+ (like a lane's
 /// JVM with the certificate imported), keeping its connection alive.
 pub fn lane_client(cert_pem: &Path) -> Result<reqwest::Client> {
+    lane_client_resolving(cert_pem, None)
+}
+
+/// [`lane_client`] that reaches `name` at `addr`, as a lane whose base URL names the store
+/// server by a name the test machine's DNS may not know.
+pub fn lane_client_resolving(
+    cert_pem: &Path,
+    resolve: Option<(&str, std::net::SocketAddr)>,
+) -> Result<reqwest::Client> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
@@ -341,9 +350,12 @@ pub fn lane_client(cert_pem: &Path) -> Result<reqwest::Client> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .pool_max_idle_per_host(64)
-        .timeout(Duration::from_secs(10))
-        .build()?)
+        .timeout(Duration::from_secs(10));
+    if let Some((name, addr)) = resolve {
+        builder = builder.resolve(name, addr);
+    }
+    Ok(builder.build()?)
 }

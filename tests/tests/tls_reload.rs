@@ -7,6 +7,94 @@ use e2e::{Store, StoreOptions};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Whether `cert` (self-signed, so its own root) is valid for `name`, by webpki's rules.
+fn valid_for(cert: &std::path::Path, name: &str) -> bool {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let der = CertificateDer::from_pem_file(cert).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.clone()).unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    verifier
+        .verify_server_cert(&der, &[], &name, &[], UnixTime::now())
+        .is_ok()
+}
+
+/// The store server as the lanes reach it: by its host name, and (listening on every
+/// interface) by the address of its LAN interface.
+#[tokio::test]
+async fn a_generated_certificate_names_the_host_and_its_addresses() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let cert = store.dir.join("tls/cert.pem");
+    let lane =
+        e2e::lane_client_resolving(&cert, Some((&host, ([127, 0, 0, 1], store.port).into())))
+            .unwrap();
+    let r = lane
+        .get(format!("https://{host}:{}/healthz", store.port))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("a lane calling https://{host}:{}/ : {e:?}", store.port));
+    assert_eq!(r.status(), 200);
+    assert!(!valid_for(&cert, "elsewhere.example"));
+
+    // Listening on 0.0.0.0: the address this machine reaches other hosts from (found by the
+    // kernel's routing, not by listing interfaces as the server does) is in the certificate.
+    let lan_ip = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback());
+    let other = store.dir.join("any");
+    std::fs::create_dir_all(&other).unwrap();
+    let config = std::fs::read_to_string(&store.config_path)
+        .unwrap()
+        .replace(
+            &store.dir.join("tls").display().to_string(),
+            &other.display().to_string(),
+        )
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", store.port),
+            "listen = \"0.0.0.0:8443\"",
+        );
+    assert!(config.contains("0.0.0.0:8443"), "{config}");
+    let other_config = other.join("edge-coupon.toml");
+    std::fs::write(&other_config, config).unwrap();
+    let out = Command::new(e2e::binary("edge-server").unwrap())
+        .arg("--config")
+        .arg(&other_config)
+        .arg("tls-init")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names = text
+        .lines()
+        .find_map(|l| l.strip_prefix("valid for: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(names.starts_with("localhost, 127.0.0.1, "), "{names}");
+    assert!(names.contains(&host), "{names}");
+    let other_cert = other.join("cert.pem");
+    assert!(valid_for(&other_cert, &host));
+    match lan_ip {
+        Some(ip) => {
+            assert!(names.contains(&ip.to_string()), "{ip} not in {names}");
+            assert!(valid_for(&other_cert, &ip.to_string()));
+        }
+        None => eprintln!("no route off this machine: only the host name was checked"),
+    }
+}
+
 #[tokio::test]
 async fn tls_init_prints_the_fingerprint_and_a_replaced_certificate_is_served_without_restart() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
