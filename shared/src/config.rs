@@ -397,6 +397,9 @@ pub struct LanesConfig {
     /// that lists coupons it cannot redeem). The sale is recorded and answered 200 either
     /// way; `None` leaves `errors` out, for a POS that would retry a commit answered so.
     pub commit_errors: CommitErrors,
+    /// Days a sale (its last update, commit answer and redemption log) is kept after it was
+    /// last touched; the sync daemon deletes older ones hourly, in short transactions.
+    pub sales_retention_days: u64,
     /// Extra paths (aliases) per operation; the built-in primary path and aliases always work.
     pub route_aliases: RouteAliases,
 }
@@ -491,6 +494,7 @@ impl Default for LanesConfig {
             default_coupon_type: "Mfr Discount".to_owned(),
             use_external_images: false,
             commit_errors: CommitErrors::Report,
+            sales_retention_days: 90,
             receipt_footer: "Digital coupons saved you {total}".to_owned(),
             route_aliases: RouteAliases::default(),
         }
@@ -715,6 +719,12 @@ impl Config {
         }
         if self.lanes.hold_ttl_secs == 0 {
             return Err(invalid("lanes.hold_ttl_secs", "must be at least 1"));
+        }
+        if !(31..=36_500).contains(&self.lanes.sales_retention_days) {
+            return Err(invalid(
+                "lanes.sales_retention_days",
+                "must be between 31 (the lanes see 30 days of history) and 36500",
+            ));
         }
         let aliases = &self.lanes.route_aliases;
         for p in aliases
@@ -1095,6 +1105,24 @@ mod tests {
         assert!(err.to_string().contains("store.time_zone"), "{err}");
         let err = Config::from_toml_str("[store]\nsites = [\"A\"]").unwrap_err();
         assert!(err.to_string().contains("lanes.credentials"), "{err}");
+        // A retention shorter than the lanes' 30 days of history.
+        let short = MINIMAL.replace(
+            "[[lanes.credentials]]",
+            "[lanes]\nsales_retention_days = 30\n[[lanes.credentials]]",
+        );
+        let err = Config::from_toml_str(&short).unwrap_err();
+        assert!(
+            err.to_string().contains("lanes.sales_retention_days"),
+            "{err}"
+        );
+        let ok = short.replace("= 30", "= 31");
+        assert_eq!(
+            Config::from_toml_str(&ok)
+                .unwrap()
+                .lanes
+                .sales_retention_days,
+            31
+        );
     }
 
     #[test]

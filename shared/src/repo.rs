@@ -595,6 +595,38 @@ pub fn conflicts_since(conn: &Connection, since: i64, limit: i64) -> Result<(i64
     Ok((count, rows.collect::<Result<_>>()?))
 }
 
+// ---------------------------------------------------------------- retention
+
+/// Sales (transactions) last touched before `before`, at most `limit` of them, by key. Meant
+/// for a read connection: the scan holds no write lock (`transactions` has no index on
+/// `updated_at`, which every lane write would pay for).
+pub fn stale_sales(conn: &Connection, before: i64, limit: i64) -> Result<Vec<(String, String)>> {
+    let mut st = conn
+        .prepare_cached("SELECT site, txn_id FROM transactions WHERE updated_at < ?1 LIMIT ?2")?;
+    let rows = st.query_map(params![before, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Deletes these sales with their redemption log and any hold, each unless it was touched
+/// since `before` (a suspended sale resumed meanwhile). Returns how many went.
+pub fn delete_sales(conn: &Connection, keys: &[(String, String)], before: i64) -> Result<usize> {
+    let mut gone = 0;
+    for (site, txn) in keys {
+        let deleted = conn
+            .prepare_cached(
+                "DELETE FROM transactions WHERE site = ?1 AND txn_id = ?2 AND updated_at < ?3",
+            )?
+            .execute(params![site, txn, before])?;
+        if deleted == 1 {
+            conn.prepare_cached("DELETE FROM redemptions WHERE site = ?1 AND txn_id = ?2")?
+                .execute([site, txn])?;
+            delete_hold(conn, site, txn)?;
+            gone += 1;
+        }
+    }
+    Ok(gone)
+}
+
 // ---------------------------------------------------------------- vouchers
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -744,6 +776,38 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::db::scratch_db;
+
+    #[test]
+    fn stale_sales_go_with_their_redemptions_unless_touched_since() {
+        let (_dir, conn) = scratch_db();
+        for (txn, at) in [("OLD1", 100), ("OLD2", 200), ("NEW", 5_000)] {
+            upsert_open_transaction(&conn, "STO1", txn, "C1", None, None, "{}", at).unwrap();
+            commit_transaction(&conn, "STO1", txn, "C1", "{}", "{}", at).unwrap();
+            insert_redemption(&conn, "STO1", txn, "C1", "A", Cents(1), false, false, at).unwrap();
+        }
+        let keys = stale_sales(&conn, 1_000, 10).unwrap();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(stale_sales(&conn, 1_000, 1).unwrap().len(), 1, "limit");
+        // OLD2 is resumed (touched) after the scan: it stays.
+        upsert_open_transaction(&conn, "STO1", "OLD2", "C1", None, None, "{}", 6_000).unwrap();
+        assert_eq!(delete_sales(&conn, &keys, 1_000).unwrap(), 1);
+        let left: Vec<String> = conn
+            .prepare("SELECT txn_id FROM transactions ORDER BY txn_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(left, ["NEW", "OLD2"]);
+        let logged: Vec<String> = conn
+            .prepare("SELECT txn_id FROM redemptions ORDER BY txn_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(logged, ["NEW", "OLD2"]);
+    }
 
     #[test]
     fn conflicts_are_counted_since_a_time_newest_first() {

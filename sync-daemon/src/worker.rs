@@ -261,6 +261,51 @@ async fn settle(db: &Db, snap: &Snapshot, item: Item, outcome: Delivery) {
 
 /// Runs until `shutdown` turns true; then stops claiming, lets in-flight deliveries finish
 /// for up to `grace`, and releases the rest.
+/// Sales deleted per write transaction: short, so lane writes are never held up long.
+const PRUNE_BATCH: i64 = 200;
+
+/// Deletes the sales last touched more than `days` ago (with their redemption log), in
+/// batches found on a read connection and deleted in short write transactions, with a
+/// pause between them for lane writes; logs progress every 10 s. Returns how many went.
+async fn prune_sales(db: &Db, days: u64) -> Result<usize, String> {
+    let days = i64::try_from(days).unwrap_or(36_500).min(36_500);
+    let before = now_secs() - days * 86_400;
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut total = 0;
+    loop {
+        let reads = db.clone();
+        let keys = tokio::task::spawn_blocking(move || {
+            let conn = reads.read().map_err(|e| e.to_string())?;
+            shared::repo::stale_sales(&conn, before, PRUNE_BATCH).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        if keys.is_empty() {
+            break;
+        }
+        let deleted = db
+            .writer
+            .write(move |conn| shared::repo::delete_sales(conn, &keys, before))
+            .await
+            .map_err(|e| e.to_string())?;
+        total += deleted;
+        if deleted == 0 {
+            // Every one was resumed since the scan; the next hour looks again.
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            log::info!(
+                "deleting sales older than {days} days: {total} so far in {} s",
+                started.elapsed().as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(total)
+}
+
 pub async fn run(
     db: Db,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -274,6 +319,8 @@ pub async fn run(
     let mut claimed: HashMap<i64, Item> = HashMap::new();
     let mut last_rescue = Instant::now() - Duration::from_secs(3600);
     let mut last_prune = Instant::now() - Duration::from_secs(24 * 3600);
+    // Set while old sales are being deleted (a store's first prune may take minutes).
+    let pruning_sales = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut rr = 0usize;
     loop {
         if *shutdown.borrow() {
@@ -290,6 +337,18 @@ pub async fn run(
             let prune = last_prune.elapsed() >= Duration::from_secs(3600);
             if prune {
                 last_prune = Instant::now();
+                if !pruning_sales.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let (db, flag) = (db.clone(), Arc::clone(&pruning_sales));
+                    let days = snap.config.lanes.sales_retention_days;
+                    tokio::spawn(async move {
+                        match prune_sales(&db, days).await {
+                            Ok(0) => {}
+                            Ok(n) => log::info!("deleted {n} sales last touched more than {days} days ago (lanes.sales_retention_days)"),
+                            Err(e) => log::error!("deleting old sales failed, tried again in an hour: {e}"),
+                        }
+                        flag.store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
             }
             let r = db
                 .writer

@@ -1207,3 +1207,90 @@ async fn an_oauth_token_is_renewed_with_its_refresh_token() {
     assert!(!log.contains("logged in to Convercus"), "{log}");
     daemon.kill9();
 }
+
+/// `lanes.sales_retention_days`: the daemon deletes sales last touched longer ago, with
+/// their redemption log, and keeps the others; a deleted sale's id starts a new sale.
+#[tokio::test]
+async fn sales_older_than_the_retention_are_deleted_and_their_ids_free_again() {
+    let store = Store::start(StoreOptions {
+        lanes_toml: "sales_retention_days = 31".to_owned(),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let commit = |txn: &'static str, coupon: &'static str| {
+        let store = &store;
+        async move {
+            let (status, r) = store
+                .post(
+                    &format!(
+                        "/transaction/commit?site={SITE}&customer=4000000000001&transaction={txn}"
+                    ),
+                    &json!({"coupons": [coupon]}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{r}");
+            r
+        }
+    };
+    commit("OLD-1", "PCT10").await;
+    commit("NEW-1", "AMT2").await;
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let forty_days_ago = shared::db::now_secs() - 40 * 86_400;
+    conn.execute(
+        "UPDATE transactions SET updated_at = ?1 WHERE txn_id = 'OLD-1'",
+        [forty_days_ago],
+    )
+    .unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT count(*) FROM redemptions"), 2);
+
+    let daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count("SELECT count(*) FROM transactions WHERE txn_id = 'OLD-1'") > 0 {
+        assert!(Instant::now() < deadline, "not pruned:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count("SELECT count(*) FROM transactions WHERE txn_id = 'NEW-1'"),
+        1,
+        "a recent sale stays"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM redemptions WHERE txn_id = 'OLD-1'"),
+        0,
+        "its redemption log goes with it"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM redemptions WHERE txn_id = 'NEW-1'"),
+        1
+    );
+    daemon
+        .wait_for_log(
+            "deleted 1 sales last touched more than 31 days ago",
+            0,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // The coupon redeemed by the deleted sale stays redeemed; the id now starts a new sale
+    // (not a replay of the old answer): its coupon is redeemed now.
+    assert!(list_contains(&store, "redeemed", "PCT10").await);
+    let r = commit("OLD-1", "BOGO1").await;
+    assert!(r.get("errors").is_none(), "{r}");
+    assert!(
+        list_contains(&store, "redeemed", "BOGO1").await,
+        "a new sale, not a replay"
+    );
+}
+
+async fn list_contains(store: &Store, list: &str, id: &str) -> bool {
+    let (_, m) = store
+        .get(&format!(
+            "/coupons/customer?site={SITE}&customer=4000000000001"
+        ))
+        .await
+        .unwrap();
+    m[list].as_array().unwrap().iter().any(|v| v == id)
+}
