@@ -68,7 +68,8 @@ fn matching() -> usize {
 /// Whether BENCH_PHASES (a comma list of `static`, `metadata`, `update`, `commit`,
 /// `saturation`; default all) asks for this phase. `commit` finishes the sales of `update`.
 fn phase(name: &str) -> bool {
-    std::env::var("BENCH_PHASES").map_or(true, |p| p.split(',').any(|p| p.trim() == name))
+    std::env::var("BENCH_PHASES")
+        .map_or(name != "prune", |p| p.split(',').any(|p| p.trim() == name))
 }
 
 fn upc(offer: usize) -> u64 {
@@ -331,11 +332,13 @@ fn send(lane: &Lane, prepared: Prepared) -> reqwest::RequestBuilder {
 const AUTHORIZATION: &str = "Basic bGFuZTpsYW5lLXNlY3JldA==";
 
 /// Open loop at `rate` req/s over all lanes for `secs`; latency from each request's due time.
+/// `seq_base`: the first sale number (a later update phase sells new sales).
 async fn fixed_rate(
     lanes: &[Arc<Lane>],
     kind: Kind,
     rate: u64,
     secs: u64,
+    seq_base: usize,
 ) -> (Histogram<u64>, usize) {
     let per_lane = Duration::from_secs_f64(LANES as f64 / rate as f64);
     let total = (rate * secs) as usize;
@@ -355,6 +358,7 @@ async fn fixed_rate(
                 if seq >= total {
                     break;
                 }
+                let seq = seq_base + seq;
                 let due = start + offset + per_lane * i as u32;
                 let prepared = prepare_request(&lane, kind, seq, &mut rng);
                 // A request that is late because the previous answer came late is timed
@@ -493,6 +497,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     prepare(&dir);
     let config = config(&dir);
+    let db_config = config.database.clone();
     let (db, tls) = edge_server::prepare(&config).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -532,7 +537,7 @@ fn main() {
             shared::db::take_slowest_commit();
             shared::db::take_slowest_queue_wait();
             let frames = shared::db::wal_frames_written();
-            let (h, errors) = fixed_rate(&lanes, kind, rate, secs).await;
+            let (h, errors) = fixed_rate(&lanes, kind, rate, secs, 0).await;
             let after = cpu_split();
             let n = h.len().max(1);
             println!(
@@ -550,6 +555,9 @@ fn main() {
                 shared::db::take_slowest_queue_wait().as_secs_f64() * 1000.0,
             );
         }
+        if phase("prune") {
+            prune_phase(&lanes, &db_config, rate, secs).await;
+        }
         if !phase("saturation") {
             return;
         }
@@ -559,6 +567,110 @@ fn main() {
         println!("  static /healthz          {stat:>9.0} req/s");
         println!("  customer metadata        {meta:>9.0} req/s  ({:.2} × static)", meta / stat);
     });
+}
+
+/// Old sales the prune phase plants (BENCH_PRUNE_SALES, default 5,000: about what the
+/// retention task deletes in the phase's 10 s; a store's first prune has many more, deleted
+/// at the same pace).
+fn prune_sales_count() -> usize {
+    std::env::var("BENCH_PRUNE_SALES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5_000)
+}
+
+/// Phase `prune` (only when BENCH_PHASES lists it): 30-item updates at the fixed rate while
+/// the sync daemon's retention task (`sync_daemon::worker::prune_sales`, on its own
+/// database connection and writer, as in the daemon's process) deletes BENCH_PRUNE_SALES
+/// sales older than the retention, then as long again without it, in the same run.
+async fn prune_phase(
+    lanes: &[Arc<Lane>],
+    db_config: &shared::config::DatabaseConfig,
+    rate: u64,
+    secs: u64,
+) {
+    let n = prune_sales_count();
+    let planted = Instant::now();
+    {
+        let mut conn = rusqlite::Connection::open(&db_config.path).unwrap();
+        conn.busy_timeout(Duration::from_secs(30)).unwrap();
+        let old = shared::db::now_secs() - 400 * 86_400;
+        let tx = conn.transaction().unwrap();
+        {
+            // The size of a real sale's row: its last update (applied coupons, basket) and
+            // commit request and answer, and two redemptions.
+            let update = format!(
+                "{{\"applied\":{{\"C1\":150,\"C2\":99}},\"sale\":[{}]}}",
+                vec!["{\"upc\":\"894773001193\",\"qty\":1000,\"amount\":349}"; 30].join(",")
+            );
+            let mut sale = tx.prepare("INSERT INTO transactions (site, txn_id, customer_id, state, updated_at, last_update, commit_request, commit_response, committed_at) VALUES ('STO1', ?1, ?2, 'committed', ?3, ?4, '{\"coupons\":[],\"tenders\":[{\"type\":\"CASH\",\"amount\":50.0}]}', '{\"receiptLines\":[]}', ?3)").unwrap();
+            let mut redemption = tx.prepare("INSERT INTO redemptions (site, txn_id, customer_id, offer_id, discount, redeemed_at) VALUES ('STO1', ?1, ?2, ?3, 150, ?4)").unwrap();
+            for i in 0..n {
+                let txn = format!("OLD{i:09}");
+                let customer = customer_id(i % CUSTOMERS);
+                sale.execute(rusqlite::params![txn, customer, old, update])
+                    .unwrap();
+                for offer in ["C1", "C2"] {
+                    redemption
+                        .execute(rusqlite::params![txn, customer, offer, old])
+                        .unwrap();
+                }
+            }
+        }
+        tx.commit().unwrap();
+    }
+    println!(
+        "\nprune: {n} sales of 400 days ago planted in {:.1}s",
+        planted.elapsed().as_secs_f64()
+    );
+    // The daemon's own connection and writer (it is another process in a store).
+    let daemon_db = shared::db::Db::open(db_config, false).unwrap();
+    let pruning = tokio::spawn(async move {
+        let started = Instant::now();
+        let deleted = sync_daemon::worker::prune_sales(&daemon_db, 90)
+            .await
+            .unwrap();
+        (deleted, started.elapsed())
+    });
+    shared::db::take_slowest_commit();
+    shared::db::take_slowest_queue_wait();
+    let total = (rate * secs) as usize;
+    let (during, e1) = fixed_rate(lanes, Kind::Update, rate, secs, 10 * total).await;
+    let during_sync = shared::db::take_slowest_commit().as_secs_f64() * 1000.0;
+    let during_queue = shared::db::take_slowest_queue_wait().as_secs_f64() * 1000.0;
+    let finished = pruning.is_finished();
+    let (deleted, took) = pruning.await.unwrap();
+    println!(
+        "  retention task: {deleted} sales deleted in {:.1}s ({:.0} sales/s){}",
+        took.as_secs_f64(),
+        deleted as f64 / took.as_secs_f64().max(0.001),
+        if finished {
+            ""
+        } else {
+            ", still running when the lanes' phase ended"
+        }
+    );
+    let (after, e2) = fixed_rate(lanes, Kind::Update, rate, secs, 11 * total).await;
+    let after_sync = shared::db::take_slowest_commit().as_secs_f64() * 1000.0;
+    let after_queue = shared::db::take_slowest_queue_wait().as_secs_f64() * 1000.0;
+    for (name, h, errors, sync, queue) in [
+        (
+            "update during the prune",
+            &during,
+            e1,
+            during_sync,
+            during_queue,
+        ),
+        ("update after it", &after, e2, after_sync, after_queue),
+    ] {
+        println!(
+            "  {name:<32} p50 {:>6.3}  p90 {:>6.3}  p99 {:>6.3}  max {:>7.3} ms  errors {errors}  slowest commit (either writer) {sync:.1} ms, longest queue wait {queue:.1} ms",
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.9)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.max()),
+        );
+    }
 }
 
 /// Whether a request succeeded; the first failure of a lane is printed with its cause.

@@ -261,13 +261,17 @@ async fn settle(db: &Db, snap: &Snapshot, item: Item, outcome: Delivery) {
 
 /// Runs until `shutdown` turns true; then stops claiming, lets in-flight deliveries finish
 /// for up to `grace`, and releases the rest.
-/// Sales deleted per write transaction: short, so lane writes are never held up long.
-const PRUNE_BATCH: i64 = 200;
+/// Sales deleted per write transaction, and the pause after each: a sale's row with its
+/// update and commit is ~1.5 KB, so 200 per transaction meant syncs of a few hundred KB that
+/// held lane writes up to 300 ms (lane bench, `BENCH_PHASES=prune`); 25 with a 50 ms pause
+/// (at most 500 sales/s: an hour's sales of a big store in a second, a year's in hours).
+const PRUNE_BATCH: i64 = 25;
+const PRUNE_PAUSE: Duration = Duration::from_millis(50);
 
 /// Deletes the sales last touched more than `days` ago (with their redemption log), in
 /// batches found on a read connection and deleted in short write transactions, with a
 /// pause between them for lane writes; logs progress every 10 s. Returns how many went.
-async fn prune_sales(db: &Db, days: u64) -> Result<usize, String> {
+pub async fn prune_sales(db: &Db, days: u64) -> Result<usize, String> {
     let days = i64::try_from(days).unwrap_or(36_500).min(36_500);
     let before = now_secs() - days * 86_400;
     let started = Instant::now();
@@ -301,7 +305,7 @@ async fn prune_sales(db: &Db, days: u64) -> Result<usize, String> {
                 started.elapsed().as_secs()
             );
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(PRUNE_PAUSE).await;
     }
     Ok(total)
 }
