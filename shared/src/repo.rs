@@ -791,22 +791,16 @@ mod tests {
         // OLD2 is resumed (touched) after the scan: it stays.
         upsert_open_transaction(&conn, "STO1", "OLD2", "C1", None, None, "{}", 6_000).unwrap();
         assert_eq!(delete_sales(&conn, &keys, 1_000).unwrap(), 1);
-        let left: Vec<String> = conn
-            .prepare("SELECT txn_id FROM transactions ORDER BY txn_id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_>>()
-            .unwrap();
-        assert_eq!(left, ["NEW", "OLD2"]);
-        let logged: Vec<String> = conn
-            .prepare("SELECT txn_id FROM redemptions ORDER BY txn_id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_>>()
-            .unwrap();
-        assert_eq!(logged, ["NEW", "OLD2"]);
+        for table in ["transactions", "redemptions"] {
+            let left: Vec<String> = conn
+                .prepare(&format!("SELECT txn_id FROM {table} ORDER BY txn_id"))
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_>>()
+                .unwrap();
+            assert_eq!(left, ["NEW", "OLD2"], "{table}");
+        }
     }
 
     #[test]

@@ -27,6 +27,33 @@ fn valid_for(cert: &std::path::Path, name: &str) -> bool {
         .is_ok()
 }
 
+/// Runs `edge-server tls-init` with a copy of the store's configuration whose certificate
+/// and key live in the store's directory `name` instead, changed further by `edit`.
+/// Returns that directory and the command's output.
+fn tls_init_elsewhere(
+    store: &Store,
+    name: &str,
+    edit: impl Fn(String) -> String,
+) -> (std::path::PathBuf, std::process::Output) {
+    let other = store.dir.join(name);
+    std::fs::create_dir_all(&other).unwrap();
+    let config = std::fs::read_to_string(&store.config_path)
+        .unwrap()
+        .replace(
+            &store.dir.join("tls").display().to_string(),
+            &other.display().to_string(),
+        );
+    let other_config = other.join("edge-coupon.toml");
+    std::fs::write(&other_config, edit(config)).unwrap();
+    let out = Command::new(e2e::binary("edge-server").unwrap())
+        .arg("--config")
+        .arg(&other_config)
+        .arg("tls-init")
+        .output()
+        .unwrap();
+    (other, out)
+}
+
 /// The store server as the lanes reach it: by its host name, and (listening on every
 /// interface) by the address of its LAN interface.
 #[tokio::test]
@@ -56,27 +83,14 @@ async fn a_generated_certificate_names_the_host_and_its_addresses() {
         .map(|a| a.ip())
         .ok()
         .filter(|ip| !ip.is_loopback());
-    let other = store.dir.join("any");
-    std::fs::create_dir_all(&other).unwrap();
-    let config = std::fs::read_to_string(&store.config_path)
-        .unwrap()
-        .replace(
-            &store.dir.join("tls").display().to_string(),
-            &other.display().to_string(),
-        )
-        .replace(
+    let (other, out) = tls_init_elsewhere(&store, "any", |config| {
+        let config = config.replace(
             &format!("listen = \"127.0.0.1:{}\"", store.port),
             "listen = \"0.0.0.0:8443\"",
         );
-    assert!(config.contains("0.0.0.0:8443"), "{config}");
-    let other_config = other.join("edge-coupon.toml");
-    std::fs::write(&other_config, config).unwrap();
-    let out = Command::new(e2e::binary("edge-server").unwrap())
-        .arg("--config")
-        .arg(&other_config)
-        .arg("tls-init")
-        .output()
-        .unwrap();
+        assert!(config.contains("0.0.0.0:8443"), "{config}");
+        config
+    });
     let text = String::from_utf8_lossy(&out.stdout);
     let names = text
         .lines()
@@ -100,22 +114,8 @@ async fn tls_init_prints_the_fingerprint_and_a_replaced_certificate_is_served_wi
     let store = Store::start(StoreOptions::default()).await.unwrap();
     let old_cert = store.dir.join("tls/cert.pem");
     // A second certificate, made by `tls-init` for a config pointing elsewhere.
-    let other = store.dir.join("other");
-    std::fs::create_dir_all(&other).unwrap();
-    let config = std::fs::read_to_string(&store.config_path)
-        .unwrap()
-        .replace(
-            &store.dir.join("tls").display().to_string(),
-            &other.display().to_string(),
-        );
+    let (other, out) = tls_init_elsewhere(&store, "other", |config| config);
     let other_config = other.join("edge-coupon.toml");
-    std::fs::write(&other_config, config).unwrap();
-    let out = Command::new(e2e::binary("edge-server").unwrap())
-        .arg("--config")
-        .arg(&other_config)
-        .arg("tls-init")
-        .output()
-        .unwrap();
     assert!(
         out.status.success(),
         "{}",
