@@ -259,8 +259,6 @@ async fn settle(db: &Db, snap: &Snapshot, item: Item, outcome: Delivery) {
     }
 }
 
-/// Runs until `shutdown` turns true; then stops claiming, lets in-flight deliveries finish
-/// for up to `grace`, and releases the rest.
 /// Sales deleted per write transaction, and the pause after each: a sale's row with its
 /// update and commit is ~1.5 KB, so 200 per transaction meant syncs of a few hundred KB that
 /// held lane writes up to 300 ms (lane bench, `BENCH_PHASES=prune`); 25 with a 50 ms pause
@@ -310,6 +308,8 @@ pub async fn prune_sales(db: &Db, days: u64) -> Result<usize, String> {
     Ok(total)
 }
 
+/// Runs until `shutdown` turns true; then stops claiming, lets in-flight deliveries finish
+/// for up to `grace`, and releases the rest.
 pub async fn run(
     db: Db,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
