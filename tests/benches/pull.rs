@@ -28,7 +28,8 @@
 //! (50), BENCH_ITEMS (items per sale, 10), BENCH_PULL_CONCURRENCY
 //! (providers.convercus.pull_concurrency, 4), BENCH_BASELINE_SECS (default: as long as
 //! the pull), BENCH_NO_BUILD=1 (use the binaries as built), BENCH_KEEP=1 (keep the store
-//! directory under target/bench-data/ for inspection).
+//! directory under target/bench-data/ for inspection), BENCH_DAEMON_NICE (default: the
+//! `Nice=` of packaging/systemd/sync-daemon.service, as stores run it), BENCH_SIM_NICE (0).
 //! Everything (simulator, daemon, server, lanes) shares the machine's cores, so figures
 //! are lower bounds for a store whose provider is elsewhere.
 
@@ -84,10 +85,19 @@ impl Params {
                 .and_then(|s| s.parse().ok())
                 .map(Duration::from_secs_f64),
             sim_nice: env("BENCH_SIM_NICE", 0),
-            daemon_nice: env("BENCH_DAEMON_NICE", 0),
+            daemon_nice: env("BENCH_DAEMON_NICE", shipped_daemon_nice()),
             latency_ms: env("BENCH_SIM_LATENCY_MS", 0),
         }
     }
+}
+
+/// The `Nice=` of the shipped sync-daemon unit, so the bench measures what stores run.
+fn shipped_daemon_nice() -> i32 {
+    include_str!("../../packaging/systemd/sync-daemon.service")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Nice="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// `cargo bench` builds this package's binaries, not the services': build them all, in
