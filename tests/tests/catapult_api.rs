@@ -742,6 +742,28 @@ async fn global_limit_holds_across_customers() {
     );
 }
 
+/// Sends John's basket as sale `txn` every 200 ms until BOGO1 applies to it (the hold of
+/// another sale lapsed), at most 10 s; returns how many updates it took.
+async fn updates_until_bogo_applies(store: &Store, txn: &str, transient: bool) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let (_, r) = store
+            .post(
+                &format!("/transaction{}", q(JOHN, txn)),
+                &update_body(JOHN, txn, transient, items()),
+            )
+            .await
+            .unwrap();
+        if applied(&r, "BOGO1").is_some() {
+            return tries;
+        }
+        assert!(std::time::Instant::now() < deadline, "hold never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_abandoned_transactions_hold_expires() {
     // Expiry times are whole seconds: a 1 s hold placed at x.999 s lapses at once, so the
@@ -761,27 +783,10 @@ async fn an_abandoned_transactions_hold_expires() {
         .unwrap();
     assert!(applied(&r, "BOGO1").is_some());
     // Polling, not a fixed sleep: another lane gets the coupon once the hold has lapsed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut first_try = true;
-    loop {
-        let (_, r) = store
-            .post(
-                &format!("/transaction{}", q(JOHN, "A2")),
-                &update_body(JOHN, "A2", false, items()),
-            )
-            .await
-            .unwrap();
-        if applied(&r, "BOGO1").is_some() {
-            assert!(
-                !first_try,
-                "the hold must have been in force right after the first update"
-            );
-            break;
-        }
-        first_try = false;
-        assert!(std::time::Instant::now() < deadline, "hold never expired");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    assert!(
+        updates_until_bogo_applies(&store, "A2", false).await > 1,
+        "the hold must have been in force right after the first update"
+    );
     // The late commit of the abandoned sale is acknowledged and recorded as a conflict.
     let (status, r) = store
         .post(
@@ -820,21 +825,7 @@ async fn a_late_empty_commit_after_the_hold_lapsed_still_redeems_what_the_sale_w
         .unwrap();
     assert!(applied(&r, "BOGO1").is_some(), "{r}");
     // Wait (polling with transient updates, which hold nothing) until the hold has lapsed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, r) = store
-            .post(
-                &format!("/transaction{}", q(JOHN, "L2")),
-                &update_body(JOHN, "L2", true, items()),
-            )
-            .await
-            .unwrap();
-        if applied(&r, "BOGO1").is_some() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "hold never expired");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    updates_until_bogo_applies(&store, "L2", true).await;
     // The POS retried the commit while the WAN was down: it arrives late, list empty.
     let (status, r) = store
         .post(

@@ -561,6 +561,20 @@ fn oauth_toml(providers: &Providers) -> String {
     )
 }
 
+/// A store with every simulated provider, pulled only when a test asks (`edge-ctl sync
+/// now`), and an outbox that retries within a second or two.
+async fn store_pulling_by_hand(providers: &Providers) -> Store {
+    Store::start(StoreOptions {
+        extra_toml: format!(
+            "{}\n[outbox]\npoll_ms = 50\nbackoff_base_secs = 1\nbackoff_cap_secs = 2\n",
+            providers.config_toml("0 0 0 1 1 *")
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
 fn rewrite_schedule(config: &std::path::Path, provider: &str, schedule: &str) {
     let text = std::fs::read_to_string(config).unwrap();
     let mut out = String::new();
@@ -662,15 +676,7 @@ async fn a_pull_brings_customers_and_coupons_but_never_undoes_an_undelivered_red
     // The default simulator seed and the sample store: Jane (4000000000001) has the
     // Convercus coffee coupon CVX1 (couponId c0c0…01) and a REWARD coupon.
     let providers = Providers::start().unwrap();
-    let mut store = Store::start(StoreOptions {
-        extra_toml: format!(
-            "{}\n[outbox]\npoll_ms = 50\nbackoff_base_secs = 1\nbackoff_cap_secs = 2\n",
-            providers.config_toml("0 0 0 1 1 *")
-        ),
-        ..StoreOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut store = store_pulling_by_hand(&providers).await;
     let jane = "4000000000001";
     let coffee = "QUNDT1VOVENPVVBPTi0wMDAxLWNvZmZlZS0xNS1wZXJjZW50";
     // The redemption will be refused upstream, so it stays undelivered (dead-lettered).
@@ -855,15 +861,7 @@ async fn koupon_coupons_of_a_sale_are_redeemed_on_the_loyalty_account_and_a_refu
             "offers": []}}))
         .await
         .unwrap();
-    let store = Store::start(StoreOptions {
-        extra_toml: format!(
-            "{}\n[outbox]\npoll_ms = 50\nbackoff_base_secs = 1\nbackoff_cap_secs = 2\n",
-            providers.config_toml("0 0 0 1 1 *")
-        ),
-        ..StoreOptions::default()
-    })
-    .await
-    .unwrap();
+    let store = store_pulling_by_hand(&providers).await;
     let snap = store.dir.join("kpn2.json");
     std::fs::write(
         &snap,
