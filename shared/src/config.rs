@@ -330,7 +330,8 @@ pub struct DatabaseConfig {
     /// Milliseconds between background WAL checkpoints.
     pub checkpoint_interval_ms: u64,
     /// Microseconds the writer waits for more lane writes before committing a batch, so
-    /// that under heavy load more writes share one fsync. 0 = commit at once.
+    /// that under heavy load more writes share one fsync. 0 = commit at once (writes that
+    /// queue during a commit still share the next one).
     pub group_commit_linger_us: u64,
 }
 
@@ -455,7 +456,7 @@ impl Default for DatabaseConfig {
             mmap_size_mib: 1024,
             busy_timeout_ms: 5000,
             checkpoint_interval_ms: 50,
-            group_commit_linger_us: 100,
+            group_commit_linger_us: 0,
         }
     }
 }
