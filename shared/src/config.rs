@@ -401,6 +401,9 @@ pub struct LanesConfig {
     /// Days a sale (its last update, commit answer and redemption log) is kept after it was
     /// last touched; the sync daemon deletes older ones hourly, in short transactions.
     pub sales_retention_days: u64,
+    /// Days a voucher is kept after its validity ended (`valid_until`); the sync daemon
+    /// deletes older ones hourly, and pulls no longer store them.
+    pub voucher_retention_days: u64,
     /// Extra paths (aliases) per operation; the built-in primary path and aliases always work.
     pub route_aliases: RouteAliases,
 }
@@ -496,6 +499,7 @@ impl Default for LanesConfig {
             use_external_images: false,
             commit_errors: CommitErrors::Report,
             sales_retention_days: 90,
+            voucher_retention_days: 90,
             receipt_footer: "Digital coupons saved you {total}".to_owned(),
             route_aliases: RouteAliases::default(),
         }
@@ -727,6 +731,12 @@ impl Config {
                 "must be between 31 (the lanes see 30 days of history) and 36500",
             ));
         }
+        if !(1..=36_500).contains(&self.lanes.voucher_retention_days) {
+            return Err(invalid(
+                "lanes.voucher_retention_days",
+                "must be between 1 and 36500",
+            ));
+        }
         let aliases = &self.lanes.route_aliases;
         for p in aliases
             .catalog
@@ -955,6 +965,19 @@ impl Config {
             .date_naive()
     }
 
+    /// The first valid-until date (`YYYY-MM-DD`) of the vouchers this store keeps: today
+    /// less `lanes.voucher_retention_days`. Vouchers that ended before it are deleted and
+    /// not pulled again.
+    pub fn vouchers_kept_from(&self) -> String {
+        let days = chrono::Days::new(self.lanes.voucher_retention_days);
+        let today = self.today();
+        today
+            .checked_sub_days(days)
+            .unwrap_or(today)
+            .format("%Y-%m-%d")
+            .to_string()
+    }
+
     pub fn log_level(&self) -> log::LevelFilter {
         log_level(&self.logging.level).unwrap_or(log::LevelFilter::Info)
     }
@@ -1123,6 +1146,15 @@ mod tests {
                 .lanes
                 .sales_retention_days,
             31
+        );
+        let none = MINIMAL.replace(
+            "[[lanes.credentials]]",
+            "[lanes]\nvoucher_retention_days = 0\n[[lanes.credentials]]",
+        );
+        let err = Config::from_toml_str(&none).unwrap_err();
+        assert!(
+            err.to_string().contains("lanes.voucher_retention_days"),
+            "{err}"
         );
     }
 

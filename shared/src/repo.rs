@@ -627,6 +627,53 @@ pub fn delete_sales(conn: &Connection, keys: &[(String, String)], before: i64) -
     Ok(gone)
 }
 
+/// The vouchers a store no longer keeps: their validity ended before `?2` (a `YYYY-MM-DD`
+/// date, compared as text), no change of theirs still waits to go upstream, and no lock
+/// holds them. The one definition for the scan and the delete below.
+macro_rules! voucher_ended_long_ago {
+    () => {
+        "valid_until < ?2 AND local_dirty = 0 AND state <> 'locked'"
+    };
+}
+
+/// One step of a walk over every voucher in code order: up to `limit` codes after `after`,
+/// each with whether it ended before `ended_before` and may go. Short read transactions
+/// (no index on `valid_until`, which every pulled voucher would pay for).
+pub fn vouchers_after(
+    conn: &Connection,
+    after: &str,
+    ended_before: &str,
+    limit: i64,
+) -> Result<Vec<(String, bool)>> {
+    let mut st = conn.prepare_cached(concat!(
+        "SELECT code, coalesce(",
+        voucher_ended_long_ago!(),
+        ", 0) FROM vouchers WHERE code > ?1 ORDER BY code LIMIT ?3"
+    ))?;
+    let rows = st.query_map(params![after, ended_before, limit], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    rows.collect()
+}
+
+/// Deletes these vouchers, each only if it still ended before `ended_before` and may go (a
+/// lane may have locked it since the scan). Returns how many went.
+pub fn delete_ended_vouchers(
+    conn: &Connection,
+    codes: &[String],
+    ended_before: &str,
+) -> Result<usize> {
+    let mut st = conn.prepare_cached(concat!(
+        "DELETE FROM vouchers WHERE code = ?1 AND ",
+        voucher_ended_long_ago!()
+    ))?;
+    let mut gone = 0;
+    for code in codes {
+        gone += st.execute(params![code, ended_before])?;
+    }
+    Ok(gone)
+}
+
 // ---------------------------------------------------------------- vouchers
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -647,6 +694,13 @@ pub struct Voucher {
     pub validated_site: Option<String>,
     pub validated_txn: Option<String>,
     pub money_spent: Option<Cents>,
+}
+
+impl Voucher {
+    /// Whether its validity ended before `date` (`YYYY-MM-DD`), as the retention counts.
+    pub fn ended_before(&self, date: &str) -> bool {
+        self.valid_until.as_deref().is_some_and(|u| u < date)
+    }
 }
 
 pub fn voucher(conn: &Connection, code: &str) -> Result<Option<Voucher>> {
@@ -801,6 +855,66 @@ mod tests {
                 .unwrap();
             assert_eq!(left, ["NEW", "OLD2"], "{table}");
         }
+    }
+
+    #[test]
+    fn vouchers_ended_long_ago_go_unless_locked_or_waiting_to_go_upstream() {
+        let (_dir, conn) = scratch_db();
+        for (code, until, state, dirty) in [
+            ("A-OLD", Some("2026-01-31"), "active", 0),
+            ("B-USED", Some("2026-02-01"), "validated", 0),
+            ("C-DIRTY", Some("2026-01-01"), "validated", 1),
+            ("D-LOCKED", Some("2026-01-01"), "locked", 0),
+            ("E-RECENT", Some("2026-02-02"), "active", 0),
+            ("F-OPEN", None, "active", 0),
+        ] {
+            conn.execute(
+                "INSERT INTO vouchers (code, provider, provider_ref, valid_until, state, local_dirty, updated_at) \
+                 VALUES (?1, 'local', ?1, ?2, ?3, ?4, 0)",
+                params![code, until, state, dirty],
+            )
+            .unwrap();
+        }
+        let walk =
+            |after: &str, limit: i64| vouchers_after(&conn, after, "2026-02-02", limit).unwrap();
+        assert_eq!(
+            walk("", 10),
+            [
+                ("A-OLD".to_owned(), true),
+                ("B-USED".to_owned(), true),
+                ("C-DIRTY".to_owned(), false),
+                ("D-LOCKED".to_owned(), false),
+                ("E-RECENT".to_owned(), false),
+                ("F-OPEN".to_owned(), false),
+            ]
+        );
+        assert_eq!(walk("B-USED", 2).len(), 2, "a step starts after `after`");
+        assert!(walk("F-OPEN", 10).is_empty());
+        // A-OLD is locked by a lane after the scan: it stays.
+        conn.execute(
+            "UPDATE vouchers SET state = 'locked' WHERE code = 'A-OLD'",
+            [],
+        )
+        .unwrap();
+        let codes = ["A-OLD".to_owned(), "B-USED".to_owned()];
+        assert_eq!(
+            delete_ended_vouchers(&conn, &codes, "2026-02-02").unwrap(),
+            1
+        );
+        let left: Vec<String> = conn
+            .prepare("SELECT code FROM vouchers ORDER BY code")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(left, ["A-OLD", "C-DIRTY", "D-LOCKED", "E-RECENT", "F-OPEN"]);
+        let v = voucher(&conn, "E-RECENT").unwrap().unwrap();
+        assert!(v.ended_before("2026-02-03") && !v.ended_before("2026-02-02"));
+        assert!(!voucher(&conn, "F-OPEN")
+            .unwrap()
+            .unwrap()
+            .ended_before("9999-12-31"));
     }
 
     #[test]

@@ -353,6 +353,7 @@ async fn pull_coupontools(
     let since = client.pull_since(started);
     let titles: BTreeMap<String, String> = client.campaigns().await?.into_iter().collect();
     let page_size = client.config().page_size;
+    let kept_from = config.vouchers_kept_from();
     let mut summary = Summary::default();
     // A full pull reads every claimed session. An incremental one reads those claimed since,
     // and those validated since (a session claimed long ago and used elsewhere today).
@@ -389,9 +390,12 @@ async fn pull_coupontools(
             };
             let n = records.len();
             summary.seen += n;
+            // A full pull lists every session ever claimed: those that ended before the
+            // store's voucher retention are not stored again after it deleted them.
             let vouchers: Vec<_> = records
                 .iter()
                 .filter_map(|r| coupontools::voucher_of(r, &title, config))
+                .filter(|v| !v.ended_before(&kept_from))
                 .collect();
             for chunk in vouchers.chunks(VOUCHER_BATCH) {
                 let chunk = chunk.to_vec();

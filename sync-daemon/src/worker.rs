@@ -308,6 +308,58 @@ pub async fn prune_sales(db: &Db, days: u64) -> Result<usize, String> {
     Ok(total)
 }
 
+/// Vouchers looked at per read (a step of the walk over the table), and deleted per write
+/// transaction: voucher rows are small (~200 bytes), and a pulled chain-wide campaign may
+/// leave millions of them.
+const VOUCHER_SCAN: i64 = 2_000;
+const VOUCHER_DELETE_BATCH: usize = 100;
+
+/// Deletes the vouchers whose validity ended before `kept_from` (see
+/// [`shared::config::Config::vouchers_kept_from`]) and that nothing holds, walking the
+/// table in code order in short reads and deleting in short write transactions with a
+/// pause between them for lane writes; logs progress every 10 s. Returns how many went.
+pub async fn prune_vouchers(db: &Db, kept_from: String) -> Result<usize, String> {
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut after = String::new();
+    let mut total = 0;
+    loop {
+        let (reads, from, cut) = (db.clone(), after.clone(), kept_from.clone());
+        let step = tokio::task::spawn_blocking(move || {
+            let conn = reads.read().map_err(|e| e.to_string())?;
+            shared::repo::vouchers_after(&conn, &from, &cut, VOUCHER_SCAN)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let Some((last, _)) = step.last() else {
+            break;
+        };
+        after = last.clone();
+        let ended: Vec<String> = step
+            .into_iter()
+            .filter_map(|(code, ended)| ended.then_some(code))
+            .collect();
+        for chunk in ended.chunks(VOUCHER_DELETE_BATCH) {
+            let (codes, cut) = (chunk.to_vec(), kept_from.clone());
+            total += db
+                .writer
+                .write(move |conn| shared::repo::delete_ended_vouchers(conn, &codes, &cut))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::time::sleep(PRUNE_PAUSE).await;
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            log::info!(
+                "deleting vouchers that ended before {kept_from}: {total} so far in {} s",
+                started.elapsed().as_secs()
+            );
+        }
+    }
+    Ok(total)
+}
+
 /// Runs until `shutdown` turns true; then stops claiming, lets in-flight deliveries finish
 /// for up to `grace`, and releases the rest.
 pub async fn run(
@@ -323,8 +375,8 @@ pub async fn run(
     let mut claimed: HashMap<i64, Item> = HashMap::new();
     let mut last_rescue = Instant::now() - Duration::from_secs(3600);
     let mut last_prune = Instant::now() - Duration::from_secs(24 * 3600);
-    // Set while old sales are being deleted (a store's first prune may take minutes).
-    let pruning_sales = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Set while old sales and vouchers are being deleted (a store's first prune may take minutes).
+    let pruning = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut rr = 0usize;
     loop {
         if *shutdown.borrow() {
@@ -341,14 +393,20 @@ pub async fn run(
             let prune = last_prune.elapsed() >= Duration::from_secs(3600);
             if prune {
                 last_prune = Instant::now();
-                if !pruning_sales.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                    let (db, flag) = (db.clone(), Arc::clone(&pruning_sales));
+                if !pruning.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let (db, flag) = (db.clone(), Arc::clone(&pruning));
                     let days = snap.config.lanes.sales_retention_days;
+                    let kept_from = snap.config.vouchers_kept_from();
                     tokio::spawn(async move {
                         match prune_sales(&db, days).await {
                             Ok(0) => {}
                             Ok(n) => log::info!("deleted {n} sales last touched more than {days} days ago (lanes.sales_retention_days)"),
                             Err(e) => log::error!("deleting old sales failed, tried again in an hour: {e}"),
+                        }
+                        match prune_vouchers(&db, kept_from.clone()).await {
+                            Ok(0) => {}
+                            Ok(n) => log::info!("deleted {n} vouchers whose validity ended before {kept_from} (lanes.voucher_retention_days)"),
+                            Err(e) => log::error!("deleting ended vouchers failed, tried again in an hour: {e}"),
                         }
                         flag.store(false, std::sync::atomic::Ordering::Release);
                     });

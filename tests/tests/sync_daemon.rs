@@ -1283,6 +1283,86 @@ async fn sales_older_than_the_retention_are_deleted_and_their_ids_free_again() {
     );
 }
 
+/// `lanes.voucher_retention_days`: the daemon deletes vouchers whose validity ended longer
+/// ago, unless locked or with a validation still on its way upstream, and a full
+/// Coupontools pull (every session ever claimed) does not bring them back.
+#[tokio::test]
+async fn vouchers_that_ended_before_the_retention_are_deleted_and_not_pulled_again() {
+    let providers = Providers::start().unwrap();
+    let day = |offset: &str| -> String {
+        rusqlite::Connection::open_in_memory()
+            .unwrap()
+            .query_row("SELECT date('now', ?1)", [offset], |r| r.get(0))
+            .unwrap()
+    };
+    let session = |id: &str, expires: &str| {
+        json!({"session": id, "campaign": "cam_100001",
+               "status": {"value": "5.00", "expiration_date": format!("{expires} 23:59:59")}})
+    };
+    providers
+        .seed(&json!({"coupontools": {
+            "campaigns": [{"ID": "cam_100001", "title": "$5 off", "active": true}],
+            "sessions": [session("ended-in-spring", &day("-200 days")), session("valid-all-year", "2099-12-31")],
+        }}))
+        .await
+        .unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *"),
+        lanes_toml: "voucher_retention_days = 60".to_owned(),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    for (code, ended, state, dirty) in [
+        ("OLD", "-100 days", "active", 0),
+        ("OLD-USED-HERE", "-100 days", "validated", 1),
+        ("RECENT", "-10 days", "active", 0),
+    ] {
+        conn.execute(
+            "INSERT INTO vouchers (code, provider, provider_ref, valid_until, state, local_dirty, updated_at) \
+             VALUES (?1, 'local', ?1, date('now', ?2), ?3, ?4, 0)",
+            rusqlite::params![code, ended, state, dirty],
+        )
+        .unwrap();
+    }
+    let present = |code: &str| -> bool {
+        conn.query_row(
+            "SELECT count(*) FROM vouchers WHERE code = ?1",
+            [code],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 1
+    };
+
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    daemon
+        .wait_for_log(
+            "deleted 1 vouchers whose validity ended before",
+            0,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert!(!present("OLD"), "{}", daemon.log());
+    assert!(
+        present("OLD-USED-HERE"),
+        "its validation has not gone upstream yet"
+    );
+    assert!(present("RECENT"), "ended within the retention");
+
+    pull_now(&daemon, &store, "coupontools").await;
+    assert!(
+        daemon.log().contains("session pull: full"),
+        "{}",
+        daemon.log()
+    );
+    assert!(present("valid-all-year"), "{}", daemon.log());
+    assert!(!present("ended-in-spring"), "not stored again by a pull");
+    daemon.kill9();
+}
+
 async fn list_contains(store: &Store, list: &str, id: &str) -> bool {
     let (_, m) = store
         .get(&format!(
