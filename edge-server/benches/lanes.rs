@@ -498,6 +498,7 @@ fn main() {
     prepare(&dir);
     let config = config(&dir);
     let db_config = config.database.clone();
+    let kept_from = config.vouchers_kept_from();
     let (db, tls) = edge_server::prepare(&config).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -556,7 +557,7 @@ fn main() {
             );
         }
         if phase("prune") {
-            prune_phase(&lanes, &db_config, rate, secs).await;
+            prune_phase(&lanes, &db_config, &kept_from, rate, secs).await;
         }
         if !phase("saturation") {
             return;
@@ -579,17 +580,29 @@ fn prune_sales_count() -> usize {
         .unwrap_or(5_000)
 }
 
+/// Vouchers the prune phase plants whose validity ended long ago (BENCH_PRUNE_VOUCHERS,
+/// default 0), each beside one still valid, which the retention walk reads and keeps.
+fn prune_vouchers_count() -> usize {
+    std::env::var("BENCH_PRUNE_VOUCHERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Phase `prune` (only when BENCH_PHASES lists it): 30-item updates at the fixed rate while
-/// the sync daemon's retention task (`sync_daemon::worker::prune_sales`, on its own
-/// database connection and writer, as in the daemon's process) deletes BENCH_PRUNE_SALES
-/// sales older than the retention, then as long again without it, in the same run.
+/// the sync daemon's retention task (`sync_daemon::worker::prune_sales`, then
+/// `prune_vouchers`, on its own database connection and writer, as in the daemon's
+/// process) deletes BENCH_PRUNE_SALES sales and BENCH_PRUNE_VOUCHERS vouchers older than
+/// the retention, then as long again without it, in the same run.
 async fn prune_phase(
     lanes: &[Arc<Lane>],
     db_config: &shared::config::DatabaseConfig,
+    kept_from: &str,
     rate: u64,
     secs: u64,
 ) {
     let n = prune_sales_count();
+    let vouchers = prune_vouchers_count();
     let planted = Instant::now();
     {
         let mut conn = rusqlite::Connection::open(&db_config.path).unwrap();
@@ -616,21 +629,35 @@ async fn prune_phase(
                         .unwrap();
                 }
             }
+            // Pulled Coupontools sessions: one that ended a year and a half ago, one valid.
+            let mut voucher = tx.prepare("INSERT INTO vouchers (code, provider, provider_ref, description, value, valid_until, state, updated_at) VALUES (?1, 'coupontools', ?1, '$5 off $20', 500, ?2, 'active', 0)").unwrap();
+            for i in 0..vouchers {
+                for (code, until) in [
+                    (format!("ended-{i:09}"), "2025-05-31"),
+                    (format!("valid-{i:09}"), "2099-12-31"),
+                ] {
+                    voucher.execute(rusqlite::params![code, until]).unwrap();
+                }
+            }
         }
         tx.commit().unwrap();
     }
     println!(
-        "\nprune: {n} sales of 400 days ago planted in {:.1}s",
+        "\nprune: {n} sales of 400 days ago and {vouchers} vouchers ended on 2025-05-31 (beside as many valid) planted in {:.1}s",
         planted.elapsed().as_secs_f64()
     );
     // The daemon's own connection and writer (it is another process in a store).
     let daemon_db = shared::db::Db::open(db_config, false).unwrap();
+    let kept_from = kept_from.to_owned();
     let pruning = tokio::spawn(async move {
         let started = Instant::now();
         let deleted = sync_daemon::worker::prune_sales(&daemon_db, 90)
             .await
             .unwrap();
-        (deleted, started.elapsed())
+        let vouchers = sync_daemon::worker::prune_vouchers(&daemon_db, kept_from)
+            .await
+            .unwrap();
+        (deleted, vouchers, started.elapsed())
     });
     shared::db::take_slowest_commit();
     shared::db::take_slowest_queue_wait();
@@ -639,11 +666,11 @@ async fn prune_phase(
     let during_sync = shared::db::take_slowest_commit().as_secs_f64() * 1000.0;
     let during_queue = shared::db::take_slowest_queue_wait().as_secs_f64() * 1000.0;
     let finished = pruning.is_finished();
-    let (deleted, took) = pruning.await.unwrap();
+    let (deleted, vouchers, took) = pruning.await.unwrap();
     println!(
-        "  retention task: {deleted} sales deleted in {:.1}s ({:.0} sales/s){}",
+        "  retention task: {deleted} sales and {vouchers} vouchers deleted in {:.1}s ({:.0} rows/s){}",
         took.as_secs_f64(),
-        deleted as f64 / took.as_secs_f64().max(0.001),
+        (deleted + vouchers) as f64 / took.as_secs_f64().max(0.001),
         if finished {
             ""
         } else {
