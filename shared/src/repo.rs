@@ -628,11 +628,13 @@ pub fn delete_sales(conn: &Connection, keys: &[(String, String)], before: i64) -
 }
 
 /// The vouchers a store no longer keeps: their validity ended before `?2` (a `YYYY-MM-DD`
-/// date, compared as text), no change of theirs still waits to go upstream, and no lock
-/// holds them. The one definition for the scan and the delete below.
+/// date, compared as text), no change of theirs still waits to go upstream, and no lane of
+/// this store holds a lock on them (a lock another system holds upstream, with no local
+/// owner, does not keep one: pulls no longer update an ended voucher, so it would stay
+/// locked here for good). The one definition for the scan and the delete below.
 macro_rules! voucher_ended_long_ago {
     () => {
-        "valid_until < ?2 AND local_dirty = 0 AND state <> 'locked'"
+        "valid_until < ?2 AND local_dirty = 0 AND (state <> 'locked' OR lock_site IS NULL)"
     };
 }
 
@@ -860,18 +862,19 @@ mod tests {
     #[test]
     fn vouchers_ended_long_ago_go_unless_locked_or_waiting_to_go_upstream() {
         let (_dir, conn) = scratch_db();
-        for (code, until, state, dirty) in [
-            ("A-OLD", Some("2026-01-31"), "active", 0),
-            ("B-USED", Some("2026-02-01"), "validated", 0),
-            ("C-DIRTY", Some("2026-01-01"), "validated", 1),
-            ("D-LOCKED", Some("2026-01-01"), "locked", 0),
-            ("E-RECENT", Some("2026-02-02"), "active", 0),
-            ("F-OPEN", None, "active", 0),
+        for (code, until, state, lock_site, dirty) in [
+            ("A-OLD", Some("2026-01-31"), "active", None, 0),
+            ("B-USED", Some("2026-02-01"), "validated", None, 0),
+            ("C-DIRTY", Some("2026-01-01"), "validated", None, 1),
+            ("D-LOCKED", Some("2026-01-01"), "locked", Some("STO1"), 0),
+            ("E-RECENT", Some("2026-02-02"), "active", None, 0),
+            ("F-OPEN", None, "active", None, 0),
+            ("G-LOCKED-UPSTREAM", Some("2026-01-01"), "locked", None, 0),
         ] {
             conn.execute(
-                "INSERT INTO vouchers (code, provider, provider_ref, valid_until, state, local_dirty, updated_at) \
-                 VALUES (?1, 'local', ?1, ?2, ?3, ?4, 0)",
-                params![code, until, state, dirty],
+                "INSERT INTO vouchers (code, provider, provider_ref, valid_until, state, lock_site, local_dirty, updated_at) \
+                 VALUES (?1, 'local', ?1, ?2, ?3, ?4, ?5, 0)",
+                params![code, until, state, lock_site, dirty],
             )
             .unwrap();
         }
@@ -886,20 +889,21 @@ mod tests {
                 ("D-LOCKED".to_owned(), false),
                 ("E-RECENT".to_owned(), false),
                 ("F-OPEN".to_owned(), false),
+                ("G-LOCKED-UPSTREAM".to_owned(), true),
             ]
         );
         assert_eq!(walk("B-USED", 2).len(), 2, "a step starts after `after`");
-        assert!(walk("F-OPEN", 10).is_empty());
+        assert!(walk("G-LOCKED-UPSTREAM", 10).is_empty());
         // A-OLD is locked by a lane after the scan: it stays.
         conn.execute(
-            "UPDATE vouchers SET state = 'locked' WHERE code = 'A-OLD'",
+            "UPDATE vouchers SET state = 'locked', lock_site = 'STO1' WHERE code = 'A-OLD'",
             [],
         )
         .unwrap();
-        let codes = ["A-OLD".to_owned(), "B-USED".to_owned()];
+        let codes = ["A-OLD", "B-USED", "G-LOCKED-UPSTREAM"].map(str::to_owned);
         assert_eq!(
             delete_ended_vouchers(&conn, &codes, "2026-02-02").unwrap(),
-            1
+            2
         );
         let left: Vec<String> = conn
             .prepare("SELECT code FROM vouchers ORDER BY code")
