@@ -56,13 +56,7 @@ const LANES: usize = 32;
 /// default 5: a realistic handful; 20 is the worst case, every clipped coupon applies).
 fn matching() -> usize {
     static MATCHING: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MATCHING.get_or_init(|| {
-        std::env::var("BENCH_MATCHING")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(5)
-            .min(PER_CUSTOMER)
-    })
+    *MATCHING.get_or_init(|| env_or("BENCH_MATCHING", 5).min(PER_CUSTOMER))
 }
 
 /// Whether BENCH_PHASES (a comma list of `static`, `metadata`, `update`, `commit`,
@@ -193,19 +187,21 @@ level = "warn"
     let mut config = Config::from_toml_str(&text).unwrap();
     // The shipped defaults unless the environment says otherwise.
     let db = &mut config.database;
-    override_from_env("BENCH_CHECKPOINT_MS", &mut db.checkpoint_interval_ms);
-    override_from_env("BENCH_LINGER_US", &mut db.group_commit_linger_us);
-    override_from_env("BENCH_MMAP_MIB", &mut db.mmap_size_mib);
-    override_from_env("BENCH_CACHE_KIB", &mut db.cache_size_kib);
+    db.checkpoint_interval_ms = env_or("BENCH_CHECKPOINT_MS", db.checkpoint_interval_ms);
+    db.group_commit_linger_us = env_or("BENCH_LINGER_US", db.group_commit_linger_us);
+    db.mmap_size_mib = env_or("BENCH_MMAP_MIB", db.mmap_size_mib);
+    db.cache_size_kib = env_or("BENCH_CACHE_KIB", db.cache_size_kib);
     config
 }
 
-fn override_from_env<T: std::str::FromStr>(var: &str, value: &mut T) {
-    if let Ok(text) = std::env::var(var) {
-        match text.parse() {
-            Ok(v) => *value = v,
-            Err(_) => panic!("{var}={text} is not a number"),
-        }
+/// The number in environment variable `var`, or `default` when it is unset; a value that
+/// is not a number stops the bench rather than running it with the default.
+fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
+    match std::env::var(var) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={text} is not a number")),
+        Err(_) => default,
     }
 }
 
@@ -483,14 +479,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists targets; nothing to do.
     }
-    let rate: u64 = std::env::var("BENCH_RATE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let rate: u64 = env_or("BENCH_RATE", 2000);
+    let secs: u64 = env_or("BENCH_SECS", 10);
     e2e::install_crypto();
     shared::logging::init(log::LevelFilter::Warn);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
@@ -570,25 +560,6 @@ fn main() {
     });
 }
 
-/// Old sales the prune phase plants (BENCH_PRUNE_SALES, default 5,000: about what the
-/// retention task deletes in the phase's 10 s; a store's first prune has many more, deleted
-/// at the same pace).
-fn prune_sales_count() -> usize {
-    std::env::var("BENCH_PRUNE_SALES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5_000)
-}
-
-/// Vouchers the prune phase plants whose validity ended long ago (BENCH_PRUNE_VOUCHERS,
-/// default 0), each beside one still valid, which the retention walk reads and keeps.
-fn prune_vouchers_count() -> usize {
-    std::env::var("BENCH_PRUNE_VOUCHERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Phase `prune` (only when BENCH_PHASES lists it): 30-item updates at the fixed rate while
 /// the sync daemon's retention task (`sync_daemon::worker::prune_sales`, then
 /// `prune_vouchers`, on its own database connection and writer, as in the daemon's
@@ -601,8 +572,11 @@ async fn prune_phase(
     rate: u64,
     secs: u64,
 ) {
-    let n = prune_sales_count();
-    let vouchers = prune_vouchers_count();
+    // Old sales (default 5,000: about what the retention task deletes in the phase's 10 s;
+    // a store's first prune has many more, deleted at the same pace), and vouchers whose
+    // validity ended long ago, each beside one still valid that the walk reads and keeps.
+    let n: usize = env_or("BENCH_PRUNE_SALES", 5_000);
+    let vouchers: usize = env_or("BENCH_PRUNE_VOUCHERS", 0);
     let planted = Instant::now();
     {
         let mut conn = rusqlite::Connection::open(&db_config.path).unwrap();
@@ -654,7 +628,7 @@ async fn prune_phase(
         let deleted = sync_daemon::worker::prune_sales(&daemon_db, 90)
             .await
             .unwrap();
-        let vouchers = sync_daemon::worker::prune_vouchers(&daemon_db, kept_from)
+        let vouchers = sync_daemon::worker::prune_vouchers(&daemon_db, &kept_from)
             .await
             .unwrap();
         (deleted, vouchers, started.elapsed())

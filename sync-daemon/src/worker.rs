@@ -318,13 +318,13 @@ const VOUCHER_DELETE_BATCH: usize = 100;
 /// [`shared::config::Config::vouchers_kept_from`]) and that nothing holds, walking the
 /// table in code order in short reads and deleting in short write transactions with a
 /// pause between them for lane writes; logs progress every 10 s. Returns how many went.
-pub async fn prune_vouchers(db: &Db, kept_from: String) -> Result<usize, String> {
+pub async fn prune_vouchers(db: &Db, kept_from: &str) -> Result<usize, String> {
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut after = String::new();
     let mut total = 0;
     loop {
-        let (reads, from, cut) = (db.clone(), after.clone(), kept_from.clone());
+        let (reads, from, cut) = (db.clone(), after.clone(), kept_from.to_owned());
         let step = tokio::task::spawn_blocking(move || {
             let conn = reads.read().map_err(|e| e.to_string())?;
             shared::repo::vouchers_after(&conn, &from, &cut, VOUCHER_SCAN)
@@ -341,7 +341,7 @@ pub async fn prune_vouchers(db: &Db, kept_from: String) -> Result<usize, String>
             .filter_map(|(code, ended)| ended.then_some(code))
             .collect();
         for chunk in ended.chunks(VOUCHER_DELETE_BATCH) {
-            let (codes, cut) = (chunk.to_vec(), kept_from.clone());
+            let (codes, cut) = (chunk.to_vec(), kept_from.to_owned());
             total += db
                 .writer
                 .write(move |conn| shared::repo::delete_ended_vouchers(conn, &codes, &cut))
@@ -403,7 +403,7 @@ pub async fn run(
                             Ok(n) => log::info!("deleted {n} sales last touched more than {days} days ago (lanes.sales_retention_days)"),
                             Err(e) => log::error!("deleting old sales failed, tried again in an hour: {e}"),
                         }
-                        match prune_vouchers(&db, kept_from.clone()).await {
+                        match prune_vouchers(&db, &kept_from).await {
                             Ok(0) => {}
                             Ok(n) => log::info!("deleted {n} vouchers whose validity ended before {kept_from} (lanes.voucher_retention_days)"),
                             Err(e) => log::error!("deleting ended vouchers failed, tried again in an hour: {e}"),
