@@ -913,6 +913,21 @@ async fn every_answer_matches_the_spec() {
         Some(&json!({"site": SITE, "customer": JOHN, "transaction": "OA-X1", "coupons": []})),
     )
     .await;
+    // A listed id that is not in the catalog: acknowledged, named in `errors` (§5.13).
+    let v = p
+        .expect(
+            200,
+            post.clone(),
+            &format!("/transaction/commit{}", q(JANE, "OA-T9")),
+            Some(&json!({"coupons": ["NOSUCH1"]})),
+        )
+        .await;
+    assert!(
+        v["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["id"] == "COUPON_NOT_FOUND")),
+        "{v}"
+    );
     p.expect(
         400,
         post.clone(),
