@@ -234,8 +234,12 @@ impl std::ops::AddAssign for Changes {
 }
 
 /// Brings one customer's coupons of `provider` in line with a full pull: rows that differ
-/// are written, rows upstream no longer lists become `expired`; a row with a local change
-/// not yet acknowledged upstream (`local_dirty`) is never touched (promise 5).
+/// are written. Of the rows upstream no longer lists, a clipped coupon can no longer be
+/// used and becomes `expired` (CATAPULT §6: "clipped but expired unused"); an `available`
+/// one is no longer offered to the customer and is removed (it was never clipped, so it
+/// is not shown as expired); `redeemed` and `expired` stay as they are. A row with
+/// a local change not yet acknowledged upstream (`local_dirty`) is never touched
+/// (promise 5).
 pub fn apply_customer_coupons(
     conn: &Connection,
     customer_id: &str,
@@ -304,17 +308,23 @@ pub fn apply_customer_coupons(
             }
         }
     }
-    // Upstream no longer lists these: they can no longer be used.
+    // Upstream no longer lists these (the conditions are checked again in SQL, in case a
+    // lane changed the row since it was read).
     let mut expire = conn.prepare_cached(
         "UPDATE customer_coupons SET state = 'expired', state_at = ?3 \
-         WHERE customer_id = ?1 AND offer_id = ?2 AND local_dirty = 0 AND state != 'expired'",
+         WHERE customer_id = ?1 AND offer_id = ?2 AND local_dirty = 0 AND state = 'clipped'",
+    )?;
+    let mut withdraw = conn.prepare_cached(
+        "DELETE FROM customer_coupons \
+         WHERE customer_id = ?1 AND offer_id = ?2 AND local_dirty = 0 AND state = 'available'",
     )?;
     for (offer_id, (state, _, _, dirty)) in local {
         if dirty {
             changes.kept_local += 1;
-        } else if state != "expired" {
-            expire.execute(params![customer_id, offer_id, now])?;
-            changes.written += 1;
+        } else if state == "clipped" {
+            changes.written += expire.execute(params![customer_id, offer_id, now])?;
+        } else if state == "available" {
+            changes.written += withdraw.execute(params![customer_id, offer_id])?;
         }
     }
     Ok(changes)
@@ -389,6 +399,61 @@ mod tests {
         repo::lock_voucher(&c, "own1", "S", "T1", 1000, 30).unwrap();
         assert!(!apply_voucher(&c, &pulled("own1", "active"), 40).unwrap());
         assert_eq!(repo::voucher(&c, "own1").unwrap().unwrap().state, "locked");
+    }
+
+    #[test]
+    fn coupons_a_pull_no_longer_lists_expire_only_when_clipped() {
+        use crate::domain::{CouponState as S, Mechanic};
+        use crate::engine::tests::{items, offer, rule};
+        let (_dir, c) = crate::db::scratch_db();
+        let ids = ["CLIP", "AVAIL", "RED", "EXP", "DIRTY", "KEPT"];
+        for id in ids {
+            let mut o = offer(
+                id,
+                rule(Mechanic::PercentOff { basis_points: 1000 }, items(&["1"])),
+            );
+            o.provider = "convercus".into();
+            repo::upsert_offer(&c, &o, 1).unwrap();
+        }
+        repo::ensure_customer(&c, "C1", 1).unwrap();
+        let states = [
+            ("CLIP", S::Clipped, false),
+            ("AVAIL", S::Available, false),
+            ("RED", S::Redeemed, false),
+            ("EXP", S::Expired, false),
+            ("DIRTY", S::Clipped, true),
+            ("KEPT", S::Clipped, false),
+        ];
+        for (id, state, dirty) in states {
+            repo::set_coupon_state(&c, "C1", id, state, 5, dirty).unwrap();
+        }
+        // The provider now lists only KEPT.
+        let pulled = [PulledCoupon {
+            offer_id: "KEPT".into(),
+            state: S::Clipped,
+            provider_ref: None,
+            upstream_redemptions: None,
+        }];
+        let changes = apply_customer_coupons(&c, "C1", "convercus", &pulled, 50).unwrap();
+        let rows: BTreeMap<String, String> = repo::customer_coupon_rows(&c, "C1")
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.offer_id, r.state.as_str().to_owned()))
+            .collect();
+        let want: BTreeMap<String, String> = [
+            ("CLIP", "expired"),
+            ("RED", "redeemed"),
+            ("EXP", "expired"),
+            ("DIRTY", "clipped"),
+            ("KEPT", "clipped"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+        // AVAIL is withdrawn, not shown as expired: it was never clipped.
+        assert_eq!(rows, want);
+        assert_eq!(changes.written, 2, "{changes:?}");
+        assert_eq!(changes.kept_local, 1, "{changes:?}");
     }
 
     #[test]
