@@ -568,7 +568,7 @@ pub fn cancel(
         }
         None => 0,
     };
-    repo::cancel_transaction(conn, site, txn, now)?;
+    repo::cancel_transaction(conn, site, txn, customer, now)?;
     Ok(released)
 }
 

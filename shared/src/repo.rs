@@ -501,11 +501,23 @@ pub fn upsert_open_transaction(
     Ok(())
 }
 
-pub fn cancel_transaction(conn: &Connection, site: &str, txn: &str, now: i64) -> Result<()> {
+/// Marks an open sale cancelled. A sale never updated here is recorded as cancelled, so a
+/// later commit of it is one of a sale this store saw (CATAPULT §5.15's
+/// `INVALID_TRANSACTION` is for sales never seen); a committed one stays committed.
+pub fn cancel_transaction(
+    conn: &Connection,
+    site: &str,
+    txn: &str,
+    customer_id: &str,
+    now: i64,
+) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE transactions SET state = 'cancelled', updated_at = ?3 WHERE site = ?1 AND txn_id = ?2 AND state = 'open'",
+        "INSERT INTO transactions (site, txn_id, customer_id, state, updated_at) \
+         VALUES (?1, ?2, ?3, 'cancelled', ?4) \
+         ON CONFLICT (site, txn_id) DO UPDATE SET state = 'cancelled', updated_at = excluded.updated_at \
+         WHERE state = 'open'",
     )?
-    .execute(params![site, txn, now])?;
+    .execute(params![site, txn, customer_id, now])?;
     Ok(())
 }
 

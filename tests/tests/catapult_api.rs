@@ -594,6 +594,23 @@ async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorde
     assert_eq!(status, 200);
     assert!(r.get("errors").is_none(), "{r}");
     assert!(list(&meta(&store, JANE).await, "redeemed").contains(&"PCT10".to_owned()));
+
+    // A sale only cancelled here (never updated) was seen: a commit listing a coupon used
+    // already is acknowledged like any known sale's (no INVALID_TRANSACTION).
+    let (status, _) = store
+        .get(&format!("/transaction/cancel{}", q(JANE, "E5")))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "E5")),
+            &json!({"coupons": ["BOGO1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(r.get("errors").is_none(), "{r}");
 }
 
 #[tokio::test]
