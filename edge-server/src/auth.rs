@@ -16,7 +16,12 @@ pub async fn basic_auth(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let path = req.path();
-    let open = path == "/healthz" || path == "/readyz" || path.starts_with("/images/");
+    // Images: `/images/…` and any other image path an offer may advertise (GET only).
+    let open = path == "/healthz"
+        || path == "/readyz"
+        || path.starts_with("/images/")
+        || (req.method() == actix_web::http::Method::GET
+            && crate::catapult::image_type(path).is_some());
     if !open {
         let ok = req.app_data::<State>().is_some_and(|state| {
             authorised(

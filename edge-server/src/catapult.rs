@@ -293,10 +293,15 @@ pub async fn catalog(req: HttpRequest, state: State) -> Result<HttpResponse, Api
     let today = state.config().today();
     // Served from the in-memory catalog: no database read at all.
     let catalog = state.catalog.current();
-    let external = state.config().lanes.use_external_images;
+    // With external images the POS uses `imageUrl` as it is: an image this server serves
+    // is then advertised with the origin the lane reached it by (CATAPULT §5.1, §8).
+    let origin = state.config().lanes.use_external_images.then(|| {
+        let info = req.connection_info();
+        format!("{}://{}", info.scheme(), info.host())
+    });
     let coupons: Vec<Value> = catalog
         .not_ended(today)
-        .map(|o| coupon_json(o, external))
+        .map(|o| coupon_json(o, origin.as_deref()))
         .collect();
     Ok(json_ok(&json!({ "coupons": coupons })))
 }
@@ -310,18 +315,22 @@ fn upc_json(u: &Upc) -> Value {
     }
 }
 
-/// The `imageUrl` a lane can fetch (CATAPULT §8): a path this server serves, or, only when
-/// the POS uses external images, an absolute URL. An image that cannot be fetched is not
-/// advertised (`""`).
-fn image_url(o: &shared::domain::Offer, external: bool) -> &str {
-    match o.image_url.as_deref() {
-        Some(u) if u.starts_with('/') => u,
-        Some(u) if external && (u.starts_with("https://") || u.starts_with("http://")) => u,
-        _ => "",
+/// The `imageUrl` a lane can fetch (CATAPULT §8). Without external images (`origin` is
+/// `None`), the POS fetches base URL + `imageUrl`: a path this server serves (see
+/// [`image`] and [`image_file`]), never an absolute URL. With external images the POS uses
+/// the URL as it is: a provider's absolute URL, or a path of this server prefixed with
+/// `origin` (the scheme and host the lane reached this server by). An image that cannot be
+/// fetched is not advertised (`""`).
+fn image_url(o: &shared::domain::Offer, origin: Option<&str>) -> String {
+    match (o.image_url.as_deref(), origin) {
+        (Some(u), None) if u.starts_with('/') => u.to_owned(),
+        (Some(u), Some(origin)) if u.starts_with('/') => format!("{origin}{u}"),
+        (Some(u), Some(_)) if u.starts_with("https://") || u.starts_with("http://") => u.to_owned(),
+        _ => String::new(),
     }
 }
 
-fn coupon_json(o: &shared::domain::Offer, external: bool) -> Value {
+fn coupon_json(o: &shared::domain::Offer, origin: Option<&str>) -> Value {
     let reward = o
         .rule
         .reward
@@ -337,7 +346,7 @@ fn coupon_json(o: &shared::domain::Offer, external: bool) -> Value {
         "brand": o.brand,
         "startDate": o.start_date.format("%Y-%m-%d").to_string(),
         "endDate": o.end_date.format("%Y-%m-%d").to_string(),
-        "imageUrl": image_url(o, external),
+        "imageUrl": image_url(o, origin),
         "targeted": o.targeted,
         "enabled": o.enabled,
         "featured": o.featured,
@@ -903,30 +912,58 @@ fn tenders_text(tenders: &[(&str, Option<Cents>)]) -> String {
 
 // ---------------------------------------------------------------- images, health
 
+/// `GET /images/<file>`: `<file>` of `server.image_dir`, where the sync daemon caches
+/// provider images.
 pub async fn image(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner();
-    let not_found = || ApiError::NotFound {
-        method: "GET".into(),
-        path: format!("/images/{name}"),
-    };
-    let content_type = match name
-        .rsplit('.')
-        .next()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("png") => "image/png",
-        Some("gif") => "image/gif",
-        _ => return Err(not_found()),
-    };
-    if name.contains('/') || name.contains("..") || name.starts_with('.') {
-        return Err(not_found());
+    let request_path = format!("/images/{name}");
+    if name.contains('/') {
+        return Err(image_not_found(&request_path));
     }
-    let file = state.config().server.image_dir.join(&name);
+    image_file(&state, &request_path, &name).await
+}
+
+/// The content type of an image path by its extension: only the types ECRS accepts
+/// (CATAPULT §8).
+pub fn image_type(path: &str) -> Option<&'static str> {
+    let (_, ext) = path.rsplit_once('.')?;
+    match ext.to_ascii_lowercase().as_str() {
+        "jpg" | "jpeg" => Some("image/jpeg"),
+        "png" => Some("image/png"),
+        "gif" => Some("image/gif"),
+        _ => None,
+    }
+}
+
+fn image_not_found(path: &str) -> ApiError {
+    ApiError::NotFound {
+        method: "GET".into(),
+        path: path.to_owned(),
+    }
+}
+
+/// Serves `relative` (slash-separated, under `server.image_dir`) as an image. Any other
+/// path an offer advertises in `imageUrl` (an imported `/CouponImage24.jpg`, CATAPULT's
+/// own example) is served from there too, by the unmatched-path fallback. Only plain
+/// names are followed: no `..`, no hidden or empty segments.
+pub async fn image_file(
+    state: &State,
+    request_path: &str,
+    relative: &str,
+) -> Result<HttpResponse, ApiError> {
+    let Some(content_type) = image_type(relative) else {
+        return Err(image_not_found(request_path));
+    };
+    let mut file = state.config().server.image_dir.clone();
+    for segment in relative.split('/') {
+        if segment.is_empty() || segment.starts_with('.') || segment.contains('\\') {
+            return Err(image_not_found(request_path));
+        }
+        file.push(segment);
+    }
     let bytes = web::block(move || std::fs::read(file))
         .await?
-        .map_err(|_| not_found())?;
+        .map_err(|_| image_not_found(request_path))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, content_type))
         .insert_header((header::CACHE_CONTROL, "max-age=3600"))

@@ -168,6 +168,12 @@ pub struct ConvercusConfig {
     /// Accounts fetched at the same time during a pull.
     pub pull_concurrency: usize,
     pub timeout_ms: u64,
+    /// Requests a second at most, over pulls, deliveries and probes together (spaced
+    /// evenly, no burst). convercus.md §5: "[ASSUME] ≤ 10 req/s per store".
+    pub max_requests_per_sec: f64,
+    /// A 429 or 503 answer's `Retry-After` pauses every call to the provider until then,
+    /// but never longer than this many seconds.
+    pub max_retry_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -203,6 +209,12 @@ pub struct CoupontoolsConfig {
     /// tried for `read_through_pause_secs`, so an unreachable provider costs the lanes nothing.
     pub read_through_ms: u64,
     pub read_through_pause_secs: u64,
+    /// Requests a second at most, over pulls, deliveries and probes together (spaced
+    /// evenly, no burst). coupontools.md §2: "≤ 5 requests/s per store".
+    pub max_requests_per_sec: f64,
+    /// A 429 or 503 answer's `Retry-After` pauses every call to the provider until then,
+    /// but never longer than this many seconds.
+    pub max_retry_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -226,6 +238,12 @@ pub struct KouponConfig {
     pub signature: KouponSignature,
     pub signature_encoding: KouponEncoding,
     pub timestamp_unit: TimestampUnit,
+    /// Requests a second at most, over pulls, deliveries and probes together (spaced
+    /// evenly, no burst). koupon.md names no limit: 5, like Coupontools.
+    pub max_requests_per_sec: f64,
+    /// A 429 or 503 answer's `Retry-After` pauses every call to the provider until then,
+    /// but never longer than this many seconds.
+    pub max_retry_after_secs: u64,
 }
 
 /// How the URL is signed with the Secret Key (koupon.md §2).
@@ -390,8 +408,9 @@ pub struct LanesConfig {
     pub receipt_footer: String,
     /// Mirror of the POS `useExternalImages` setting. `false` (the POS default): the POS
     /// fetches base URL + `imageUrl`, so only images this server serves are advertised (the
-    /// sync daemon caches provider images under `server.image_dir`). `true`: provider
-    /// images are advertised by their absolute URL.
+    /// sync daemon caches provider images under `server.image_dir`). `true`: the POS uses
+    /// `imageUrl` as it is: provider images are advertised by their absolute URL, this
+    /// server's own by the scheme and host the lane reached it by plus their path.
     pub use_external_images: bool,
     /// Whether a commit answer names the listed coupons it could not redeem (CATAPULT §5.15:
     /// `COUPON_NOT_FOUND` per unknown id, `INVALID_TRANSACTION` for a sale never seen here
@@ -531,6 +550,8 @@ impl Default for ConvercusConfig {
             customers: Vec::new(),
             pull_concurrency: 4,
             timeout_ms: 10_000,
+            max_requests_per_sec: 10.0,
+            max_retry_after_secs: 120,
         }
     }
 }
@@ -555,6 +576,8 @@ impl Default for CoupontoolsConfig {
             timeout_ms: 10_000,
             read_through_ms: 300,
             read_through_pause_secs: 30,
+            max_requests_per_sec: 5.0,
+            max_retry_after_secs: 120,
         }
     }
 }
@@ -574,6 +597,8 @@ impl Default for KouponConfig {
             signature: KouponSignature::HmacSha1,
             signature_encoding: KouponEncoding::Hex,
             timestamp_unit: TimestampUnit::Seconds,
+            max_requests_per_sec: 5.0,
+            max_retry_after_secs: 120,
         }
     }
 }
@@ -906,6 +931,42 @@ impl Config {
         ] {
             if !(100..=120_000).contains(&ms) {
                 return Err(invalid(key, "must be between 100 and 120000"));
+            }
+        }
+        for (key, rate) in [
+            (
+                "providers.convercus.max_requests_per_sec",
+                c.max_requests_per_sec,
+            ),
+            (
+                "providers.coupontools.max_requests_per_sec",
+                t.max_requests_per_sec,
+            ),
+            (
+                "providers.koupon.max_requests_per_sec",
+                k.max_requests_per_sec,
+            ),
+        ] {
+            if !(rate.is_finite() && (0.01..=1000.0).contains(&rate)) {
+                return Err(invalid(key, "must be between 0.01 and 1000"));
+            }
+        }
+        for (key, secs) in [
+            (
+                "providers.convercus.max_retry_after_secs",
+                c.max_retry_after_secs,
+            ),
+            (
+                "providers.coupontools.max_retry_after_secs",
+                t.max_retry_after_secs,
+            ),
+            (
+                "providers.koupon.max_retry_after_secs",
+                k.max_retry_after_secs,
+            ),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                return Err(invalid(key, "must be between 1 and 3600"));
             }
         }
         let o = &self.outbox;

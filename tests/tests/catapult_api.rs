@@ -115,6 +115,112 @@ async fn catalog_lists_every_live_coupon_with_catapult_fields() {
     assert_eq!(body["errors"][0]["id"], "INVALID_SITE");
 }
 
+/// CATAPULT §8: the POS fetches base URL + `imageUrl` (its example: `/CouponImage24.jpg`),
+/// with or without credentials, so every path the catalog advertises is served; with
+/// `useExternalImages=true` it uses `imageUrl` as it is, so a local image is advertised
+/// as an absolute URL of this server.
+#[tokio::test]
+async fn every_advertised_image_is_served_and_absolute_with_external_images() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00";
+    std::fs::write(store.dir.join("images/CouponImage24.jpg"), jpeg).unwrap();
+    std::fs::create_dir_all(store.dir.join("images/deals")).unwrap();
+    std::fs::write(store.dir.join("images/deals/Spring.PNG"), b"\x89PNG\r\n").unwrap();
+    let snapshot = store.dir.join("images-offers.json");
+    let offer = |id: &str, url: &str| {
+        json!({"id": id, "provider": "local", "providerRef": id,
+               "shortDescription": id, "startDate": "2026-01-01", "endDate": "2099-12-31",
+               "imageUrl": url,
+               "rule": {"mechanic": {"type": "percentOff", "basisPoints": 500},
+                        "requirement": {"upcs": ["777"]}}})
+    };
+    std::fs::write(
+        &snapshot,
+        json!({"offers": [offer("IMG1", "/CouponImage24.jpg"), offer("IMG2", "/deals/Spring.PNG")]})
+            .to_string(),
+    )
+    .unwrap();
+    store.import(&snapshot).unwrap();
+    let url_of = |body: &Value, id: &str| {
+        body["coupons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .map(|c| c["imageUrl"].as_str().unwrap().to_owned())
+    };
+    // The running server reloads its catalog every second.
+    let mut body = Value::Null;
+    for _ in 0..50 {
+        let (status, b) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+        assert_eq!(status, 200);
+        body = b;
+        if url_of(&body, "IMG2").is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let url_of = |body: &Value, id: &str| url_of(body, id).unwrap();
+    assert_eq!(url_of(&body, "IMG1"), "/CouponImage24.jpg");
+    // Fetched as the POS does: base URL + imageUrl, without credentials.
+    let anonymous = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    for (id, content_type, bytes) in [
+        ("IMG1", "image/jpeg", &jpeg[..]),
+        ("IMG2", "image/png", &b"\x89PNG\r\n"[..]),
+        ("BOGO1", "image/gif", &b"GIF89a"[..]),
+    ] {
+        let r = anonymous
+            .get(store.url(&url_of(&body, id)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{id}");
+        assert_eq!(r.headers()["content-type"], content_type, "{id}");
+        assert!(r.bytes().await.unwrap().starts_with(bytes), "{id}");
+    }
+    // Nothing else is served that way: a missing image, a non-image, a way out of the
+    // image directory, and any other path still needs credentials.
+    for path in [
+        "/CouponImage25.jpg",
+        "/images-offers.json",
+        "/%2e%2e/edge.db.jpg",
+    ] {
+        let r = anonymous.get(store.url(path)).send().await.unwrap();
+        assert!(
+            [401, 404].contains(&r.status().as_u16()),
+            "{path}: {}",
+            r.status()
+        );
+    }
+    std::fs::write(store.dir.join("secret.gif"), b"GIF89a").unwrap();
+    for path in [
+        "/../secret.gif",
+        "/.%2e/secret.gif",
+        "/images/..%2fsecret.gif",
+    ] {
+        let r = anonymous.get(store.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{path}");
+    }
+    let (status, _) = store.post("/CouponImage24.jpg", &json!({})).await.unwrap();
+    assert_eq!(status, 404, "only GET serves images");
+    drop(store);
+
+    let store = Store::start(StoreOptions {
+        lanes_toml: "use_external_images = true".to_owned(),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let (_, body) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+    let url = url_of(&body, "BOGO1");
+    assert_eq!(url, store.url("/images/coupon-bogo.gif"));
+    let r = anonymous.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
 #[tokio::test]
 async fn metadata_lists_and_aliases() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
