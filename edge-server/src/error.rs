@@ -33,6 +33,10 @@ pub enum ApiError {
     VoucherUnavailable(String),
     #[error("{0}")]
     VoucherInvalid(String),
+    /// A read-through to a provider was needed and not possible within its budget
+    /// (CATAPULT §5.15 `PROVIDER_UNAVAILABLE`).
+    #[error("{0}")]
+    ProviderUnavailable(String),
     /// Our own fault. The details go to the log, never to the lane.
     #[error("internal error: {0}")]
     Internal(String),
@@ -51,6 +55,7 @@ impl ApiError {
             ApiError::VoucherNotFound(_) => "VOUCHER_NOT_FOUND",
             ApiError::VoucherUnavailable(_) => "VOUCHER_UNAVAILABLE",
             ApiError::VoucherInvalid(_) => "VOUCHER_INVALID",
+            ApiError::ProviderUnavailable(_) => "PROVIDER_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -83,6 +88,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound { .. } | ApiError::VoucherNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::VoucherUnavailable(_) => StatusCode::CONFLICT,
+            ApiError::ProviderUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -49,28 +49,37 @@ pub async fn lookup(
     })
     .await?;
     match found {
-        Err(ApiError::VoucherNotFound(m)) => match read_through(&state, &code, &today).await? {
-            Some(view) => Ok(ok(&view)),
-            None => Err(ApiError::VoucherNotFound(m)),
-        },
+        Err(ApiError::VoucherNotFound(m)) => read_through(&state, &code, &today, m).await,
         other => Ok(ok(&other?)),
     }
 }
 
 /// A voucher never seen here, looked up at Coupontools within the budget; a found one is
 /// stored so every later request (and the lock and validation) is answered locally.
+/// Without read-through, or when Coupontools does not know it: `VOUCHER_NOT_FOUND`
+/// (`not_found`). When Coupontools could not be asked (down, over budget, or paused after
+/// such a failure): `PROVIDER_UNAVAILABLE` (CATAPULT §5.15), 503, so the lane can tell
+/// "no such voucher" from "cannot tell now".
 async fn read_through(
     state: &State,
     code: &str,
     today: &str,
-) -> Result<Option<lane::VoucherView>, ApiError> {
+    not_found: String,
+) -> Result<HttpResponse, ApiError> {
+    use crate::read_through::Found;
     let Some(rt) = &state.read_through else {
-        return Ok(None);
+        return Err(ApiError::VoucherNotFound(not_found));
     };
     let config = state.config();
     let v = match rt.find(code, &config).await {
-        crate::read_through::Found::Voucher(v) => *v,
-        _ => return Ok(None),
+        Found::Voucher(v) => *v,
+        Found::Unknown => return Err(ApiError::VoucherNotFound(not_found)),
+        Found::Unavailable => {
+            return Err(ApiError::ProviderUnavailable(format!(
+                "voucher {code} is not known at this store and Coupontools cannot be asked now; \
+                 try again in a minute, or take the voucher by hand"
+            )))
+        }
     };
     let code = v.code.clone();
     let today = today.to_owned();
@@ -86,7 +95,7 @@ async fn read_through(
             shared::db::WriteError::Job(e) => ApiError::from(e),
             shared::db::WriteError::Db(e) => ApiError::from(e),
         })?;
-    Ok(Some(view))
+    Ok(ok(&view))
 }
 
 fn query_param(q: &Query, name: &str) -> Option<String> {

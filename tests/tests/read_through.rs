@@ -1,5 +1,6 @@
 //! A Coupontools voucher the store has never seen is looked up at Coupontools within a small
-//! budget and only while Coupontools answers; otherwise the lane gets the usual fast answer.
+//! budget and only while Coupontools answers; otherwise the lane hears at once that the
+//! provider could not be asked (PROVIDER_UNAVAILABLE).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,6 +32,13 @@ async fn an_unseen_voucher_is_read_through_within_budget_and_never_while_unreach
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["value"].as_f64(), Some(5.0));
     assert_eq!(v["state"], "active");
+    // Coupontools answers that it does not know a code: no such voucher.
+    let (status, r) = store
+        .get(&format!("/vouchers/neverseen000?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{r}");
+    assert_eq!(r["errors"][0]["id"], "VOUCHER_NOT_FOUND", "{r}");
     // Stored: answered locally from now on, lockable and usable offline.
     providers
         .faults("coupontools", json!({"down": true}))
@@ -50,23 +58,25 @@ async fn an_unseen_voucher_is_read_through_within_budget_and_never_while_unreach
         .unwrap();
     assert_eq!(status, 200, "{r}");
 
-    // Unknown to Coupontools, which is down: the lane gets "not known" and the failure
-    // pauses read-through, so the next unknown code is not even tried.
+    // Not known here and Coupontools is down: the lane hears that the provider could not
+    // be asked (CATAPULT §5.15 PROVIDER_UNAVAILABLE), not that there is no such voucher;
+    // and the failure pauses read-through, so the next unknown code is not even tried.
     let (status, r) = store
         .get(&format!("/vouchers/neverseen001?site={SITE}"))
         .await
         .unwrap();
-    assert_eq!(status, 404, "{r}");
-    assert_eq!(r["errors"][0]["id"], "VOUCHER_NOT_FOUND", "{r}");
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["errors"][0]["id"], "PROVIDER_UNAVAILABLE", "{r}");
     providers
         .faults("coupontools", json!({"down": false}))
         .await
         .unwrap();
-    let (status, _) = store
+    let (status, r) = store
         .get(&format!("/vouchers/neverseen002?site={SITE}"))
         .await
         .unwrap();
-    assert_eq!(status, 404);
+    assert_eq!(status, 503, "paused: {r}");
+    assert_eq!(r["errors"][0]["id"], "PROVIDER_UNAVAILABLE", "{r}");
     let log = std::fs::read_to_string(store.dir.join("edge-server.log")).unwrap();
     assert_eq!(
         log.matches("voucher read-through failed").count(),
@@ -95,7 +105,8 @@ async fn a_slow_coupontools_costs_the_lane_at_most_the_budget() {
         .get(&format!("/vouchers/ac6s7u3g8a25ja7x9qg87?site={SITE}"))
         .await
         .unwrap();
-    assert_eq!(status, 404, "{r}");
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["errors"][0]["id"], "PROVIDER_UNAVAILABLE", "{r}");
     let log = std::fs::read_to_string(store.dir.join("edge-server.log")).unwrap();
     assert!(log.contains("over its 200 ms budget"), "{log}");
 }
