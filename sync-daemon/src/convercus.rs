@@ -6,6 +6,7 @@
 //! counts the item delivered when it has grown (never applied twice).
 
 use crate::http::{self, CallError, Delivery};
+use crate::pace::Pacer;
 use crate::pull::{short_id, CustomerPull};
 use chrono::NaiveDate;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -15,6 +16,7 @@ use shared::domain::{CouponState, ItemSet, Mechanic, Offer, Rule};
 use shared::outbox::Item;
 use shared::repo::Customer;
 use shared::sync::PulledCoupon;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -31,22 +33,36 @@ pub struct Client {
     cfg: ConvercusConfig,
     http: reqwest::Client,
     token: Mutex<Option<Token>>,
+    pacer: Arc<Pacer>,
 }
 
 /// The progress note of a redemption: the coupon's redeemCount before our first attempt.
 const BASELINE: &str = "redeemCountBefore";
 
 impl Client {
+    /// A client with a pacer of its own (see [`Client::with_pacer`]).
     pub fn new(cfg: &ConvercusConfig) -> Client {
+        let pacer = Pacer::new(NAME, cfg.max_requests_per_sec, cfg.max_retry_after_secs);
+        Client::with_pacer(cfg, Arc::new(pacer))
+    }
+
+    /// A client whose calls wait for `pacer` (the daemon's one for this provider, kept
+    /// across configuration reloads).
+    pub fn with_pacer(cfg: &ConvercusConfig, pacer: Arc<Pacer>) -> Client {
         Client {
             cfg: cfg.clone(),
             http: http::client(cfg.timeout_ms),
             token: Mutex::new(None),
+            pacer,
         }
     }
 
     pub fn config(&self) -> &ConvercusConfig {
         &self.cfg
+    }
+
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
     }
 
     fn url(&self, path: &str) -> String {
@@ -121,12 +137,14 @@ impl Client {
         oauth: bool,
         how: &str,
     ) -> Result<Token, CallError> {
+        self.pacer.ready().await;
         let started = Instant::now();
         let resp = request
             .send()
             .await
             .map_err(|e| CallError::from_reqwest(&e))?;
         let status = resp.status();
+        self.pacer.note(status.as_u16(), resp.headers());
         let body = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(CallError::Auth(format!(
@@ -245,8 +263,10 @@ impl Client {
             if let Some(b) = body {
                 req = req.body(b.to_string());
             }
+            self.pacer.ready().await;
             let resp = req.send().await.map_err(|e| CallError::from_reqwest(&e))?;
             let status = resp.status().as_u16();
+            self.pacer.note(status, resp.headers());
             let text = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
             if status == 401 {
                 if attempt == 0 {

@@ -7,12 +7,14 @@
 //! no older than that time (less the allowed clock skew) is ours: delivered, not refused.
 
 use crate::http::{self, CallError, Delivery};
+use crate::pace::Pacer;
 use chrono::{NaiveDateTime, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 use shared::config::{Config, CoupontoolsConfig};
 use shared::money::Cents;
 use shared::outbox::Item;
 use shared::repo::Voucher;
+use std::sync::Arc;
 
 pub const NAME: &str = shared::outbox::provider::COUPONTOOLS;
 
@@ -24,6 +26,7 @@ pub struct Client {
     http: reqwest::Client,
     /// Where the session pulls of this client stand (see [`Client::pull_since`]).
     pulls: std::sync::Mutex<PullMark>,
+    pacer: Arc<Pacer>,
 }
 
 /// The start (epoch seconds) of the last successful pull, and of the last full one.
@@ -113,11 +116,20 @@ pub fn failure_of(body: &Value) -> Option<Failure> {
 }
 
 impl Client {
+    /// A client with a pacer of its own (see [`Client::with_pacer`]).
     pub fn new(cfg: &CoupontoolsConfig) -> Client {
+        let pacer = Pacer::new(NAME, cfg.max_requests_per_sec, cfg.max_retry_after_secs);
+        Client::with_pacer(cfg, Arc::new(pacer))
+    }
+
+    /// A client whose calls wait for `pacer` (the daemon's one for this provider, kept
+    /// across configuration reloads).
+    pub fn with_pacer(cfg: &CoupontoolsConfig, pacer: Arc<Pacer>) -> Client {
         Client {
             pulls: std::sync::Mutex::new(PullMark::default()),
             cfg: cfg.clone(),
             http: http::client(cfg.timeout_ms),
+            pacer,
         }
     }
 
@@ -125,9 +137,14 @@ impl Client {
         &self.cfg
     }
 
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
+    }
+
     /// One call; `Ok` only when the body says `OK`.
     async fn call(&self, path: &str, params: Value) -> Result<Value, CallError> {
         let url = format!("{}/{path}", self.cfg.base_url.trim_end_matches('/'));
+        self.pacer.ready().await;
         let resp = self
             .http
             .post(url)
@@ -139,6 +156,7 @@ impl Client {
             .await
             .map_err(|e| CallError::from_reqwest(&e))?;
         let status = resp.status().as_u16();
+        self.pacer.note(status, resp.headers());
         let text = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
         if status == 429 || status >= 500 {
             return Err(CallError::Status {

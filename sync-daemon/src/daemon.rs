@@ -2,6 +2,7 @@
 //! one pull scheduler per provider on its cron schedule, the outbox worker, the config
 //! watcher, and an orderly stop.
 
+use crate::pace::Pacer;
 use crate::pull;
 use crate::worker::{self, Breakers, PROVIDERS};
 use crate::{convercus, coupontools, koupon};
@@ -26,21 +27,66 @@ impl Clients {
         let p = &config.providers;
         Clients {
             convercus: p.convercus.enabled.then(|| {
-                old.and_then(|o| o.convercus.clone())
-                    .filter(|c| *c.config() == p.convercus)
-                    .unwrap_or_else(|| Arc::new(convercus::Client::new(&p.convercus)))
+                let old = old.and_then(|o| o.convercus.clone());
+                match old {
+                    Some(c) if *c.config() == p.convercus => c,
+                    _ => Arc::new(convercus::Client::with_pacer(
+                        &p.convercus,
+                        Pacer::renewed(
+                            old.as_ref().map(|c| c.pacer()),
+                            convercus::NAME,
+                            p.convercus.max_requests_per_sec,
+                            p.convercus.max_retry_after_secs,
+                        ),
+                    )),
+                }
             }),
             coupontools: p.coupontools.enabled.then(|| {
-                old.and_then(|o| o.coupontools.clone())
-                    .filter(|c| *c.config() == p.coupontools)
-                    .unwrap_or_else(|| Arc::new(coupontools::Client::new(&p.coupontools)))
+                let old = old.and_then(|o| o.coupontools.clone());
+                match old {
+                    Some(c) if *c.config() == p.coupontools => c,
+                    _ => Arc::new(coupontools::Client::with_pacer(
+                        &p.coupontools,
+                        Pacer::renewed(
+                            old.as_ref().map(|c| c.pacer()),
+                            coupontools::NAME,
+                            p.coupontools.max_requests_per_sec,
+                            p.coupontools.max_retry_after_secs,
+                        ),
+                    )),
+                }
             }),
             koupon: p.koupon.enabled.then(|| {
-                old.and_then(|o| o.koupon.clone())
-                    .filter(|c| *c.config() == p.koupon)
-                    .unwrap_or_else(|| Arc::new(koupon::Client::new(&p.koupon)))
+                let old = old.and_then(|o| o.koupon.clone());
+                match old {
+                    Some(c) if *c.config() == p.koupon => c,
+                    _ => Arc::new(koupon::Client::with_pacer(
+                        &p.koupon,
+                        Pacer::renewed(
+                            old.as_ref().map(|c| c.pacer()),
+                            koupon::NAME,
+                            p.koupon.max_requests_per_sec,
+                            p.koupon.max_retry_after_secs,
+                        ),
+                    )),
+                }
             }),
         }
+    }
+
+    /// The pacer of `provider`'s client, when it is enabled.
+    pub fn pacer(&self, provider: &str) -> Option<&Arc<Pacer>> {
+        match provider {
+            convercus::NAME => self.convercus.as_ref().map(|c| c.pacer()),
+            coupontools::NAME => self.coupontools.as_ref().map(|c| c.pacer()),
+            koupon::NAME => self.koupon.as_ref().map(|c| c.pacer()),
+            _ => None,
+        }
+    }
+
+    /// How long `provider`'s calls are still paused by a `Retry-After`, if they are.
+    pub fn paused_for(&self, provider: &str) -> Option<std::time::Duration> {
+        self.pacer(provider).and_then(|p| p.pause_left())
     }
 
     pub fn enabled(&self, provider: &str) -> bool {

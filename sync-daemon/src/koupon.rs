@@ -9,18 +9,21 @@
 //! the code as the reason, for store IT.
 
 use crate::http::{self, CallError, Delivery};
+use crate::pace::Pacer;
 use serde_json::{json, Value};
 use shared::config::{
     Config, KouponConfig, KouponEncoding, KouponRedeemAs, KouponSignature, TimestampUnit,
 };
 use shared::domain::Offer;
 use shared::outbox::Item;
+use std::sync::Arc;
 
 pub const NAME: &str = shared::outbox::provider::KOUPON;
 
 pub struct Client {
     cfg: KouponConfig,
     http: reqwest::Client,
+    pacer: Arc<Pacer>,
 }
 
 /// How URLs are signed: the koupon.md §2 choices, from `providers.koupon`.
@@ -113,15 +116,28 @@ fn now_ms() -> i64 {
 }
 
 impl Client {
+    /// A client with a pacer of its own (see [`Client::with_pacer`]).
     pub fn new(cfg: &KouponConfig) -> Client {
+        let pacer = Pacer::new(NAME, cfg.max_requests_per_sec, cfg.max_retry_after_secs);
+        Client::with_pacer(cfg, Arc::new(pacer))
+    }
+
+    /// A client whose calls wait for `pacer` (the daemon's one for this provider, kept
+    /// across configuration reloads).
+    pub fn with_pacer(cfg: &KouponConfig, pacer: Arc<Pacer>) -> Client {
         Client {
             cfg: cfg.clone(),
             http: http::client(cfg.timeout_ms),
+            pacer,
         }
     }
 
     pub fn config(&self) -> &KouponConfig {
         &self.cfg
+    }
+
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
     }
 
     async fn call(
@@ -148,12 +164,14 @@ impl Client {
                 .body(b.to_string()),
             None => self.http.get(url),
         };
+        self.pacer.ready().await;
         let resp = req
             .header("Accept", "application/json")
             .send()
             .await
             .map_err(|e| CallError::from_reqwest(&e))?;
         let status = resp.status().as_u16();
+        self.pacer.note(status, resp.headers());
         let text = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
         if status == 401 {

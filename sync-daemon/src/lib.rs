@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod http;
 pub mod images;
 pub mod koupon;
+pub mod pace;
 pub mod package;
 pub mod pull;
 pub mod reload;

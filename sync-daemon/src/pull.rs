@@ -39,6 +39,35 @@ fn db_err(e: impl std::fmt::Display) -> PullError {
     PullError::Db(e.to_string())
 }
 
+/// Tries of one read of a pull: a transient failure (network, 429, 5xx, an unreadable
+/// answer) is retried this many times in all, after PULL_BACKOFF, then twice that, …
+/// before the pull gives up. A `Retry-After` pauses the provider's pacer on top.
+pub const PULL_TRIES: u32 = 4;
+const PULL_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `read` (a provider read, safe to repeat) until it succeeds, fails for good, or
+/// has failed transiently PULL_TRIES times.
+pub async fn retried<T, F, Fut>(provider: &str, what: &str, mut read: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let mut wait = PULL_BACKOFF;
+    let mut tries = 1;
+    loop {
+        match read().await {
+            Err(e) if e.is_transient() && tries < PULL_TRIES => {
+                log::info!(provider = provider; "{what} failed ({e}); trying again in {} ms ({tries} of {PULL_TRIES})", wait.as_millis());
+                let jitter = wait.mul_f64(rand::random::<f64>() * 0.2);
+                tokio::time::sleep(wait + jitter).await;
+                wait *= 2;
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A stable local id of at most 15 characters for a provider id (CATAPULT coupon ids are
 /// 1..15 characters in commits; provider ids are UUIDs or long base64 strings): the prefix
 /// and 12 base-32 characters of the SHA-256 of the provider id.
@@ -152,7 +181,12 @@ async fn pull_convercus(
             }
             let client: &convercus::Client = client;
             let mut results = futures_util::stream::iter(page)
-                .map(move |id: String| async move { client.pull_customer(&id, config).await })
+                .map(move |id: String| async move {
+                    retried(convercus::NAME, "a customer's read", || {
+                        client.pull_customer(&id, config)
+                    })
+                    .await
+                })
                 .buffered(concurrency);
             let mut batch = Vec::with_capacity(CUSTOMER_BATCH);
             let mut ids = 0;
@@ -351,7 +385,12 @@ async fn pull_coupontools(
 ) -> Result<Summary, PullError> {
     let started = shared::db::now_secs();
     let since = client.pull_since(started);
-    let titles: BTreeMap<String, String> = client.campaigns().await?.into_iter().collect();
+    let titles: BTreeMap<String, String> = retried(coupontools::NAME, "the campaign list", || {
+        client.campaigns()
+    })
+    .await?
+    .into_iter()
+    .collect();
     let page_size = client.config().page_size;
     let kept_from = config.vouchers_kept_from();
     let mut summary = Summary::default();
@@ -379,7 +418,8 @@ async fn pull_coupontools(
         let title = titles.get(campaign).cloned().unwrap_or_default();
         let mut page = 1;
         loop {
-            let records = match client.sessions_page(list, campaign, page, since).await {
+            let read = || client.sessions_page(list, campaign, page, since);
+            let records = match retried(coupontools::NAME, "a page of sessions", read).await {
                 Ok(r) => r,
                 // A campaign Coupontools does not know: say so, go on with the others.
                 Err(CallError::Status { code, detail, .. }) if code == "502" => {
@@ -434,7 +474,7 @@ async fn pull_koupon(
     config: &Config,
     db: &Db,
 ) -> Result<Summary, PullError> {
-    let raw = client.offers().await?;
+    let raw = retried(koupon::NAME, "the offer list", || client.offers()).await?;
     let mut offers: Vec<(Offer, bool)> = raw
         .iter()
         .filter_map(|o| koupon::offer_of(o, config))
@@ -488,6 +528,36 @@ async fn localise(images: &mut Option<Images>, offer: &mut Offer) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pull_read_is_retried_after_a_429_or_5xx_and_not_after_a_refusal() {
+        let status = |status| CallError::Status {
+            status,
+            code: String::new(),
+            detail: String::new(),
+        };
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let r = retried("test", "read", || {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => Err(status(429)),
+                    1 => Err(status(503)),
+                    _ => Ok(n),
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.ok(), Some(2));
+        calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        let r: Result<(), _> = retried("test", "read", || {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err(status(404)) }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn short_ids_are_stable_short_and_distinct() {

@@ -189,6 +189,12 @@ async fn settle(db: &Db, snap: &Snapshot, item: Item, outcome: Delivery) {
         o.jitter_percent,
         unit,
     );
+    // A provider that asked for a pause (429/503 with Retry-After) sees no retry before it ends.
+    let paused = snap
+        .clients
+        .paused_for(&item.provider)
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    let backoff = backoff.max(paused);
     let id = item.id;
     let provider = item.provider.clone();
     let op = item.operation.clone();
@@ -456,11 +462,16 @@ pub async fn run(
             }
         }
         // Claim as many due items as there are free slots, round robin over providers
-        // that are enabled and whose breaker is closed.
+        // that are enabled, whose breaker is closed and that asked for no pause (an item
+        // claimed then would hold its lease while waiting).
         let free = o.concurrency.saturating_sub(inflight.len());
         let open: Vec<&'static str> = PROVIDERS
             .into_iter()
-            .filter(|p| snap.clients.enabled(p) && !breakers.is_open(p))
+            .filter(|p| {
+                snap.clients.enabled(p)
+                    && !breakers.is_open(p)
+                    && snap.clients.paused_for(p).is_none()
+            })
             .collect();
         // Look before taking the write lock: most of the time there is nothing to do.
         let reader = db.clone();

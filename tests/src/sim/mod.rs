@@ -67,6 +67,13 @@ pub struct Faults {
     pub malformed_bodies: bool,
     /// Item keys rejected permanently with the provider's documented 4xx.
     pub reject: Vec<String>,
+    /// The next this many calls answer `throttle_status` (429 by default) without doing
+    /// anything, with a `Retry-After` of `retry_after_secs` (none when 0).
+    pub throttle_calls: u64,
+    pub throttle_status: u16,
+    pub retry_after_secs: u64,
+    /// `Retry-After` as an HTTP-date instead of seconds.
+    pub retry_after_date: bool,
 }
 
 impl Faults {
@@ -77,7 +84,19 @@ impl Faults {
             "error_5xx_rate": self.error_5xx_rate,
             "malformed_bodies": self.malformed_bodies,
             "reject": self.reject,
+            "throttle_calls": self.throttle_calls,
+            "throttle_status": self.throttle_status(),
+            "retry_after_secs": self.retry_after_secs,
+            "retry_after_date": self.retry_after_date,
         })
+    }
+
+    fn throttle_status(&self) -> u16 {
+        if self.throttle_status == 0 {
+            429
+        } else {
+            self.throttle_status
+        }
     }
 }
 
@@ -171,7 +190,12 @@ pub struct Data {
     pub koupon: koupon::Data,
     pub faults: HashMap<Provider, Faults>,
     pub ledger: ledger::Ledger,
+    /// Every provider call received, in order (for rate checks): `GET /__sim/requests`.
+    pub requests: Vec<Value>,
 }
+
+/// Calls kept in the request log (the oldest go first).
+const REQUEST_LOG: usize = 100_000;
 
 impl Data {
     pub fn faults(&self, p: Provider) -> Faults {
@@ -450,6 +474,8 @@ pub struct Reply {
     pub body: Option<Value>,
     /// A plain-text body instead of JSON.
     pub text: Option<String>,
+    /// Extra response headers.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -458,6 +484,7 @@ impl Reply {
             status,
             body: Some(body),
             text: None,
+            headers: Vec::new(),
         }
     }
     pub fn empty(status: u16) -> Reply {
@@ -465,6 +492,7 @@ impl Reply {
             status,
             body: None,
             text: None,
+            headers: Vec::new(),
         }
     }
     pub fn text(status: u16, text: &str) -> Reply {
@@ -472,14 +500,35 @@ impl Reply {
             status,
             body: None,
             text: Some(text.to_owned()),
+            headers: Vec::new(),
         }
     }
 }
 
 /// What the fault switches decide before a handler runs: `Some(reply)` = answer this
 /// (injected 5xx) without touching the state.
-pub async fn before(state: &State, p: Provider) -> Option<Reply> {
-    let faults = state.data().faults(p);
+pub async fn before(state: &State, p: Provider, req: &HttpRequest) -> Option<Reply> {
+    let faults = {
+        let mut d = state.data();
+        if d.requests.len() >= REQUEST_LOG {
+            d.requests.drain(..REQUEST_LOG / 10);
+        }
+        let at = now_utc();
+        d.requests.push(json!({
+            "provider": p.name(),
+            "atMs": at.timestamp_millis(),
+            "method": req.method().as_str(),
+            "path": req.path(),
+        }));
+        let faults = d.faults(p);
+        if faults.throttle_calls > 0 {
+            if let Some(f) = d.faults.get_mut(&p) {
+                f.throttle_calls -= 1;
+            }
+            return Some(throttled(p, &faults, at));
+        }
+        faults
+    };
     if faults.slow_ms > 0 {
         actix_web::rt::time::sleep(Duration::from_millis(faults.slow_ms)).await;
     }
@@ -499,12 +548,44 @@ pub async fn before(state: &State, p: Provider) -> Option<Reply> {
     None
 }
 
+/// The answer of a throttled call: 429 (or the configured status) in the provider's error
+/// shape, with `Retry-After` in seconds or as an HTTP-date.
+fn throttled(p: Provider, f: &Faults, at: chrono::DateTime<chrono::Utc>) -> Reply {
+    let status = f.throttle_status();
+    let mut r = match p {
+        Provider::Convercus => Reply::json(
+            status,
+            json!({"code": "TOO_MANY_REQUESTS", "detail": ["simulated throttling"]}),
+        ),
+        Provider::Coupontools => Reply::text(status, "Too Many Requests"),
+        Provider::Koupon => Reply::json(
+            status,
+            json!({"version": "1", "errorCode": status.to_string(), "errorMessage": "Too many requests, try again later"}),
+        ),
+    };
+    if f.retry_after_secs > 0 {
+        let secs = i64::try_from(f.retry_after_secs).unwrap_or(i64::MAX / 4);
+        let value = if f.retry_after_date {
+            // An HTTP-date has whole seconds: round up so the wait is never shorter.
+            let when = at + chrono::Duration::seconds(secs) + chrono::Duration::milliseconds(999);
+            when.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+        } else {
+            f.retry_after_secs.to_string()
+        };
+        r.headers.push(("Retry-After", value));
+    }
+    r
+}
+
 /// Turns a reply into the HTTP response, garbling the body if `malformed_bodies` is on.
 pub fn finish(state: &State, p: Provider, reply: Reply) -> HttpResponse {
     let malformed = state.data().faults(p).malformed_bodies;
     let status = actix_web::http::StatusCode::from_u16(reply.status)
         .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut b = HttpResponse::build(status);
+    for (k, v) in &reply.headers {
+        b.insert_header((*k, v.as_str()));
+    }
     match (reply.body, reply.text) {
         (Some(v), _) => {
             let mut text = v.to_string();
@@ -585,7 +666,7 @@ pub async fn dispatch(
     write: Option<(&str, Vec<String>)>,
     logic: impl FnOnce(&mut Data, &HttpRequest, &[u8]) -> Reply,
 ) -> HttpResponse {
-    if let Some(r) = before(st, p).await {
+    if let Some(r) = before(st, p, req).await {
         if let Some((op, keys)) = write {
             let mut d = st.data();
             for k in keys {
@@ -594,7 +675,11 @@ pub async fn dispatch(
                     op,
                     &k,
                     r.status,
-                    "injected_5xx",
+                    if r.status == 429 || r.headers.iter().any(|(k, _)| *k == "Retry-After") {
+                        "throttled"
+                    } else {
+                        "injected_5xx"
+                    },
                     false,
                     ledger_body(body),
                 );
@@ -629,6 +714,8 @@ fn admin_routes(cfg: &mut web::ServiceConfig) {
     .route("/__sim/faults", web::post().to(set_faults))
     .route("/__sim/ledger", web::get().to(get_ledger))
     .route("/__sim/ledger", web::delete().to(clear_ledger))
+    .route("/__sim/requests", web::get().to(get_requests))
+    .route("/__sim/requests", web::delete().to(clear_requests))
     .route("/__sim/state", web::get().to(get_state));
 }
 
@@ -741,6 +828,19 @@ async fn set_faults(st: web::Data<State>, body: web::Bytes) -> HttpResponse {
                 ("error_5xx_rate", v) if v.as_f64().is_some_and(|r| (0.0..=1.0).contains(&r)) => {
                     faults.error_5xx_rate = v.as_f64().unwrap_or(0.0)
                 }
+                ("throttle_calls", v) if v.as_u64().is_some() => {
+                    faults.throttle_calls = v.as_u64().unwrap_or(0)
+                }
+                ("throttle_status", v)
+                    if v.as_u64()
+                        .is_some_and(|s| s == 429 || (500..600).contains(&s)) =>
+                {
+                    faults.throttle_status = u16::try_from(v.as_u64().unwrap_or(429)).unwrap_or(429)
+                }
+                ("retry_after_secs", v) if v.as_u64().is_some() => {
+                    faults.retry_after_secs = v.as_u64().unwrap_or(0)
+                }
+                ("retry_after_date", Value::Bool(b)) => faults.retry_after_date = *b,
                 ("reject", Value::Array(a)) if a.iter().all(Value::is_string) => {
                     faults.reject = a
                         .iter()
@@ -781,6 +881,32 @@ async fn get_ledger(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
             .ledger
             .query(get("provider"), get("operation"), get("key")),
     )
+}
+
+/// Every provider call received (`?provider=` filters): `[{"provider", "atMs", "method",
+/// "path"}]`, oldest first.
+async fn get_requests(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
+    let q = query_pairs(req.query_string());
+    let provider = q
+        .iter()
+        .find(|(k, _)| k == "provider")
+        .map(|(_, v)| v.clone());
+    let d = st.data();
+    let out: Vec<&Value> = d
+        .requests
+        .iter()
+        .filter(|r| {
+            provider
+                .as_ref()
+                .is_none_or(|p| r["provider"] == p.as_str())
+        })
+        .collect();
+    HttpResponse::Ok().json(out)
+}
+
+async fn clear_requests(st: web::Data<State>) -> HttpResponse {
+    st.data().requests.clear();
+    HttpResponse::Ok().json(json!({"ok": true}))
 }
 
 async fn clear_ledger(st: web::Data<State>) -> HttpResponse {
