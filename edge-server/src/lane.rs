@@ -151,17 +151,16 @@ pub fn metadata<'a>(
         let recent = now - row.state_at <= HISTORY_SECS;
         let live = offer.start_date <= today && today <= offer.end_date;
         let ended = offer.end_date < today;
+        // Expired on the day after its end date, and listed for 30 days from then: an
+        // expired state learned later (an import, a pull) does not list it longer.
+        let ended_lately = (today - offer.end_date).num_days() <= 30;
         let list = match row.state {
             _ if pending.contains(row.offer_id.as_str()) => Some(&mut m.pending),
-            CouponState::Clipped if ended => {
-                // Expired on the day after its end date; keep it listed for 30 days.
-                let days = (today - offer.end_date).num_days();
-                (days <= 30).then_some(&mut m.expired)
-            }
+            CouponState::Clipped if ended => ended_lately.then_some(&mut m.expired),
             CouponState::Clipped if live => Some(&mut m.clipped),
             CouponState::Available if live => Some(&mut m.available),
             CouponState::Redeemed if recent => Some(&mut m.redeemed),
-            CouponState::Expired if recent => Some(&mut m.expired),
+            CouponState::Expired if recent && ended_lately => Some(&mut m.expired),
             _ => None,
         };
         if let Some(list) = list {

@@ -221,6 +221,45 @@ async fn every_advertised_image_is_served_and_absolute_with_external_images() {
     assert_eq!(r.status().as_u16(), 200);
 }
 
+/// CATAPULT §4.2/§6: `expired` lists clipped coupons that expired unused, for 30 days
+/// after their end date; `redeemed` those used in the last 30 days.
+#[tokio::test]
+async fn expired_lists_coupons_for_thirty_days_after_their_end_date() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let day = |offset: i64| (today + chrono::Duration::days(offset)).to_string();
+    let offer = |id: &str, end: String| {
+        json!({"id": id, "provider": "local", "providerRef": id, "shortDescription": id,
+               "startDate": day(-400), "endDate": end,
+               "rule": {"mechanic": {"type": "percentOff", "basisPoints": 500},
+                        "requirement": {"upcs": ["777"]}}})
+    };
+    let customer = "4000000000099";
+    let snapshot = store.dir.join("history.json");
+    std::fs::write(
+        &snapshot,
+        json!({
+            "offers": [offer("ENDED10", day(-10)), offer("ENDED45", day(-45)),
+                       offer("GONE60", day(-60)), offer("WITHDRAWN", day(30)),
+                       offer("USED", day(30))],
+            "customers": [{"id": customer, "coupons": [
+                {"offerId": "ENDED10", "state": "clipped"},
+                {"offerId": "ENDED45", "state": "clipped"},
+                {"offerId": "GONE60", "state": "expired"},
+                {"offerId": "WITHDRAWN", "state": "expired"},
+                {"offerId": "USED", "state": "redeemed"}]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    store.import(&snapshot).unwrap();
+    let m = meta(&store, customer).await;
+    // GONE60 was imported today as expired, but it ended 60 days ago: not listed.
+    assert_eq!(list(&m, "expired"), ["ENDED10", "WITHDRAWN"], "{m}");
+    assert_eq!(list(&m, "redeemed"), ["USED"], "{m}");
+    assert!(list(&m, "clipped").is_empty(), "{m}");
+}
+
 #[tokio::test]
 async fn metadata_lists_and_aliases() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
