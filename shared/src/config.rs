@@ -238,6 +238,10 @@ pub struct KouponConfig {
     pub signature: KouponSignature,
     pub signature_encoding: KouponEncoding,
     pub timestamp_unit: TimestampUnit,
+    /// An `exceptionCode` that, on a retry after an unknown outcome, is taken as our
+    /// earlier attempt having been recorded (e.g. "ALREADY_REDEEMED"). Empty (default) =
+    /// never: koupon.md §7 "treat any non-empty as not redeemed" (values are a [GAP]).
+    pub retry_redeemed_code: String,
     /// Requests a second at most, over pulls, deliveries and probes together (spaced
     /// evenly, no burst). koupon.md names no limit: 5, like Coupontools.
     pub max_requests_per_sec: f64,
@@ -597,6 +601,7 @@ impl Default for KouponConfig {
             signature: KouponSignature::HmacSha1,
             signature_encoding: KouponEncoding::Hex,
             timestamp_unit: TimestampUnit::Seconds,
+            retry_redeemed_code: String::new(),
             max_requests_per_sec: 5.0,
             max_retry_after_secs: 120,
         }

@@ -3,10 +3,12 @@
 //! lowercase hex, epoch seconds; each a `providers.koupon` switch, as §2 asks), and
 //! `Accept: application/json`.
 //!
-//! Redemptions have no idempotency key. A retry after an unknown outcome that Koupon answers
-//! with `ALREADY_REDEEMED` (nothing left to redeem) is taken as our earlier attempt having
-//! been applied: delivered, not dead. Any other exception code dead-letters the item with
-//! the code as the reason, for store IT.
+//! Redemptions have no idempotency key. Every result entry is judged as koupon.md §6/§7
+//! say: `redeemedQty < qty` or any non-empty `exceptionCode` is not redeemed, and that part
+//! is dead-lettered with the code as the reason, for store IT. Only transport failures and
+//! 5xx (and a 429, which Koupon did not process) are retried; a 2xx whose body cannot be
+//! read is dead-lettered, never resent. `providers.koupon.retry_redeemed_code` (default
+//! empty = off) names an exception code that, on a retry, is taken as our earlier attempt.
 
 use crate::http::{self, CallError, Delivery};
 use crate::pace::Pacer;
@@ -172,7 +174,18 @@ impl Client {
             .map_err(|e| CallError::from_reqwest(&e))?;
         let status = resp.status().as_u16();
         self.pacer.note(status, resp.headers());
-        let text = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
+        let text = match resp.text().await {
+            Ok(t) => t,
+            // Koupon answered 2xx (it processed the call) but the body was lost: the effect
+            // is known to have happened, not a transport failure to resend after.
+            Err(e) if (200..300).contains(&status) => {
+                return Err(CallError::Malformed(format!(
+                    "{path}: HTTP {status} but the body could not be read ({})",
+                    CallError::from_reqwest(&e)
+                )))
+            }
+            Err(e) => return Err(CallError::from_reqwest(&e)),
+        };
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
         if status == 401 {
             return Err(CallError::Auth(
@@ -234,31 +247,32 @@ impl Client {
         if asset.is_empty() {
             return Delivery::Dead("item names no discountAsset".into());
         }
-        let mut entry = json!({"discountAsset": asset, "qty": p.get("qty").and_then(Value::as_i64).unwrap_or(1)});
-        if let Some(code) = p.get("couponCode").and_then(Value::as_str) {
-            entry["couponCode"] = json!(code);
-        }
-        let body = json!({"redemptions": [entry]});
+        let entry = Entry {
+            asset: asset.to_owned(),
+            code: p
+                .get("couponCode")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            qty: p.get("qty").and_then(Value::as_i64).unwrap_or(1).max(1),
+            offers: Vec::new(),
+        };
+        let body = json!({"redemptions": [entry.wire()]});
         let base = self.cfg.storeconnect_url.clone();
         match self
             .call(&base, "/v1/transaction/redeem", "", Some(&body))
             .await
         {
-            Ok(v) => {
-                let r = v
-                    .get("results")
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.first())
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let qty = r.get("redeemedQty").and_then(Value::as_i64).unwrap_or(0);
-                let exception = r
-                    .get("exceptionCode")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                redemption_result(qty, exception, item.attempts)
-            }
+            Ok(answer) => single_result(&entry, &answer, &self.judge(item.attempts)),
+            Err(CallError::Malformed(m)) => Delivery::Dead(unreadable(&m)),
             Err(e) => Delivery::from_error(&e),
+        }
+    }
+
+    /// How result entries are judged for an attempt.
+    fn judge(&self, attempts: i64) -> Judge {
+        Judge {
+            retry_code: (attempts > 1 && !self.cfg.retry_redeemed_code.is_empty())
+                .then(|| self.cfg.retry_redeemed_code.clone()),
         }
     }
 
@@ -276,12 +290,10 @@ impl Client {
             .call(&base, "/v1/transaction/redeem", "", Some(&body))
             .await
         {
-            Ok(answer) => sale_result(&item.payload, &entries, &answer, item.attempts),
+            Ok(answer) => sale_result(&item.payload, &entries, &answer, &self.judge(item.attempts)),
             // An answer came but cannot be read: Koupon may have recorded the redemptions,
             // and a resend could count them twice (no idempotency key). Store IT checks.
-            Err(CallError::Malformed(m)) => Delivery::Dead(format!(
-                "Koupon's answer to the redeem call was unreadable ({m}); check at Koupon whether it was recorded before retrying"
-            )),
+            Err(CallError::Malformed(m)) => Delivery::Dead(unreadable(&m)),
             Err(e) => Delivery::from_error(&e),
         }
     }
@@ -393,10 +405,78 @@ fn sale_entries(payload: &Value, redeem_as: KouponRedeemAs) -> Vec<Entry> {
     out
 }
 
-/// What Koupon's answer to a sale's redeem call means, entry by entry. A 2xx without a body
-/// (204) recorded everything. An entry is matched to its result by asset and code, else by
+/// The dead letter's reason when Koupon answered a redeem call with a body we cannot read.
+fn unreadable(m: &str) -> String {
+    format!("Koupon's answer to the redeem call was unreadable ({m}); check at Koupon whether it was recorded before retrying")
+}
+
+/// How result entries are judged (koupon.md §6/§7).
+#[derive(Debug, Clone, Default)]
+struct Judge {
+    /// On a retry: the exception code (`providers.koupon.retry_redeemed_code`) taken as our
+    /// earlier attempt having been recorded. `None` on a first attempt or when unset.
+    retry_code: Option<String>,
+}
+
+impl Judge {
+    /// How many of `e.qty` Koupon recorded according to `r` (the entry's result), and the
+    /// exception code. koupon.md §6: "`redeemedQty < qty` or a non-empty `exceptionCode`"
+    /// is not redeemed; §7: "treat any non-empty as not redeemed". So with an exception
+    /// code, a `redeemedQty` short of `qty` counts as recorded (§6 "record the shortfall",
+    /// the rest is dead-lettered), but a full `redeemedQty` beside the code does not: the
+    /// whole entry goes to store IT. No result for the entry: nothing recorded.
+    fn recorded(&self, e: &Entry, r: Option<&Value>) -> (i64, String) {
+        let Some(r) = r else {
+            return (0, "no result for this entry".to_owned());
+        };
+        let done = r
+            .get("redeemedQty")
+            .and_then(|q| q.as_i64().or_else(|| q.as_str()?.trim().parse().ok()))
+            .unwrap_or(0)
+            .clamp(0, e.qty);
+        let exception = text_of(r, "exceptionCode");
+        if exception.is_empty() {
+            return (done, exception);
+        }
+        if self.retry_code.as_deref() == Some(exception.as_str()) {
+            // Configured: on a retry this code means our lost first attempt was recorded.
+            return (e.qty, String::new());
+        }
+        (if done < e.qty { done } else { 0 }, exception)
+    }
+}
+
+/// The result entry for `e` (the `i`th entry sent): matched by asset and code, else by
 /// position.
-fn sale_result(payload: &Value, entries: &[Entry], answer: &Value, attempts: i64) -> Delivery {
+fn result_for<'a>(results: &[&'a Value], e: &Entry, i: usize) -> Option<&'a Value> {
+    results
+        .iter()
+        .find(|r| {
+            text_of(r, "discountAsset") == e.asset
+                && e.code
+                    .as_ref()
+                    .is_none_or(|c| text_of(r, "couponCode") == *c)
+        })
+        .or_else(|| results.get(i))
+        .copied()
+}
+
+fn shortfall(e: &Entry, done: i64, exception: &str) -> String {
+    let what = e.code.as_deref().unwrap_or(&e.asset);
+    format!(
+        "{what}: {done} of {} redeemed{}",
+        e.qty,
+        if exception.is_empty() {
+            String::new()
+        } else {
+            format!(" ({exception})")
+        }
+    )
+}
+
+/// What Koupon's answer to a sale's redeem call means, entry by entry. A 2xx without a body
+/// (koupon.md §5: "204 … OK with no body") recorded everything.
+fn sale_result(payload: &Value, entries: &[Entry], answer: &Value, judge: &Judge) -> Delivery {
     if answer.is_null() {
         return Delivery::delivered();
     }
@@ -404,37 +484,11 @@ fn sale_result(payload: &Value, entries: &[Entry], answer: &Value, attempts: i64
     let mut refused = Vec::new();
     let mut reasons = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let r = results
-            .iter()
-            .find(|r| {
-                text_of(r, "discountAsset") == e.asset
-                    && e.code
-                        .as_ref()
-                        .is_none_or(|c| text_of(r, "couponCode") == *c)
-            })
-            .or_else(|| results.get(i));
-        let done = r
-            .and_then(|r| r.get("redeemedQty"))
-            .and_then(|q| q.as_i64().or_else(|| q.as_str()?.parse().ok()))
-            .unwrap_or(0);
-        let exception = r.map(|r| text_of(r, "exceptionCode")).unwrap_or_default();
-        if done >= e.qty {
-            // All of it recorded (an exception code beside a full quantity changes nothing).
+        let (done, exception) = judge.recorded(e, result_for(&results, e, i));
+        if done >= e.qty && exception.is_empty() {
             continue;
         }
-        if exception == "ALREADY_REDEEMED" && attempts > 1 {
-            continue; // Our earlier attempt, whose answer was lost.
-        }
-        let what = e.code.as_deref().unwrap_or(&e.asset);
-        reasons.push(format!(
-            "{what}: {done} of {} redeemed{}",
-            e.qty,
-            if exception.is_empty() {
-                String::new()
-            } else {
-                format!(" ({exception})")
-            }
-        ));
+        reasons.push(shortfall(e, done, &exception));
         // Of merged offers, the first `done` count as recorded.
         let recorded = usize::try_from(done.max(0)).unwrap_or(0);
         refused.extend(e.offers.iter().skip(recorded).cloned());
@@ -455,29 +509,22 @@ fn sale_result(payload: &Value, entries: &[Entry], answer: &Value, attempts: i64
     }
 }
 
-/// What one redemption entry's result means.
-fn redemption_result(qty: i64, exception: &str, attempts: i64) -> Delivery {
-    if qty >= 1 && exception.is_empty() {
+/// What the answer to a one-entry redeem call (a validated offer barcode) means: delivered
+/// only when Koupon recorded the whole quantity without an exception code (or answered 2xx
+/// without a body); else dead-lettered with what was recorded, for store IT (one item
+/// cannot be split).
+fn single_result(e: &Entry, answer: &Value, judge: &Judge) -> Delivery {
+    if answer.is_null() {
         return Delivery::delivered();
     }
-    if qty >= 1 {
-        return Delivery::Delivered {
-            note: Some(format!("partly redeemed: {exception}")),
-        };
+    let results: Vec<&Value> = list(answer, "results").collect();
+    match judge.recorded(e, result_for(&results, e, 0)) {
+        (done, exception) if done >= e.qty && exception.is_empty() => Delivery::delivered(),
+        (done, exception) => Delivery::Dead(format!(
+            "Koupon did not redeem it: {}",
+            shortfall(e, done, &exception)
+        )),
     }
-    if exception == "ALREADY_REDEEMED" && attempts > 1 {
-        return Delivery::Delivered {
-            note: Some("verified: Koupon reports it redeemed, by our earlier attempt".into()),
-        };
-    }
-    Delivery::Dead(format!(
-        "Koupon did not redeem it: {}",
-        if exception.is_empty() {
-            "no quantity redeemed"
-        } else {
-            exception
-        }
-    ))
 }
 
 /// The analytics report of a committed sale (koupon.md §3.3) from the outbox payload: the
@@ -694,20 +741,75 @@ mod tests {
             .starts_with("https://x/p?storeId=7&identifier=k&timestamp=1700000000&authSignature="));
     }
 
+    fn one(qty: i64) -> Entry {
+        Entry {
+            asset: "bar-1".into(),
+            code: None,
+            qty,
+            offers: Vec::new(),
+        }
+    }
+
+    fn answer(result: Value) -> Value {
+        json!({"results": [result]})
+    }
+
     #[test]
-    fn redemption_results() {
-        assert_eq!(redemption_result(1, "", 1), Delivery::delivered());
-        assert!(matches!(
-            redemption_result(0, "ALREADY_REDEEMED", 1),
-            Delivery::Dead(_)
+    fn a_single_redemption_is_delivered_only_when_all_of_it_was_recorded() {
+        let first = Judge::default();
+        let ok = |d: Delivery| d == Delivery::delivered();
+        let dead = |d: Delivery, text: &str| matches!(&d, Delivery::Dead(r) if r.contains(text));
+        assert!(ok(single_result(
+            &one(1),
+            &answer(json!({"discountAsset": "bar-1", "redeemedQty": 1})),
+            &first
+        )));
+        // koupon.md §5: 204, OK with no body.
+        assert!(ok(single_result(&one(2), &Value::Null, &first)));
+        // The requested quantity, not just one (koupon.md §6 `redeemedQty < qty`).
+        assert!(dead(
+            single_result(
+                &one(2),
+                &answer(
+                    json!({"discountAsset": "bar-1", "redeemedQty": 1, "exceptionCode": "LIMIT_REACHED"})
+                ),
+                &first
+            ),
+            "1 of 2 redeemed (LIMIT_REACHED)"
         ));
-        assert!(matches!(
-            redemption_result(0, "ALREADY_REDEEMED", 2),
-            Delivery::Delivered { .. }
+        assert!(dead(
+            single_result(
+                &one(2),
+                &answer(json!({"discountAsset": "bar-1", "redeemedQty": 1})),
+                &first
+            ),
+            "1 of 2"
         ));
-        assert!(
-            matches!(redemption_result(0, "ASSET_NOT_FOUND", 3), Delivery::Dead(r) if r.contains("ASSET_NOT_FOUND"))
+        // An exception code beside a full quantity is not redeemed (§7).
+        assert!(dead(
+            single_result(
+                &one(1),
+                &answer(json!({"discountAsset": "bar-1", "redeemedQty": 1, "exceptionCode": "X"})),
+                &first
+            ),
+            "(X)"
+        ));
+        assert!(dead(
+            single_result(&one(1), &json!({"results": []}), &first),
+            "no result"
+        ));
+        // ALREADY_REDEEMED on a retry: not redeemed unless configured.
+        let already = answer(
+            json!({"discountAsset": "bar-1", "redeemedQty": 0, "exceptionCode": "ALREADY_REDEEMED"}),
         );
+        assert!(dead(
+            single_result(&one(1), &already, &first),
+            "ALREADY_REDEEMED"
+        ));
+        let configured = Judge {
+            retry_code: Some("ALREADY_REDEEMED".into()),
+        };
+        assert!(ok(single_result(&one(1), &already, &configured)));
     }
 
     #[test]
@@ -788,9 +890,12 @@ mod tests {
         let full = json!({"results": [
             {"discountAsset": "LOY-1", "couponCode": "K1", "redeemedQty": 2},
             {"discountAsset": "LOY-1", "couponCode": "K2", "redeemedQty": 1}]});
-        assert_eq!(sale_result(&p, &e, &full, 1), Delivery::delivered());
         assert_eq!(
-            sale_result(&p, &e, &Value::Null, 1),
+            sale_result(&p, &e, &full, &Judge::default()),
+            Delivery::delivered()
+        );
+        assert_eq!(
+            sale_result(&p, &e, &Value::Null, &Judge::default()),
             Delivery::delivered(),
             "204"
         );
@@ -798,7 +903,7 @@ mod tests {
         let short = json!({"results": [
             {"discountAsset": "LOY-1", "couponCode": "K2", "redeemedQty": 0, "exceptionCode": "OFFER_EXPIRED"},
             {"discountAsset": "LOY-1", "couponCode": "K1", "redeemedQty": 1}]});
-        match sale_result(&p, &e, &short, 1) {
+        match sale_result(&p, &e, &short, &Judge::default()) {
             Delivery::Partly { refused, reason } => {
                 let offers: Vec<&str> = refused["redemptions"]
                     .as_array()
@@ -815,6 +920,43 @@ mod tests {
         let none = json!({"results": [
             {"discountAsset": "LOY-1", "couponCode": "K1", "redeemedQty": 0, "exceptionCode": "X"},
             {"discountAsset": "LOY-1", "couponCode": "K2", "redeemedQty": 0, "exceptionCode": "X"}]});
-        assert!(matches!(sale_result(&p, &e, &none, 1), Delivery::Dead(_)));
+        assert!(matches!(
+            sale_result(&p, &e, &none, &Judge::default()),
+            Delivery::Dead(_)
+        ));
+    }
+
+    #[test]
+    fn an_exception_code_beside_a_full_quantity_is_not_redeemed() {
+        let p = sale();
+        let e = sale_entries(&p, KouponRedeemAs::LoyaltyId);
+        // K2 recorded "in full" but with an exception code: koupon.md §7 "treat any
+        // non-empty as not redeemed", so its offer is split off for store IT.
+        let odd = json!({"results": [
+            {"discountAsset": "LOY-1", "couponCode": "K1", "redeemedQty": 2},
+            {"discountAsset": "LOY-1", "couponCode": "K2", "redeemedQty": 1, "exceptionCode": "ODD"}]});
+        match sale_result(&p, &e, &odd, &Judge::default()) {
+            Delivery::Partly { refused, reason } => {
+                assert_eq!(refused["redemptions"][0]["offerId"], "KPN2");
+                assert_eq!(refused["redemptions"].as_array().unwrap().len(), 1);
+                assert!(reason.contains("K2: 0 of 1 redeemed (ODD)"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // ALREADY_REDEEMED on a retry is ours only when configured.
+        let again = json!({"results": [
+            {"discountAsset": "LOY-1", "couponCode": "K1", "redeemedQty": 0, "exceptionCode": "ALREADY_REDEEMED"},
+            {"discountAsset": "LOY-1", "couponCode": "K2", "redeemedQty": 0, "exceptionCode": "ALREADY_REDEEMED"}]});
+        assert!(matches!(
+            sale_result(&p, &e, &again, &Judge::default()),
+            Delivery::Dead(_)
+        ));
+        let configured = Judge {
+            retry_code: Some("ALREADY_REDEEMED".into()),
+        };
+        assert_eq!(
+            sale_result(&p, &e, &again, &configured),
+            Delivery::delivered()
+        );
     }
 }

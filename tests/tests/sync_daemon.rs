@@ -1372,3 +1372,63 @@ async fn list_contains(store: &Store, list: &str, id: &str) -> bool {
         .unwrap();
     m[list].as_array().unwrap().iter().any(|v| v == id)
 }
+
+/// koupon.md §6: no idempotency key, so retries only after transport failures or 5xx. A
+/// single-use barcode's redeem call that Koupon answers 2xx with an unreadable body was
+/// processed: it is dead-lettered for store IT, never sent again (before, it was retried
+/// and the retry's ALREADY_REDEEMED taken as delivered).
+#[tokio::test]
+async fn an_unreadable_answer_to_a_barcode_redeem_is_dead_lettered_not_resent() {
+    let providers = Providers::start().unwrap();
+    let store = store_pulling_by_hand(&providers).await;
+    providers
+        .faults("koupon", json!({"malformed_bodies": true}))
+        .await
+        .unwrap();
+    let q = format!("?site={SITE}&customer=4000000000001&transaction=KB1");
+    let items = json!([{"id": 1, "quantity": 1, "upc": 12000001000u64, "price": 10.00, "discountPrice": 10.00, "dept": 1}]);
+    let (s, r) = store
+        .post(
+            &format!("/transaction{q}"),
+            &json!({"transientRequest": false, "items": items, "subTotal": 10.0, "grossTotal": 10.0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+    let vbody = json!({"site": SITE, "transaction": "KB1", "moneySpent": 10.0});
+    let (s, r) = store
+        .post("/vouchers/KP-BARCODE-0003/validate", &vbody)
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (state, error) = loop {
+        let row: Option<(String, Option<String>)> = conn
+            .query_row(
+                "SELECT state, last_error FROM outbox WHERE provider = 'koupon' AND operation = 'validate'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        if let Some((s, e)) = row.filter(|(s, _)| s == "dead" || s == "delivered") {
+            break (s, e.unwrap_or_default());
+        }
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Time for a retry, had there been one (backoff 1-2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(state, "dead", "{error}");
+    assert!(error.contains("unreadable"), "{error}");
+    let redeems = providers
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["provider"] == "koupon" && e["operation"] == "redeem")
+        .count();
+    assert_eq!(redeems, 1, "sent once, never again");
+    daemon.kill9();
+}
