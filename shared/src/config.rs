@@ -201,6 +201,9 @@ pub struct CoupontoolsConfig {
     pub lock_action: String,
     pub unlock_action: String,
     pub validate_action: String,
+    /// Keys under which a `campaign/*` answer's session list is looked for, in order (its
+    /// shape is a coupontools.md §3.3 [GAP]); a bare JSON array is read as the list too.
+    pub session_list_keys: Vec<String>,
     /// Allowed clock difference when deciding whether a validation found upstream is ours.
     pub clock_skew_secs: i64,
     pub timeout_ms: u64,
@@ -576,6 +579,9 @@ impl Default for CoupontoolsConfig {
             lock_action: "lock".to_owned(),
             unlock_action: "unlock".to_owned(),
             validate_action: "validate".to_owned(),
+            session_list_keys: ["sessions", "data", "items", "results", "couponsessions"]
+                .map(str::to_owned)
+                .to_vec(),
             clock_skew_secs: 300,
             timeout_ms: 10_000,
             read_through_ms: 300,
@@ -910,6 +916,12 @@ impl Config {
             return Err(invalid(
                 "providers.coupontools.page_size",
                 "must be at least 1",
+            ));
+        }
+        if t.session_list_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(invalid(
+                "providers.coupontools.session_list_keys",
+                "must not hold an empty key",
             ));
         }
         for (key, value) in [

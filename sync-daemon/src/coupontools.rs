@@ -169,6 +169,8 @@ impl Client {
             .map_err(|e| CallError::Malformed(format!("{path}: {e}")))?;
         match failure_of(&body) {
             None if body.pointer("/status/status").is_some() => Ok(body),
+            // A bare list (a session list's shape is a [GAP]) carries no failure envelope.
+            None if body.is_array() => Ok(body),
             None => Err(CallError::Malformed(format!(
                 "{path}: no status in the answer"
             ))),
@@ -413,10 +415,31 @@ impl Client {
         since: Option<i64>,
     ) -> Result<Vec<Value>, CallError> {
         let v = self.call(path, page_params(campaign, page, since)).await?;
-        Ok(v.get("sessions")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default())
+        match sessions_of(v, &self.cfg.session_list_keys) {
+            Ok(records) => Ok(records),
+            Err(found) => {
+                log::warn!(provider = NAME, campaign = campaign; "{path} page {page} holds no session list under any of providers.coupontools.session_list_keys {:?}; keys found: {found:?}; read as no sessions", self.cfg.session_list_keys);
+                Ok(Vec::new())
+            }
+        }
+    }
+}
+
+/// The session records of a `campaign/*` answer, whose shape coupontools.md §3.3 leaves a
+/// [GAP]: a bare JSON array, or the first array under one of `keys`, in order. `Err` with
+/// the keys the answer has when neither is there.
+pub fn sessions_of(answer: Value, keys: &[String]) -> Result<Vec<Value>, Vec<String>> {
+    match answer {
+        Value::Array(a) => Ok(a),
+        Value::Object(mut map) => {
+            for k in keys {
+                if let Some(Value::Array(a)) = map.remove(k) {
+                    return Ok(a);
+                }
+            }
+            Err(map.keys().cloned().collect())
+        }
+        _ => Err(Vec::new()),
     }
 }
 
@@ -507,6 +530,36 @@ pub fn voucher_of(record: &Value, title: &str, config: &Config) -> Option<Vouche
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    #[test]
+    fn session_lists_are_read_in_every_shape() {
+        let keys: Vec<String> = shared::config::CoupontoolsConfig::default().session_list_keys;
+        let rec = json!({"session": "s-1"});
+        let want = vec![rec.clone()];
+        let ok = |v: Value| sessions_of(v, &keys).unwrap();
+        assert_eq!(ok(json!([rec.clone()])), want, "a bare array");
+        for k in ["sessions", "data", "items", "results", "couponsessions"] {
+            let mut v = json!({"status": {"status": "OK"}, "page": "1"});
+            v[k] = json!([rec.clone()]);
+            assert_eq!(ok(v), want, "{k}");
+        }
+        // `data` as an object (not a list) is passed over for a later key.
+        let v = json!({"status": {"status": "OK"}, "data": {"campaign": "x"}, "results": [rec.clone()]});
+        assert_eq!(ok(v), want);
+        assert!(ok(json!({"status": {"status": "OK"}, "sessions": []})).is_empty());
+        // None of them: the keys found are named.
+        let found = sessions_of(
+            json!({"status": {"status": "OK"}, "records": [rec.clone()]}),
+            &keys,
+        )
+        .unwrap_err();
+        assert_eq!(found, ["records", "status"]);
+        // A configured key list.
+        let mine = vec!["records".to_owned()];
+        assert_eq!(
+            sessions_of(json!({"records": [rec.clone()]}), &mine).unwrap(),
+            want
+        );
+    }
 
     #[test]
     fn both_failure_envelopes_are_read() {
