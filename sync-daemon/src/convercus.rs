@@ -514,24 +514,72 @@ const DOCUMENTED_REFUSALS: &[&str] = &[
     "COUPON_NOT_ACTIVATED",
 ];
 
-/// Reads a Convercus error answer (`{"code", "detail"}`, parsed defensively).
+/// Every code convercus.md §4.9 lists.
+fn known_code(token: &str) -> bool {
+    DOCUMENTED_REFUSALS.contains(&token)
+        || ["INTERNAL_SERVER_ERROR", "COUPON_REDEMPTION_IN_PROGRESS"].contains(&token)
+}
+
+/// Reads a Convercus error answer. Its layout is a [GAP] (convercus.md §4.9: "[ASSUME] 4xx
+/// JSON whose error code is in a `code`-like field and the list in `detail`; parse
+/// defensively"): the code is the first string of `code`, `errorCode`, `error` (a string,
+/// as Keycloak sends), `error.code`, `errors[0].code`/`errorCode`, else a documented code
+/// named in `message`/`detail` text; the detail is `detail` (a list or a string), else
+/// `message`, `error.message`, `errors[0].detail`/`message`, `error_description`, else
+/// the raw body (first 200 characters).
 fn error_of(status: u16, body: &str) -> CallError {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let code = v
-        .get("code")
-        .or_else(|| v.get("error"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let detail = match v.get("detail") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_owned))
-            .collect::<Vec<_>>()
-            .join(","),
-        Some(Value::String(s)) => s.clone(),
-        _ => body.chars().take(200).collect(),
+    let first = v.pointer("/errors/0").cloned().unwrap_or(Value::Null);
+    let nested = v
+        .get("error")
+        .filter(|e| e.is_object())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let string = |x: Option<&Value>| {
+        x.and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
     };
+    let list = |x: Option<&Value>| match x {
+        Some(Value::Array(a)) if !a.is_empty() => Some(
+            a.iter()
+                .map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        other => string(other),
+    };
+    let texts = [
+        v.get("message"),
+        v.get("detail"),
+        nested.get("message"),
+        first.get("message"),
+        first.get("detail"),
+    ];
+    let named = || {
+        texts.iter().find_map(|t| {
+            let t = list(*t)?;
+            t.split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .find(|w| known_code(w))
+                .map(str::to_owned)
+        })
+    };
+    let code = string(v.get("code"))
+        .or_else(|| string(v.get("errorCode")))
+        .or_else(|| string(v.get("error")))
+        .or_else(|| string(nested.get("code")))
+        .or_else(|| string(first.get("code")))
+        .or_else(|| string(first.get("errorCode")))
+        .or_else(named)
+        .unwrap_or_default();
+    let detail = list(v.get("detail"))
+        .or_else(|| list(v.get("message")))
+        .or_else(|| list(nested.get("message")))
+        .or_else(|| list(first.get("detail")))
+        .or_else(|| list(first.get("message")))
+        .or_else(|| string(v.get("error_description")))
+        .unwrap_or_else(|| body.chars().take(200).collect());
     CallError::Status {
         status,
         code,
@@ -854,6 +902,65 @@ mod tests {
             json!({"pointsOfRedemption": [{"unitType": "INTERACTIONPOINT", "value": "edge"}]})
         ))
         .is_some());
+    }
+
+    #[test]
+    fn error_bodies_are_read_in_every_plausible_layout() {
+        let read = |body: &str| match error_of(400, body) {
+            CallError::Status { code, detail, .. } => (code, detail),
+            other => panic!("{other:?}"),
+        };
+        let code = |body: &str| read(body).0;
+        assert_eq!(
+            read(
+                r#"{"code":"CONDITION_NOT_FULFILLED","detail":["NO_LONGER_REDEEMABLE","WRONG_INTERACTION_POINT"]}"#
+            ),
+            (
+                "CONDITION_NOT_FULFILLED".to_owned(),
+                "NO_LONGER_REDEEMABLE,WRONG_INTERACTION_POINT".to_owned()
+            )
+        );
+        assert_eq!(
+            code(r#"{"errorCode":"COUPON_NOT_FOUND"}"#),
+            "COUPON_NOT_FOUND"
+        );
+        assert_eq!(
+            read(r#"{"errors":[{"code":"ACCOUNT_LOCKED","message":"account is locked"}]}"#),
+            ("ACCOUNT_LOCKED".to_owned(), "account is locked".to_owned())
+        );
+        assert_eq!(
+            read(r#"{"error":{"code":"COUPON_NOT_ACTIVATED","message":"not active"}}"#),
+            ("COUPON_NOT_ACTIVATED".to_owned(), "not active".to_owned())
+        );
+        // Keycloak: `error` is the code, `error_description` the detail.
+        assert_eq!(
+            read(r#"{"error":"invalid_grant","error_description":"Invalid user credentials"}"#),
+            (
+                "invalid_grant".to_owned(),
+                "Invalid user credentials".to_owned()
+            )
+        );
+        // A documented code named only in the text.
+        assert_eq!(
+            read(r#"{"status":409,"message":"COUPON_REDEMPTION_IN_PROGRESS: try later"}"#),
+            (
+                "COUPON_REDEMPTION_IN_PROGRESS".to_owned(),
+                "COUPON_REDEMPTION_IN_PROGRESS: try later".to_owned()
+            )
+        );
+        assert_eq!(
+            code(
+                r#"{"title":"Bad Request","detail":"Coupon COUPON_NOT_ASSIGNED_ACCOUNT for this account"}"#
+            ),
+            "COUPON_NOT_ASSIGNED_ACCOUNT"
+        );
+        // Upper-case words that are not documented codes are not taken for one.
+        assert_eq!(code(r#"{"message":"BAD_THING happened"}"#), "");
+        // Not JSON: no code, the raw body as detail.
+        assert_eq!(
+            read("<html>Bad Gateway</html>"),
+            (String::new(), "<html>Bad Gateway</html>".to_owned())
+        );
     }
 
     #[test]
