@@ -558,7 +558,9 @@ pub fn report_body(payload: &Value, redeem_as: KouponRedeemAs) -> Value {
                 "index": position + 1,
                 "description": it.get("description").and_then(Value::as_str).unwrap_or(&upc),
                 "scanCode": upc,
-                "price": money(it.get("price")),
+                // "Selling price" (koupon.md §3.3): CATAPULT's `discountPrice`, the price
+                // after POS-side discounts; the regular `price` when none was sent.
+                "price": money(it.get("discountPrice").or_else(|| it.get("price"))),
                 "quantity": it.get("quantity").cloned().unwrap_or(json!(1)),
                 "discounts": [],
             })
@@ -841,6 +843,11 @@ mod tests {
         assert_eq!(r["discountAssets"], json!(["LOY-1"]));
         let r = report_body(&payload, KouponRedeemAs::OfferBarcode);
         assert_eq!(r["discountAssets"], json!(["asset-1234", "asset-5678"]));
+        // The selling price is CATAPULT's discountPrice (the sale price), not the regular one.
+        let mut on_sale = payload.clone();
+        on_sale["basket"]["items"][0]["discountPrice"] = json!(1.49);
+        let r = report_body(&on_sale, KouponRedeemAs::LoyaltyId);
+        assert_eq!(r["products"][0]["price"].to_string(), "1.49");
     }
 
     fn sale() -> Value {
