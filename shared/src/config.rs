@@ -964,8 +964,8 @@ impl Config {
                 k.max_requests_per_sec,
             ),
         ] {
-            if !(rate.is_finite() && (0.01..=1000.0).contains(&rate)) {
-                return Err(invalid(key, "must be between 0.01 and 1000"));
+            if !(rate.is_finite() && (0.01..=100_000.0).contains(&rate)) {
+                return Err(invalid(key, "must be between 0.01 and 100000"));
             }
         }
         for (key, secs) in [

@@ -257,6 +257,8 @@ interaction_id = "edge"
 schedule = "0 0 0 1 1 *"
 pull_concurrency = {conc}
 timeout_ms = 10000
+# The simulator is not rate-limited: measure the pull, not the 10 req/s a real store keeps.
+max_requests_per_sec = 100000
 "#,
         cv = providers.convercus_url,
         conc = p.concurrency,
