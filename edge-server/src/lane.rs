@@ -931,6 +931,14 @@ pub fn voucher_lock(
     if let Some(why) = voucher_blocked(&v, site, txn, today, now) {
         return Err(LaneError::VoucherConflict(why));
     }
+    // Another sale's lock lapsed (that sale was abandoned): its unlock goes upstream first,
+    // so the provider sees lock, unlock, lock.
+    if v.state == "locked"
+        && v.lock_site.is_some()
+        && !(v.lock_site.as_deref() == Some(site) && v.lock_txn.as_deref() == Some(txn))
+    {
+        release_voucher_lock(conn, &v, now)?;
+    }
     repo::lock_voucher(conn, code, site, txn, now + ttl, now)?;
     enqueue_all(
         conn,
@@ -963,23 +971,49 @@ pub fn voucher_unlock(
         && v.lock_site.as_deref() == Some(site)
         && v.lock_txn.as_deref() == Some(txn)
     {
-        repo::unlock_voucher(conn, code, now)?;
-        enqueue_all(
-            conn,
-            outbox::for_voucher(
-                &v.provider,
-                &v.provider_ref,
-                code,
-                "unlock",
-                site,
-                txn,
-                None,
-                now,
-            ),
-            now,
-        )?;
+        release_voucher_lock(conn, &v, now)?;
     }
     voucher_lookup(conn, code, today, now)
+}
+
+/// Unlocks a voucher a lane of this store locked, and queues the unlock for the provider
+/// under the sale that held the lock (Coupontools: lock, then unlock or validate).
+fn release_voucher_lock(conn: &Connection, v: &repo::Voucher, now: i64) -> Result<(), LaneError> {
+    let (Some(site), Some(txn)) = (v.lock_site.as_deref(), v.lock_txn.as_deref()) else {
+        return Ok(());
+    };
+    repo::unlock_voucher(conn, &v.code, now)?;
+    enqueue_all(
+        conn,
+        outbox::for_voucher(
+            &v.provider,
+            &v.provider_ref,
+            &v.code,
+            "unlock",
+            site,
+            txn,
+            None,
+            now,
+        ),
+        now,
+    )?;
+    Ok(())
+}
+
+/// Releases the voucher locks of abandoned sales (lapsed without unlock or validation) and
+/// queues their unlock upstream, so such a voucher is not left locked at the provider for
+/// good (a lapsed lock already reads as free here). At most `limit` per call; returns how
+/// many.
+pub fn release_lapsed_voucher_locks(
+    conn: &Connection,
+    now: i64,
+    limit: i64,
+) -> Result<usize, LaneError> {
+    let lapsed = repo::lapsed_voucher_locks(conn, now, limit)?;
+    for v in &lapsed {
+        release_voucher_lock(conn, v, now)?;
+    }
+    Ok(lapsed.len())
 }
 
 #[allow(clippy::too_many_arguments)]

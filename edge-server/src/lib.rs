@@ -170,7 +170,7 @@ pub fn run_with_admin(
         0 => std::thread::available_parallelism().map_or(2, usize::from),
         n => n,
     };
-    start_hold_sweeper(&db);
+    start_hold_sweeper(&db, config.lanes.hold_ttl_secs);
     let catalog = db
         .read()
         .map_err(std::io::Error::other)
@@ -219,20 +219,34 @@ pub fn run_with_admin(
     Ok((server.run(), admin))
 }
 
-/// Releases lapsed holds every 30 s so the metadata lists and global limits stay exact
-/// even when nobody touches the coupon again. (Reads already treat a lapsed hold as free.)
-fn start_hold_sweeper(db: &Db) {
+/// Releases lapsed holds and voucher locks every 30 s (or every half hold TTL when that is
+/// shorter), so the metadata lists and global limits stay exact even when nobody touches
+/// the coupon again (reads already treat a lapsed hold as free), and an abandoned sale's
+/// voucher lock is undone at the provider too.
+fn start_hold_sweeper(db: &Db, hold_ttl_secs: u64) {
     let writer = db.writer.clone();
+    let every = std::time::Duration::from_secs((hold_ttl_secs / 2).clamp(1, 30));
     let _ = std::thread::Builder::new()
         .name("hold-sweeper".into())
         .spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(30));
+            std::thread::sleep(every);
             let now = shared::db::now_secs();
             match writer.write_blocking(move |c| shared::repo::release_expired_holds(c, now)) {
                 Ok(0) => {}
                 Ok(n) => log::info!(released = n; "released holds of abandoned transactions"),
                 Err(shared::db::WriteError::Db(shared::db::DbError::WriterGone)) => break,
                 Err(e) => log::warn!("hold sweeper failed: {e}"),
+            }
+            // A bounded batch per write: the next round takes the rest.
+            match writer
+                .write_blocking(move |c| lane::release_lapsed_voucher_locks(c, now, 200))
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    log::info!(released = n; "released voucher locks of abandoned transactions; unlocks queued upstream")
+                }
+                Err(shared::db::WriteError::Db(shared::db::DbError::WriterGone)) => break,
+                Err(e) => log::warn!("voucher lock sweeper failed: {e}"),
             }
         });
 }

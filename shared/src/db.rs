@@ -36,12 +36,13 @@ pub fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../migrations/0006_redemption_conflicts_index.sql"
         )),
+        M::up(include_str!("../migrations/0007_lapsing_voucher_locks.sql")),
     ])
 }
 
 /// Number of the newest migration this build knows.
 pub fn schema_version() -> i64 {
-    6
+    7
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -725,7 +726,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version(), 6);
+        assert_eq!(schema_version(), 7);
     }
 
     /// Every table with a `state` check, and a row of it with `?1` as its state.
@@ -814,7 +815,7 @@ mod tests {
             .unwrap();
         }
         let conn = open_and_migrate(&c).unwrap();
-        assert_eq!(current_version(&conn).unwrap(), 6);
+        assert_eq!(current_version(&conn).unwrap(), schema_version());
         let digits: Vec<(String, Option<String>)> = conn
             .prepare("SELECT id, phone_digits FROM customers ORDER BY id")
             .unwrap()

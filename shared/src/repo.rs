@@ -717,33 +717,60 @@ impl Voucher {
     }
 }
 
-pub fn voucher(conn: &Connection, code: &str) -> Result<Option<Voucher>> {
-    let mut st = conn.prepare_cached(
-        "SELECT code, provider, provider_ref, description, value, min_spend, valid_from, valid_until, state, \
-                lock_site, lock_txn, lock_expires_at, validated_at, validated_site, validated_txn, money_spent \
-         FROM vouchers WHERE code = ?1",
-    )?;
-    st.query_row([code], |r| {
-        Ok(Voucher {
-            code: r.get(0)?,
-            provider: r.get(1)?,
-            provider_ref: r.get(2)?,
-            description: r.get(3)?,
-            value: Cents(r.get(4)?),
-            min_spend: Cents(r.get(5)?),
-            valid_from: r.get(6)?,
-            valid_until: r.get(7)?,
-            state: r.get(8)?,
-            lock_site: r.get(9)?,
-            lock_txn: r.get(10)?,
-            lock_expires_at: r.get(11)?,
-            validated_at: r.get(12)?,
-            validated_site: r.get(13)?,
-            validated_txn: r.get(14)?,
-            money_spent: r.get::<_, Option<i64>>(15)?.map(Cents),
-        })
+/// The columns [`voucher_from_row`] reads, in its order (a macro, so queries stay
+/// `&'static str` for the statement cache).
+macro_rules! voucher_columns {
+    () => {
+        "code, provider, provider_ref, description, value, min_spend, valid_from, valid_until, \
+         state, lock_site, lock_txn, lock_expires_at, validated_at, validated_site, \
+         validated_txn, money_spent"
+    };
+}
+
+fn voucher_from_row(r: &Row<'_>) -> Result<Voucher> {
+    Ok(Voucher {
+        code: r.get(0)?,
+        provider: r.get(1)?,
+        provider_ref: r.get(2)?,
+        description: r.get(3)?,
+        value: Cents(r.get(4)?),
+        min_spend: Cents(r.get(5)?),
+        valid_from: r.get(6)?,
+        valid_until: r.get(7)?,
+        state: r.get(8)?,
+        lock_site: r.get(9)?,
+        lock_txn: r.get(10)?,
+        lock_expires_at: r.get(11)?,
+        validated_at: r.get(12)?,
+        validated_site: r.get(13)?,
+        validated_txn: r.get(14)?,
+        money_spent: r.get::<_, Option<i64>>(15)?.map(Cents),
     })
-    .optional()
+}
+
+const LAPSED_VOUCHER_LOCKS: &str = concat!(
+    "SELECT ",
+    voucher_columns!(),
+    " FROM vouchers WHERE lock_site IS NOT NULL AND lock_expires_at <= ?1 AND state = 'locked' \
+     ORDER BY lock_expires_at LIMIT ?2"
+);
+
+pub fn voucher(conn: &Connection, code: &str) -> Result<Option<Voucher>> {
+    let mut st = conn.prepare_cached(concat!(
+        "SELECT ",
+        voucher_columns!(),
+        " FROM vouchers WHERE code = ?1"
+    ))?;
+    st.query_row([code], voucher_from_row).optional()
+}
+
+/// Vouchers a lane of this store locked whose lock lapsed at or before `now` (the sale was
+/// abandoned without unlock or validation), at most `limit`, by the partial index
+/// `vouchers_lapsing` (migration 0007).
+pub fn lapsed_voucher_locks(conn: &Connection, now: i64, limit: i64) -> Result<Vec<Voucher>> {
+    let mut st = conn.prepare_cached(LAPSED_VOUCHER_LOCKS)?;
+    let rows = st.query_map(params![now, limit], voucher_from_row)?;
+    rows.collect()
 }
 
 /// Inserts or refreshes a voucher from a provider or an import. A voucher with local changes
@@ -977,6 +1004,48 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("redemptions_conflicts"), "{plan}");
+    }
+
+    #[test]
+    fn lapsed_voucher_locks_are_found_by_their_index() {
+        let (_dir, conn) = scratch_db();
+        let v = |code: &str| Voucher {
+            code: code.into(),
+            provider: "coupontools".into(),
+            provider_ref: code.into(),
+            description: String::new(),
+            value: Cents(100),
+            min_spend: Cents(0),
+            valid_from: None,
+            valid_until: None,
+            state: "active".into(),
+            lock_site: None,
+            lock_txn: None,
+            lock_expires_at: None,
+            validated_at: None,
+            validated_site: None,
+            validated_txn: None,
+            money_spent: None,
+        };
+        for code in ["LAPSED", "LIVE", "FREE"] {
+            upsert_voucher(&conn, &v(code), 1).unwrap();
+        }
+        lock_voucher(&conn, "LAPSED", "S", "T1", 100, 1).unwrap();
+        lock_voucher(&conn, "LIVE", "S", "T2", 500, 1).unwrap();
+        let found: Vec<String> = lapsed_voucher_locks(&conn, 200, 10)
+            .unwrap()
+            .into_iter()
+            .map(|v| v.code)
+            .collect();
+        assert_eq!(found, ["LAPSED"]);
+        let plan: String = conn
+            .query_row(
+                &format!("EXPLAIN QUERY PLAN {LAPSED_VOUCHER_LOCKS}"),
+                params![1, 1],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("vouchers_lapsing"), "{plan}");
     }
 
     #[test]

@@ -1171,6 +1171,98 @@ async fn unclip_basket_coupon(store: &Store) {
     assert_eq!(r["removed"], json!(["AMT2"]));
 }
 
+/// The voucher operations queued for `code`, in queue order, as (operation, transaction).
+fn voucher_ops(store: &Store, code: &str) -> Vec<(String, String)> {
+    outbox_rows(store)
+        .into_iter()
+        .filter(|i| i.payload["code"] == code)
+        .map(|i| {
+            let txn = i.payload["transaction"].as_str().unwrap_or_default();
+            (i.operation.clone(), txn.to_owned())
+        })
+        .collect()
+}
+
+/// Coupontools: lock, then unlock or validate. A sale abandoned with a voucher locked (no
+/// unlock, no validation) must not leave the session locked at the provider for good.
+#[tokio::test]
+async fn an_abandoned_sale_s_voucher_lock_is_undone_upstream() {
+    let code = "CT-SESSION-0001";
+    let body = |txn: &str| json!({"site": SITE, "transaction": txn});
+    let ops = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    };
+    // Another sale locks it after the first sale's lock lapsed: the first lock is undone
+    // upstream before the new one is sent.
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let (status, _) = store
+        .post(&format!("/vouchers/{code}/lock"), &body("AB1"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    conn.execute(
+        "UPDATE vouchers SET lock_expires_at = lock_expires_at - 7200 WHERE code = ?1",
+        [code],
+    )
+    .unwrap();
+    let (status, v) = store
+        .post(&format!("/vouchers/{code}/lock"), &body("AB2"))
+        .await
+        .unwrap();
+    assert_eq!((status, v["state"].as_str()), (200, Some("locked")), "{v}");
+    assert_eq!(
+        voucher_ops(&store, code),
+        ops(&[("lock", "AB1"), ("unlock", "AB1"), ("lock", "AB2")])
+    );
+    drop(store);
+
+    // Nobody touches it again: the sweeper releases the lapsed lock and queues the unlock.
+    let store = Store::start(StoreOptions {
+        hold_ttl_secs: 2,
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let (status, _) = store
+        .post(&format!("/vouchers/{code}/lock"), &body("AB3"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while voucher_ops(&store, code).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lapsed lock was never released: {:?}",
+            voucher_ops(&store, code)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        voucher_ops(&store, code),
+        ops(&[("lock", "AB3"), ("unlock", "AB3")])
+    );
+    let (_, v) = store
+        .get(&format!("/vouchers/{code}?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "active", "{v}");
+    let locked: Option<String> = rusqlite::Connection::open(store.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT lock_txn FROM vouchers WHERE code = ?1",
+            [code],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(locked, None);
+    assert!(store
+        .log_tail()
+        .contains("released voucher locks of abandoned transactions"));
+}
+
 fn outbox_rows(store: &Store) -> Vec<shared::outbox::Item> {
     let conn = rusqlite::Connection::open(store.db_path()).unwrap();
     shared::outbox::list(&conn, None).unwrap()
