@@ -928,6 +928,9 @@ pub fn voucher_lock(
 ) -> Result<VoucherView, LaneError> {
     let v =
         repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
+    // The row's own code: the lane may have scanned the voucher's alias.
+    let code = v.code.clone();
+    let code = code.as_str();
     if let Some(why) = voucher_blocked(&v, site, txn, today, now) {
         return Err(LaneError::VoucherConflict(why));
     }
@@ -967,6 +970,9 @@ pub fn voucher_unlock(
 ) -> Result<VoucherView, LaneError> {
     let v =
         repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
+    // The row's own code: the lane may have scanned the voucher's alias.
+    let code = v.code.clone();
+    let code = code.as_str();
     if v.state == "locked"
         && v.lock_site.as_deref() == Some(site)
         && v.lock_txn.as_deref() == Some(txn)
@@ -1029,6 +1035,9 @@ pub fn voucher_validate(
 ) -> Result<VoucherView, LaneError> {
     let v =
         repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
+    // The row's own code: the lane may have scanned the voucher's alias.
+    let code = v.code.clone();
+    let code = code.as_str();
     if v.state == "validated"
         && v.validated_site.as_deref() == Some(site)
         && v.validated_txn.as_deref() == Some(txn)

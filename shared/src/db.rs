@@ -37,12 +37,13 @@ pub fn migrations() -> Migrations<'static> {
             "../migrations/0006_redemption_conflicts_index.sql"
         )),
         M::up(include_str!("../migrations/0007_lapsing_voucher_locks.sql")),
+        M::up(include_str!("../migrations/0008_voucher_alias.sql")),
     ])
 }
 
 /// Number of the newest migration this build knows.
 pub fn schema_version() -> i64 {
-    7
+    8
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -726,7 +727,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version(), 7);
+        assert_eq!(schema_version(), 8);
     }
 
     /// Every table with a `state` check, and a row of it with `?1` as its state.

@@ -4,7 +4,7 @@
 //! transactions through the writer so lanes are never stalled, and reports progress.
 
 use crate::db::{now_secs, WriteError, Writer};
-use crate::domain::{CouponId, CouponState, CustomerId, Offer};
+use crate::domain::{CouponId, CouponState, CustomerId, Offer, VoucherCode};
 use crate::money::Cents;
 use crate::repo::{self, Customer, Voucher};
 use serde::Deserialize;
@@ -75,6 +75,9 @@ pub struct ImportVoucher {
     pub valid_from: Option<String>,
     #[serde(default)]
     pub valid_until: Option<String>,
+    /// Another code the voucher may be scanned by (e.g. a Coupontools own validation code).
+    #[serde(default)]
+    pub alias: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +147,12 @@ pub fn validate(s: &Snapshot) -> Result<(), ImportError> {
                 "customer `{}`: state `pending` cannot be imported (holds belong to live sales)",
                 c.id
             )));
+        }
+    }
+    for v in &s.vouchers {
+        for code in std::iter::once(&v.code).chain(v.alias.iter().filter(|a| !a.is_empty())) {
+            VoucherCode::parse(code)
+                .map_err(|e| ImportError::Invalid(format!("voucher `{}`: {e}", v.code)))?;
         }
     }
     Ok(())
@@ -219,13 +228,8 @@ pub fn import(
                     valid_from: v.valid_from.clone(),
                     valid_until: v.valid_until.clone(),
                     state: "active".to_owned(),
-                    lock_site: None,
-                    lock_txn: None,
-                    lock_expires_at: None,
-                    validated_at: None,
-                    validated_site: None,
-                    validated_txn: None,
-                    money_spent: None,
+                    alias: v.alias.clone().filter(|a| !a.is_empty()),
+                    ..Voucher::default()
                 };
                 repo::upsert_voucher(c, &voucher, now)
             })

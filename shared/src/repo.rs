@@ -690,7 +690,9 @@ pub fn delete_ended_vouchers(
 
 // ---------------------------------------------------------------- vouchers
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A single-use voucher. `Default` is an active voucher with no lock, no validation and
+/// no alias; pulls and imports fill in what they know.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Voucher {
     pub code: String,
     pub provider: String,
@@ -708,6 +710,9 @@ pub struct Voucher {
     pub validated_site: Option<String>,
     pub validated_txn: Option<String>,
     pub money_spent: Option<Cents>,
+    /// Another code the voucher may be scanned by (a Coupontools own validation code);
+    /// [`voucher`] finds the row by it too.
+    pub alias: Option<String>,
 }
 
 impl Voucher {
@@ -723,7 +728,7 @@ macro_rules! voucher_columns {
     () => {
         "code, provider, provider_ref, description, value, min_spend, valid_from, valid_until, \
          state, lock_site, lock_txn, lock_expires_at, validated_at, validated_site, \
-         validated_txn, money_spent"
+         validated_txn, money_spent, alias"
     };
 }
 
@@ -745,6 +750,7 @@ fn voucher_from_row(r: &Row<'_>) -> Result<Voucher> {
         validated_site: r.get(13)?,
         validated_txn: r.get(14)?,
         money_spent: r.get::<_, Option<i64>>(15)?.map(Cents),
+        alias: r.get(16)?,
     })
 }
 
@@ -755,13 +761,27 @@ const LAPSED_VOUCHER_LOCKS: &str = concat!(
      ORDER BY lock_expires_at LIMIT ?2"
 );
 
+/// The voucher a lane scanned: by its code, else by its alias (the lowest code, should two
+/// share one).
 pub fn voucher(conn: &Connection, code: &str) -> Result<Option<Voucher>> {
-    let mut st = conn.prepare_cached(concat!(
+    let by_code = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            voucher_columns!(),
+            " FROM vouchers WHERE code = ?1"
+        ))?
+        .query_row([code], voucher_from_row)
+        .optional()?;
+    if by_code.is_some() {
+        return Ok(by_code);
+    }
+    conn.prepare_cached(concat!(
         "SELECT ",
         voucher_columns!(),
-        " FROM vouchers WHERE code = ?1"
-    ))?;
-    st.query_row([code], voucher_from_row).optional()
+        " FROM vouchers WHERE alias = ?1 ORDER BY code LIMIT 1"
+    ))?
+    .query_row([code], voucher_from_row)
+    .optional()
 }
 
 /// Vouchers a lane of this store locked whose lock lapsed at or before `now` (the sale was
@@ -778,9 +798,9 @@ pub fn lapsed_voucher_locks(conn: &Connection, now: i64, limit: i64) -> Result<V
 pub fn upsert_voucher(conn: &Connection, v: &Voucher, now: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO vouchers (code, provider, provider_ref, description, value, min_spend, valid_from, valid_until, state, \
-           validated_at, money_spent, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+           validated_at, money_spent, updated_at, alias) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
          ON CONFLICT (code) DO UPDATE SET provider = excluded.provider, provider_ref = excluded.provider_ref, \
-           description = excluded.description, value = excluded.value, min_spend = excluded.min_spend, \
+           description = excluded.description, value = excluded.value, min_spend = excluded.min_spend, alias = excluded.alias, \
            valid_from = excluded.valid_from, valid_until = excluded.valid_until, updated_at = excluded.updated_at, \
            state = CASE WHEN local_dirty = 1 THEN state ELSE excluded.state END, \
            validated_at = CASE WHEN local_dirty = 1 THEN validated_at ELSE excluded.validated_at END, \
@@ -798,7 +818,8 @@ pub fn upsert_voucher(conn: &Connection, v: &Voucher, now: i64) -> Result<()> {
         v.state,
         v.validated_at,
         v.money_spent.map(|c| c.0),
-        now
+        now,
+        v.alias
     ])?;
     Ok(())
 }
@@ -1007,6 +1028,39 @@ mod tests {
     }
 
     #[test]
+    fn a_voucher_is_found_by_its_code_else_by_its_alias() {
+        let (_dir, conn) = scratch_db();
+        let v = |code: &str, alias: Option<&str>| Voucher {
+            code: code.into(),
+            provider: "coupontools".into(),
+            provider_ref: code.into(),
+            state: "active".into(),
+            alias: alias.map(str::to_owned),
+            ..Voucher::default()
+        };
+        upsert_voucher(&conn, &v("sess-1", Some("OWN-1")), 1).unwrap();
+        // A code that is also another voucher's alias: the code wins.
+        upsert_voucher(&conn, &v("OWN-2", None), 1).unwrap();
+        upsert_voucher(&conn, &v("sess-2", Some("OWN-2")), 1).unwrap();
+        let found = |code: &str| voucher(&conn, code).unwrap().map(|v| v.code);
+        assert_eq!(found("sess-1").as_deref(), Some("sess-1"));
+        assert_eq!(found("OWN-1").as_deref(), Some("sess-1"));
+        assert_eq!(found("OWN-2").as_deref(), Some("OWN-2"));
+        assert_eq!(found("OWN-3"), None);
+        // A pull that no longer names the alias drops it.
+        upsert_voucher(&conn, &v("sess-1", None), 2).unwrap();
+        assert_eq!(found("OWN-1"), None);
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT code FROM vouchers WHERE alias = 'x'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("vouchers_alias"), "{plan}");
+    }
+
+    #[test]
     fn lapsed_voucher_locks_are_found_by_their_index() {
         let (_dir, conn) = scratch_db();
         let v = |code: &str| Voucher {
@@ -1019,13 +1073,7 @@ mod tests {
             valid_from: None,
             valid_until: None,
             state: "active".into(),
-            lock_site: None,
-            lock_txn: None,
-            lock_expires_at: None,
-            validated_at: None,
-            validated_site: None,
-            validated_txn: None,
-            money_spent: None,
+            ..Voucher::default()
         };
         for code in ["LAPSED", "LIVE", "FREE"] {
             upsert_voucher(&conn, &v(code), 1).unwrap();

@@ -351,6 +351,7 @@ pub fn apply_voucher(conn: &Connection, v: &repo::Voucher, now: i64) -> Result<b
             && old.min_spend == v.min_spend
             && old.valid_from == v.valid_from
             && old.valid_until == v.valid_until
+            && old.alias == v.alias
             // A lane's own lock is not yet (or never) seen upstream: not a change. A lock
             // another system held upstream (no local owner) that is gone is one.
             && (old.state == v.state
@@ -382,13 +383,7 @@ mod tests {
             valid_from: None,
             valid_until: None,
             state: state.into(),
-            lock_site: None,
-            lock_txn: None,
-            lock_expires_at: None,
-            validated_at: None,
-            validated_site: None,
-            validated_txn: None,
-            money_spent: None,
+            ..repo::Voucher::default()
         };
         // Locked at the provider by another system, then released there.
         assert!(apply_voucher(&c, &pulled("up1", "locked"), 10).unwrap());

@@ -505,10 +505,18 @@ pub fn voucher_of(record: &Value, title: &str, config: &Config) -> Option<Vouche
     let description = rule
         .and_then(|r| r.description.clone())
         .unwrap_or_else(|| title.to_owned());
+    // The retailer's own validation code, when the campaign gives one, is what the shopper
+    // is shown instead of the session id (coupontools.md §1): a lane may scan either.
+    let own = str_of(&status, "own_validation_code");
+    let alias = shared::domain::VoucherCode::parse(own.trim())
+        .ok()
+        .map(|c| c.as_str().to_owned())
+        .filter(|c| *c != session);
     Some(Voucher {
         // The session is the voucher's upstream identity: locks and validations name it.
         provider_ref: session.clone(),
         code: session,
+        alias,
         provider: NAME.to_owned(),
         description: description.chars().take(100).collect(),
         value,
@@ -516,13 +524,8 @@ pub fn voucher_of(record: &Value, title: &str, config: &Config) -> Option<Vouche
         valid_from: None,
         valid_until: expiry.get(..10).map(str::to_owned),
         state: state.to_owned(),
-        lock_site: None,
-        lock_txn: None,
-        lock_expires_at: None,
         validated_at: validated.then(|| str_of(&status, "validation_date_utc")),
-        validated_site: None,
-        validated_txn: None,
-        money_spent: None,
+        ..Voucher::default()
     })
 }
 
@@ -559,6 +562,31 @@ mod tests {
             sessions_of(json!({"records": [rec.clone()]}), &mine).unwrap(),
             want
         );
+    }
+
+    #[test]
+    fn a_session_with_its_own_validation_code_can_be_scanned_by_it() {
+        let config = Config::from_toml_str(
+            "[store]\nsites=[\"S\"]\n[[lanes.credentials]]\nusername=\"a\"\npassword=\"b\"\n",
+        )
+        .unwrap();
+        let record = |own: &str| {
+            json!({"session": "ac6s7u3g8a25ja7x9qg87", "campaign": "cam_1",
+                   "data": {"status": {"value": "5.00", "own_validation_code": own}}})
+        };
+        let v = voucher_of(&record("SPRING-0042"), "", &config).unwrap();
+        assert_eq!(
+            (v.code.as_str(), v.provider_ref.as_str(), v.alias.as_deref()),
+            (
+                "ac6s7u3g8a25ja7x9qg87",
+                "ac6s7u3g8a25ja7x9qg87",
+                Some("SPRING-0042")
+            )
+        );
+        for none in ["", "  ", "ac6s7u3g8a25ja7x9qg87"] {
+            let v = voucher_of(&record(none), "", &config).unwrap();
+            assert_eq!(v.alias, None, "{none:?}");
+        }
     }
 
     #[test]

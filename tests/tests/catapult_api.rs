@@ -1183,6 +1183,82 @@ fn voucher_ops(store: &Store, code: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A Coupontools session may carry the retailer's own validation code, shown to the
+/// shopper instead of the session id (coupontools.md §1): a lane may scan either, and it
+/// is still one voucher, used once, delivered under the session id.
+#[tokio::test]
+async fn a_voucher_scanned_by_its_own_validation_code_is_the_same_voucher() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let snapshot = store.dir.join("own-code.json");
+    std::fs::write(
+        &snapshot,
+        json!({"vouchers": [{"code": "sessownvc0001", "provider": "coupontools",
+                             "valueCents": 300, "alias": "SPRING-42"}]})
+        .to_string(),
+    )
+    .unwrap();
+    store.import(&snapshot).unwrap();
+    let (status, v) = store
+        .get(&format!("/vouchers/SPRING-42?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["code"].as_str(), v["value"].as_f64()),
+        (Some("sessownvc0001"), Some(3.0))
+    );
+    let body = |txn: &str| json!({"site": SITE, "transaction": txn, "moneySpent": 10.0});
+    let (status, v) = store
+        .post("/vouchers/SPRING-42/lock", &body("OV1"))
+        .await
+        .unwrap();
+    assert_eq!((status, v["state"].as_str()), (200, Some("locked")), "{v}");
+    // Another sale scanning the session id finds it locked: one voucher.
+    let (status, _) = store
+        .post("/vouchers/sessownvc0001/lock", &body("OV2"))
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+    let (status, v) = store
+        .post("/vouchers/SPRING-42/validate", &body("OV1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, v["state"].as_str()),
+        (200, Some("validated")),
+        "{v}"
+    );
+    let (status, e) = store
+        .post("/vouchers/sessownvc0001/validate", &body("OV3"))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{e}");
+    assert!(e["errors"][0]["details"]
+        .as_str()
+        .unwrap()
+        .starts_with("already used at"));
+    let ops: Vec<(String, String)> = outbox_rows(&store)
+        .into_iter()
+        .filter(|i| i.provider == "coupontools")
+        .map(|i| {
+            (
+                i.operation,
+                i.payload["providerRef"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("lock".to_owned(), "sessownvc0001".to_owned()),
+            ("validate".to_owned(), "sessownvc0001".to_owned())
+        ]
+    );
+}
+
 /// Coupontools: lock, then unlock or validate. A sale abandoned with a voucher locked (no
 /// unlock, no validation) must not leave the session locked at the provider for good.
 #[tokio::test]
