@@ -943,20 +943,7 @@ pub fn voucher_lock(
         release_voucher_lock(conn, &v, now)?;
     }
     repo::lock_voucher(conn, code, site, txn, now + ttl, now)?;
-    enqueue_all(
-        conn,
-        outbox::for_voucher(
-            &v.provider,
-            &v.provider_ref,
-            code,
-            "lock",
-            site,
-            txn,
-            None,
-            now,
-        ),
-        now,
-    )?;
+    queue_voucher(conn, &v, "lock", site, txn, None, now)?;
     voucher_lookup(conn, code, today, now)
 }
 
@@ -982,6 +969,30 @@ pub fn voucher_unlock(
     voucher_lookup(conn, code, today, now)
 }
 
+/// Queues a voucher operation for its provider (nothing for a provider without it).
+fn queue_voucher(
+    conn: &Connection,
+    v: &repo::Voucher,
+    operation: &'static str,
+    site: &str,
+    txn: &str,
+    money_spent_cents: Option<i64>,
+    now: i64,
+) -> Result<(), LaneError> {
+    let items = outbox::for_voucher(
+        &v.provider,
+        &v.provider_ref,
+        &v.code,
+        operation,
+        site,
+        txn,
+        money_spent_cents,
+        now,
+    );
+    enqueue_all(conn, items, now)?;
+    Ok(())
+}
+
 /// Unlocks a voucher a lane of this store locked, and queues the unlock for the provider
 /// under the sale that held the lock (Coupontools: lock, then unlock or validate).
 fn release_voucher_lock(conn: &Connection, v: &repo::Voucher, now: i64) -> Result<(), LaneError> {
@@ -989,21 +1000,7 @@ fn release_voucher_lock(conn: &Connection, v: &repo::Voucher, now: i64) -> Resul
         return Ok(());
     };
     repo::unlock_voucher(conn, &v.code, now)?;
-    enqueue_all(
-        conn,
-        outbox::for_voucher(
-            &v.provider,
-            &v.provider_ref,
-            &v.code,
-            "unlock",
-            site,
-            txn,
-            None,
-            now,
-        ),
-        now,
-    )?;
-    Ok(())
+    queue_voucher(conn, v, "unlock", site, txn, None, now)
 }
 
 /// Releases the voucher locks of abandoned sales (lapsed without unlock or validation) and
@@ -1055,19 +1052,6 @@ pub fn voucher_validate(
         )));
     }
     repo::validate_voucher(conn, code, site, txn, stamp, money_spent, now)?;
-    enqueue_all(
-        conn,
-        outbox::for_voucher(
-            &v.provider,
-            &v.provider_ref,
-            code,
-            "validate",
-            site,
-            txn,
-            Some(money_spent.0),
-            now,
-        ),
-        now,
-    )?;
+    queue_voucher(conn, &v, "validate", site, txn, Some(money_spent.0), now)?;
     voucher_lookup(conn, code, today, now)
 }

@@ -222,6 +222,20 @@ level = "info"
         Ok(())
     }
 
+    /// Runs `edge-ctl sync now PROVIDER` against this store's config: the sync daemon
+    /// pulls that provider at once.
+    pub fn sync_now(&self, provider: &str) -> Result<()> {
+        let out = Command::new(binary("edge-ctl")?)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["sync", "now", provider])
+            .output()?;
+        if !out.status.success() {
+            bail!("edge-ctl sync now failed: {out:?}");
+        }
+        Ok(())
+    }
+
     /// Starts the server process and waits until `/healthz` answers over HTTPS.
     pub async fn launch(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()

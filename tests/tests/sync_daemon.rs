@@ -539,21 +539,10 @@ async fn a_poison_item_is_dead_lettered_and_the_rest_delivered_without_waiting()
     assert_eq!(v["ok"], false);
 }
 
-/// `edge-ctl sync now <provider>` against the store's configuration.
-fn sync_now(store: &Store, provider: &str) {
-    let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
-        .arg("--config")
-        .arg(&store.config_path)
-        .args(["sync", "now", provider])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 /// Asks for a pull of `provider` now and waits until the daemon says it is done.
 async fn pull_now(daemon: &Daemon, store: &Store, provider: &str) {
     let from = daemon.log().len();
-    sync_now(store, provider);
+    store.sync_now(provider).unwrap();
     daemon
         .wait_for_log(
             &format!("{provider} pull done"),

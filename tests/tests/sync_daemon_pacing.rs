@@ -46,16 +46,6 @@ fn busiest_second(times: &[i64]) -> usize {
         .unwrap_or(0)
 }
 
-fn sync_now(store: &Store, provider: &str) {
-    let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
-        .arg("--config")
-        .arg(&store.config_path)
-        .args(["sync", "now", provider])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 fn outbox_states(store: &Store, provider: &str) -> Vec<String> {
     let conn = rusqlite::Connection::open(store.db_path()).unwrap();
     let mut st = conn
@@ -143,7 +133,7 @@ async fn a_pull_and_deliveries_together_never_exceed_the_configured_rate() {
     .await;
     two_activations(&store).await;
     let daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
-    sync_now(&store, "convercus");
+    store.sync_now("convercus").unwrap();
     daemon
         .wait_for_log("convercus pull done", 0, Duration::from_secs(60))
         .await
@@ -208,7 +198,7 @@ async fn a_pull_throttled_with_an_http_date_waits_and_still_succeeds() {
         .await
         .unwrap();
     let daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
-    sync_now(&store, "coupontools");
+    store.sync_now("coupontools").unwrap();
     // Once the first call was answered, throttle the next one too.
     let deadline = Instant::now() + Duration::from_secs(10);
     while requests(&providers, "coupontools").await.is_empty() {
