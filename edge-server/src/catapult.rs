@@ -47,6 +47,18 @@ pub async fn read_body(state: &State, payload: web::Payload) -> Result<web::Byte
     }
 }
 
+/// Parses the JSON body of a transaction update or commit, which must have one: an empty
+/// commit body read as `{}` would be an empty coupon list, which redeems every pending
+/// coupon (CATAPULT §6.1), and an empty update would release the sale's holds.
+fn parse_required_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidRequest(
+            "the request has no JSON body; send the transaction as JSON".to_owned(),
+        ));
+    }
+    parse_json(bytes)
+}
+
 /// Parses a JSON body; an empty body is `{}`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -598,7 +610,7 @@ pub async fn update(
     let query = Query::of(&req);
     let bytes = read_body(&state, payload).await?;
     // Parsed straight into types, in one pass: this is the busiest write path.
-    let mut body: UpdateBody = parse_json(&bytes)?;
+    let mut body: UpdateBody = parse_required_json(&bytes)?;
     state
         .unknown_fields
         .note("update", std::mem::take(&mut body.unknown));
@@ -862,7 +874,7 @@ pub async fn commit(
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req);
     let bytes = read_body(&state, payload).await?;
-    let mut body: CommitBody = parse_json(&bytes)?;
+    let mut body: CommitBody = parse_required_json(&bytes)?;
     state
         .unknown_fields
         .note("commit", std::mem::take(&mut body.unknown));

@@ -96,6 +96,24 @@ async fn bad_requests_get_4xx_error_objects() {
             "INVALID_REQUEST",
         ),
         case(
+            "an update without a body",
+            "POST",
+            format!("/transaction{txn_q}"),
+            "",
+            400,
+            "INVALID_REQUEST",
+        ),
+        // An empty body is not an empty coupon list: that would redeem every pending
+        // coupon (CATAPULT §6.1).
+        case(
+            "a commit without a body",
+            "POST",
+            format!("/transaction/commit{txn_q}"),
+            " ",
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
             "transientRequest is a number",
             "POST",
             format!("/transaction{txn_q}"),
