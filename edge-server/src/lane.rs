@@ -224,6 +224,11 @@ pub fn clip(
         let state = view.state(id, now);
         let live = offer.enabled && offer.start_date <= today && today <= offer.end_date;
         match state {
+            // A clipped coupon past its end date is expired (CATAPULT §6): not clipped now.
+            Some(CouponState::Clipped) if offer.end_date < today => {
+                out.refused
+                    .push((id.clone(), "COUPON_UNAVAILABLE", expired(id, &offer)));
+            }
             Some(CouponState::Clipped | CouponState::Pending) => out.added.push(id.clone()),
             Some(CouponState::Redeemed) => out.refused.push((
                 id.clone(),
@@ -256,6 +261,11 @@ pub fn clip(
             continue;
         };
         match view.state(id, now) {
+            // Expired stays expired (CATAPULT §6 has no unclip from expired), listed for 30 days.
+            Some(CouponState::Clipped) if offer.end_date < today => {
+                out.refused
+                    .push((id.clone(), "COUPON_UNAVAILABLE", expired(id, &offer)));
+            }
             Some(CouponState::Clipped) => {
                 set_clipped(conn, &offer, customer, customer_ref.as_deref(), false, now)?;
                 out.removed.push(id.clone());
@@ -274,6 +284,13 @@ pub fn clip(
         }
     }
     Ok(out)
+}
+
+fn expired(id: &str, offer: &Offer) -> String {
+    format!(
+        "coupon {id} expired on {}",
+        offer.end_date.format("%Y-%m-%d")
+    )
 }
 
 /// Clips (or unclips) a coupon and queues the activation its provider needs.

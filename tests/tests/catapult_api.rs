@@ -258,6 +258,26 @@ async fn expired_lists_coupons_for_thirty_days_after_their_end_date() {
     assert_eq!(list(&m, "expired"), ["ENDED10", "WITHDRAWN"], "{m}");
     assert_eq!(list(&m, "redeemed"), ["USED"], "{m}");
     assert!(list(&m, "clipped").is_empty(), "{m}");
+    // An expired coupon can be neither unclipped nor clipped again (§4.3: `added` and
+    // `removed` list the ids actually changed; §5.15 COUPON_UNAVAILABLE), and stays listed.
+    for body in [json!({"remove": ["ENDED10"]}), json!({"add": ["ENDED10"]})] {
+        let (status, r) = store
+            .post(
+                &format!("/coupons/customer?site={SITE}&customer={customer}"),
+                &body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(
+            (r["added"].clone(), r["removed"].clone()),
+            (json!([]), json!([])),
+            "{body}: {r}"
+        );
+        assert_eq!(r["errors"][0]["id"], "COUPON_UNAVAILABLE", "{body}: {r}");
+    }
+    let m = meta(&store, customer).await;
+    assert_eq!(list(&m, "expired"), ["ENDED10", "WITHDRAWN"], "{m}");
 }
 
 #[tokio::test]
