@@ -665,6 +665,8 @@ pub fn commit(
     let view = CustomerCoupons::read(conn, &input.customer)?;
     let mut total = Cents::ZERO;
     let mut sale_coupons = Vec::new();
+    // Holds of other open sales that lose a coupon this commit redeems, by sale.
+    let mut taken: BTreeMap<(String, String), repo::Hold> = BTreeMap::new();
     // Listed coupons this commit could not redeem, for the answer's `errors`.
     let mut not_found = Vec::new();
     let mut unusable = Vec::new();
@@ -674,11 +676,28 @@ pub fn commit(
             not_found.push(id.as_str());
             continue;
         };
-        let usable = match view.holding(id, &input.site, &input.txn, now) {
-            Holding::PendingHere | Holding::Clipped => true,
+        let holding = view.holding(id, &input.site, &input.txn, now);
+        let usable = match holding {
+            // Held by another open sale (this one's hold lapsed, or the lane applied it
+            // without holding it): not used there yet, so this finished sale redeems it
+            // (CATAPULT §4.7: "still redeems the listed coupons if they are not redeemed
+            // elsewhere") and the open sale loses it below. Otherwise the open sale could
+            // drop it at its commit and the coupon would be clipped again after this
+            // shopper already had it.
+            Holding::PendingHere | Holding::Clipped | Holding::PendingElsewhere => true,
             Holding::None | Holding::Available => !offer.requires_clip,
-            Holding::PendingElsewhere | Holding::Redeemed | Holding::Expired => false,
+            Holding::Redeemed | Holding::Expired => false,
         };
+        if holding == Holding::PendingElsewhere {
+            if let Some(h) = view.live_hold(id, now) {
+                let other = taken
+                    .entry((h.site.clone(), h.txn.clone()))
+                    .or_insert_with(|| h.clone());
+                other.coupons.retain(|c| c != id);
+                other.optional.retain(|c| c != id);
+                log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(), other = other.txn.as_str(); "commit redeems a coupon another open sale holds; that sale no longer holds it (its commit will be flagged as a conflict)");
+            }
+        }
         let discount = Cents(stored.applied.get(id).copied().unwrap_or(0));
         repo::insert_redemption(
             conn,
@@ -751,6 +770,9 @@ pub fn commit(
         redeemed_at,
     );
     enqueue_all(conn, sale_items, now)?;
+    for hold in taken.values() {
+        repo::put_hold(conn, hold)?;
+    }
     repo::delete_hold(conn, &input.site, &input.txn)?;
     let errors = if input.report_errors && !empty_list {
         commit_errors(&input.txn, existing.is_none(), &not_found, &unusable)

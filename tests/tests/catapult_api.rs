@@ -969,7 +969,8 @@ async fn an_abandoned_transactions_hold_expires() {
         updates_until_bogo_applies(&store, "A2", false).await > 1,
         "the hold must have been in force right after the first update"
     );
-    // The late commit of the abandoned sale is acknowledged and recorded as a conflict.
+    // The late commit of the abandoned sale still redeems it: A2 only holds it, nobody
+    // used it (§4.7); A2 loses it (see the test below for A2's own commit).
     let (status, r) = store
         .post(
             &format!("/transaction/commit{}", q(JOHN, "A1")),
@@ -980,14 +981,17 @@ async fn an_abandoned_transactions_hold_expires() {
     assert_eq!(status, 200);
     assert!(r.get("errors").is_none());
     let conn = rusqlite::Connection::open(store.db_path()).unwrap();
-    let conflicts: i64 = conn
+    let (redeemed, conflicts): (i64, i64) = conn
         .query_row(
-            "SELECT count(*) FROM redemptions WHERE conflict = 1 AND txn_id = 'A1'",
+            "SELECT count(*), coalesce(sum(conflict), 0) FROM redemptions WHERE txn_id = 'A1' AND offer_id = 'BOGO1'",
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(conflicts, 1);
+    assert_eq!((redeemed, conflicts), (1, 0));
+    let m = meta(&store, JOHN).await;
+    assert!(list(&m, "redeemed").contains(&"BOGO1".to_owned()), "{m}");
+    assert!(!list(&m, "pending").contains(&"BOGO1".to_owned()), "{m}");
 }
 
 #[tokio::test]
@@ -1028,6 +1032,106 @@ async fn a_late_empty_commit_after_the_hold_lapsed_still_redeems_what_the_sale_w
         )
         .unwrap();
     assert_eq!((redeemed, conflicts), (1, 0));
+}
+
+/// CATAPULT §4.7: a late commit "still redeems the listed coupons if they are not redeemed
+/// elsewhere". Meanwhile held by another open sale is not redeemed: the finished sale
+/// redeems them and the open sale loses them, so a coupon the first shopper had cannot
+/// come back to clipped when the open sale commits without it.
+#[tokio::test]
+async fn a_late_commit_takes_its_coupons_back_from_a_sale_that_holds_them_since() {
+    let store = Store::start(StoreOptions {
+        hold_ttl_secs: 1,
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "LT1")),
+            &update_body(JANE, "LT1", false, items()),
+        )
+        .await
+        .unwrap();
+    let given: Vec<String> = r["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["couponId"].as_str().unwrap().to_owned())
+        // The points coupon may be used again (no per-customer limit): not single-use.
+        .filter(|id| id != "PTS500")
+        .collect();
+    assert!(
+        given.contains(&"BOGO1".to_owned()) && given.len() >= 3,
+        "{r}"
+    );
+    // LT1's hold lapses; sale LT2 of the same customer now holds the same coupons.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, r) = store
+            .post(
+                &format!("/transaction{}", q(JANE, "LT2")),
+                &update_body(JANE, "LT2", false, items()),
+            )
+            .await
+            .unwrap();
+        if given.iter().all(|id| applied(&r, id).is_some()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "hold never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let pending = list(&meta(&store, JANE).await, "pending");
+    assert!(given.iter().all(|id| pending.contains(id)), "{pending:?}");
+    // LT1's commit arrives late, listing what its shopper had.
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "LT1")),
+            &json!({"coupons": given}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    assert!(r.get("errors").is_none(), "{r}");
+    let m = meta(&store, JANE).await;
+    for id in &given {
+        assert!(list(&m, "redeemed").contains(id), "{id}: {m}");
+    }
+    for id in &given {
+        assert!(
+            !list(&m, "pending").contains(id),
+            "LT2 no longer holds {id}: {m}"
+        );
+    }
+    // LT2 commits listing only BOGO1: acknowledged and flagged; nothing comes back to
+    // clipped, and nothing is redeemed twice.
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "LT2")),
+            &json!({"coupons": ["BOGO1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    let m = meta(&store, JANE).await;
+    for id in &given {
+        assert!(list(&m, "redeemed").contains(id), "{id}: {m}");
+        assert!(!list(&m, "clipped").contains(id), "{id}: {m}");
+    }
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let rows: Vec<(String, String, i64)> = conn
+        .prepare("SELECT txn_id, offer_id, conflict FROM redemptions WHERE txn_id IN ('LT1', 'LT2') ORDER BY txn_id, offer_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut want: Vec<(String, String, i64)> = given
+        .iter()
+        .map(|id| ("LT1".to_owned(), id.clone(), 0))
+        .collect();
+    want.push(("LT2".to_owned(), "BOGO1".to_owned(), 1));
+    assert_eq!(rows, want);
 }
 
 #[tokio::test]
