@@ -927,12 +927,7 @@ fn tenders_text(tenders: &[(&str, Option<Cents>)]) -> String {
 /// `GET /images/<file>`: `<file>` of `server.image_dir`, where the sync daemon caches
 /// provider images.
 pub async fn image(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let name = path.into_inner();
-    let request_path = format!("/images/{name}");
-    if name.contains('/') {
-        return Err(image_not_found(&request_path));
-    }
-    image_file(&state, &request_path, &name).await
+    image_file(&state, &format!("/images/{}", path.into_inner())).await
 }
 
 /// The content type of an image path by its extension: only the types ECRS accepts
@@ -947,6 +942,24 @@ pub fn image_type(path: &str) -> Option<&'static str> {
     }
 }
 
+/// The file under `image_dir` that serves the image path `url_path` (an `imageUrl` as the
+/// catalog advertises it): `/images/<rest>` and any other `/<rest>` (an imported
+/// `/CouponImage24.jpg`, CATAPULT's own example) are `<rest>` under `image_dir`. `None`
+/// for anything that is not served: not an image type, `..`, hidden or empty segments.
+pub fn image_path(image_dir: &std::path::Path, url_path: &str) -> Option<std::path::PathBuf> {
+    image_type(url_path)?;
+    let relative = url_path.strip_prefix('/')?;
+    let relative = relative.strip_prefix("images/").unwrap_or(relative);
+    let mut file = image_dir.to_path_buf();
+    for segment in relative.split('/') {
+        if segment.is_empty() || segment.starts_with('.') || segment.contains('\\') {
+            return None;
+        }
+        file.push(segment);
+    }
+    Some(file)
+}
+
 fn image_not_found(path: &str) -> ApiError {
     ApiError::NotFound {
         method: "GET".into(),
@@ -954,28 +967,18 @@ fn image_not_found(path: &str) -> ApiError {
     }
 }
 
-/// Serves `relative` (slash-separated, under `server.image_dir`) as an image. Any other
-/// path an offer advertises in `imageUrl` (an imported `/CouponImage24.jpg`, CATAPULT's
-/// own example) is served from there too, by the unmatched-path fallback. Only plain
-/// names are followed: no `..`, no hidden or empty segments.
-pub async fn image_file(
-    state: &State,
-    request_path: &str,
-    relative: &str,
-) -> Result<HttpResponse, ApiError> {
-    let Some(content_type) = image_type(relative) else {
-        return Err(image_not_found(request_path));
+/// Serves the image at `url_path` (see [`image_path`]), by `/images/{file}` and by the
+/// unmatched-path fallback for other image paths.
+pub async fn image_file(state: &State, url_path: &str) -> Result<HttpResponse, ApiError> {
+    let (Some(content_type), Some(file)) = (
+        image_type(url_path),
+        image_path(&state.config().server.image_dir, url_path),
+    ) else {
+        return Err(image_not_found(url_path));
     };
-    let mut file = state.config().server.image_dir.clone();
-    for segment in relative.split('/') {
-        if segment.is_empty() || segment.starts_with('.') || segment.contains('\\') {
-            return Err(image_not_found(request_path));
-        }
-        file.push(segment);
-    }
     let bytes = web::block(move || std::fs::read(file))
         .await?
-        .map_err(|_| image_not_found(request_path))?;
+        .map_err(|_| image_not_found(url_path))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, content_type))
         .insert_header((header::CACHE_CONTROL, "max-age=3600"))
@@ -1017,6 +1020,30 @@ pub async fn readyz(state: State) -> HttpResponse {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn image_paths_map_into_the_image_directory_and_nowhere_else() {
+        let dir = std::path::Path::new("/srv/img");
+        let at = |u: &str| image_path(dir, u).map(|p| p.display().to_string());
+        assert_eq!(at("/images/a.gif").as_deref(), Some("/srv/img/a.gif"));
+        assert_eq!(
+            at("/CouponImage24.jpg").as_deref(),
+            Some("/srv/img/CouponImage24.jpg")
+        );
+        assert_eq!(at("/deals/x.PNG").as_deref(), Some("/srv/img/deals/x.PNG"));
+        for refused in [
+            "/images/../edge.db.gif",
+            "/../x.gif",
+            "/.hidden.gif",
+            "//x.gif",
+            "/images/notes.txt",
+            "/x",
+            "x.gif",
+            "/a\\b.gif",
+        ] {
+            assert_eq!(at(refused), None, "{refused}");
+        }
+    }
 
     #[test]
     fn null_in_an_optional_field_reads_as_absent() {

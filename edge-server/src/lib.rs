@@ -352,6 +352,23 @@ pub fn tls_init(config: &Config) -> anyhow::Result<()> {
 }
 
 /// The `import` command: loads a snapshot through the same writer the server uses.
+/// CATAPULT §4.8: the server serves every image it advertises. An offer's relative
+/// `imageUrl` is served from `server.image_dir`; the import says which of them have no file
+/// there yet (they are advertised all the same, and served once the file is put there).
+fn warn_of_missing_images(config: &Config, snapshot: &shared::import::Snapshot) {
+    let dir = &config.server.image_dir;
+    let missing: Vec<&str> = snapshot
+        .offers
+        .iter()
+        .filter_map(|o| o.image_url.as_deref())
+        .filter(|u| u.starts_with('/'))
+        .filter(|u| catapult::image_path(dir, u).is_none_or(|f| !f.is_file()))
+        .collect();
+    if let Some(first) = missing.first() {
+        log::warn!(missing = missing.len(); "{} offers name an image this server cannot serve (e.g. {first}): put JPEG, PNG or GIF files under {} at the path of their imageUrl (/images/<file> is <file> there)", missing.len(), dir.display());
+    }
+}
+
 pub fn import(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
     let db = Db::open(&config.database, false).map_err(|e| {
         anyhow::anyhow!(
@@ -360,6 +377,7 @@ pub fn import(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
         )
     })?;
     let snapshot = shared::import::read_snapshot(file)?;
+    warn_of_missing_images(config, &snapshot);
     let started = std::time::Instant::now();
     let counts = shared::import::import(&db.writer, snapshot, |what, done, total| {
         if done == total || done % (shared::import::CHUNK * 20) == 0 {

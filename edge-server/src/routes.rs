@@ -172,8 +172,7 @@ async fn not_found(
     // An image path outside `/images/` that an offer advertises (CATAPULT §8: the POS
     // fetches base URL + `imageUrl`, e.g. `/CouponImage24.jpg`).
     if req.method() == Method::GET && catapult::image_type(req.path()).is_some() {
-        let path = req.path();
-        return catapult::image_file(&state, path, path.trim_start_matches('/')).await;
+        return catapult::image_file(&state, req.path()).await;
     }
     log::warn!(method = req.method().as_str(), path = req.path(); "unmatched request path (path discovery: add it to lanes.route_aliases if a lane uses it)");
     Err(ApiError::NotFound {

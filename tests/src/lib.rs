@@ -208,8 +208,8 @@ level = "info"
         Ok(store)
     }
 
-    /// Runs `edge-server import FILE` against this store's config.
-    pub fn import(&self, file: &Path) -> Result<()> {
+    /// Runs `edge-server import FILE` against this store's config; returns its log.
+    pub fn import(&self, file: &Path) -> Result<String> {
         let out = Command::new(binary("edge-server")?)
             .arg("--config")
             .arg(&self.config_path)
@@ -219,7 +219,7 @@ level = "info"
         if !out.status.success() {
             bail!("import failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     /// Runs `edge-ctl sync now PROVIDER` against this store's config: the sync daemon

@@ -136,11 +136,19 @@ async fn every_advertised_image_is_served_and_absolute_with_external_images() {
     };
     std::fs::write(
         &snapshot,
-        json!({"offers": [offer("IMG1", "/CouponImage24.jpg"), offer("IMG2", "/deals/Spring.PNG")]})
-            .to_string(),
+        json!({"offers": [offer("IMG1", "/CouponImage24.jpg"), offer("IMG2", "/deals/Spring.PNG"),
+                          offer("IMG3", "/images/not-there.png")]})
+        .to_string(),
     )
     .unwrap();
-    store.import(&snapshot).unwrap();
+    // The import names what is advertised but has no file to serve yet.
+    let log = store.import(&snapshot).unwrap();
+    assert!(
+        log.contains(
+            "1 offers name an image this server cannot serve (e.g. /images/not-there.png)"
+        ),
+        "{log}"
+    );
     let url_of = |body: &Value, id: &str| {
         body["coupons"]
             .as_array()
