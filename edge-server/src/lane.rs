@@ -923,9 +923,13 @@ pub fn voucher_lookup(
     today: &str,
     now: i64,
 ) -> Result<VoucherView, LaneError> {
-    let v =
-        repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
-    Ok(voucher_view(&v, today, now))
+    Ok(voucher_view(&find_voucher(conn, code)?, today, now))
+}
+
+/// The voucher a lane scanned, by its code or its alias (a Coupontools own validation
+/// code); every change after this names the row by its own `code`.
+fn find_voucher(conn: &Connection, scanned: &str) -> Result<repo::Voucher, LaneError> {
+    repo::voucher(conn, scanned)?.ok_or_else(|| LaneError::VoucherNotFound(scanned.to_owned()))
 }
 
 /// Why a voucher cannot be used by (site, txn) now, if it cannot.
@@ -965,11 +969,7 @@ pub fn voucher_lock(
     today: &str,
     now: i64,
 ) -> Result<VoucherView, LaneError> {
-    let v =
-        repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
-    // The row's own code: the lane may have scanned the voucher's alias.
-    let code = v.code.clone();
-    let code = code.as_str();
+    let v = find_voucher(conn, code)?;
     if let Some(why) = voucher_blocked(&v, site, txn, today, now) {
         return Err(LaneError::VoucherConflict(why));
     }
@@ -981,9 +981,9 @@ pub fn voucher_lock(
     {
         release_voucher_lock(conn, &v, now)?;
     }
-    repo::lock_voucher(conn, code, site, txn, now + ttl, now)?;
+    repo::lock_voucher(conn, &v.code, site, txn, now + ttl, now)?;
     queue_voucher(conn, &v, "lock", site, txn, None, now)?;
-    voucher_lookup(conn, code, today, now)
+    voucher_lookup(conn, &v.code, today, now)
 }
 
 pub fn voucher_unlock(
@@ -994,18 +994,14 @@ pub fn voucher_unlock(
     today: &str,
     now: i64,
 ) -> Result<VoucherView, LaneError> {
-    let v =
-        repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
-    // The row's own code: the lane may have scanned the voucher's alias.
-    let code = v.code.clone();
-    let code = code.as_str();
+    let v = find_voucher(conn, code)?;
     if v.state == "locked"
         && v.lock_site.as_deref() == Some(site)
         && v.lock_txn.as_deref() == Some(txn)
     {
         release_voucher_lock(conn, &v, now)?;
     }
-    voucher_lookup(conn, code, today, now)
+    voucher_lookup(conn, &v.code, today, now)
 }
 
 /// Queues a voucher operation for its provider (nothing for a provider without it).
@@ -1069,11 +1065,7 @@ pub fn voucher_validate(
     stamp: &str,
     now: i64,
 ) -> Result<VoucherView, LaneError> {
-    let v =
-        repo::voucher(conn, code)?.ok_or_else(|| LaneError::VoucherNotFound(code.to_owned()))?;
-    // The row's own code: the lane may have scanned the voucher's alias.
-    let code = v.code.clone();
-    let code = code.as_str();
+    let v = find_voucher(conn, code)?;
     if v.state == "validated"
         && v.validated_site.as_deref() == Some(site)
         && v.validated_txn.as_deref() == Some(txn)
@@ -1090,7 +1082,7 @@ pub fn voucher_validate(
             v.min_spend
         )));
     }
-    repo::validate_voucher(conn, code, site, txn, stamp, money_spent, now)?;
+    repo::validate_voucher(conn, &v.code, site, txn, stamp, money_spent, now)?;
     queue_voucher(conn, &v, "validate", site, txn, Some(money_spent.0), now)?;
-    voucher_lookup(conn, code, today, now)
+    voucher_lookup(conn, &v.code, today, now)
 }
