@@ -351,7 +351,6 @@ pub fn tls_init(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `import` command: loads a snapshot through the same writer the server uses.
 /// CATAPULT §4.8: the server serves every image it advertises. An offer's relative
 /// `imageUrl` is served from `server.image_dir`; the import says which of them have no file
 /// there yet (they are advertised all the same, and served once the file is put there).
@@ -369,6 +368,7 @@ fn warn_of_missing_images(config: &Config, snapshot: &shared::import::Snapshot) 
     }
 }
 
+/// The `import` command: loads a snapshot through the same writer the server uses.
 pub fn import(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
     let db = Db::open(&config.database, false).map_err(|e| {
         anyhow::anyhow!(
