@@ -212,7 +212,16 @@ pub fn clip(
     let customer_ref = repo::customer(conn, customer)?.and_then(|c| c.provider_ref);
     let view = CustomerCoupons::read(conn, customer)?;
     let mut out = ClipOutcome::default();
-    for id in add {
+    // Each id once, in the order given: `added` and `removed` list the ids changed.
+    let once = |ids: &'_ [String]| {
+        let mut seen = BTreeSet::new();
+        ids.iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    let (add, remove) = (once(add), once(remove));
+    for id in &add {
         let Some(offer) = repo::offer(conn, id)? else {
             out.refused.push((
                 id.clone(),
@@ -251,7 +260,7 @@ pub fn clip(
             }
         }
     }
-    for id in remove {
+    for id in &remove {
         let Some(offer) = repo::offer(conn, id)? else {
             out.refused.push((
                 id.clone(),

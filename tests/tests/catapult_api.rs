@@ -333,7 +333,7 @@ async fn clip_and_unclip_with_per_id_errors() {
     let (status, r) = store
         .post(
             &path,
-            &json!({"add": ["FIX99", "BOGO1"], "remove": ["PCT10"]}),
+            &json!({"add": ["FIX99", "BOGO1", "FIX99"], "remove": ["PCT10", "PCT10"]}),
         )
         .await
         .unwrap();
@@ -341,7 +341,7 @@ async fn clip_and_unclip_with_per_id_errors() {
     assert_eq!(
         r,
         json!({"added": ["FIX99", "BOGO1"], "removed": ["PCT10"]}),
-        "clipping a clipped coupon is idempotent"
+        "clipping a clipped coupon is idempotent; an id listed twice is changed (and named) once"
     );
     let m = meta(&store, JANE).await;
     assert!(list(&m, "clipped").contains(&"FIX99".to_owned()));
