@@ -230,7 +230,8 @@ pub struct KouponConfig {
     pub management_url: String,
     pub api_key: String,
     pub secret: Secret,
-    /// Koupon's id of this store (`storeid` of the offer list, `store` of reports).
+    /// Koupon's id of this store: `storeId` in the query of redeem and report calls,
+    /// `storeid` of the offer list; omitted when empty. URL-safe characters only.
     pub store_id: String,
     /// Cron schedule of the offer list pull.
     pub schedule: String,
@@ -941,6 +942,22 @@ impl Config {
                 "set api_key and secret",
             ));
         }
+        // Both go into the signed URL as they are (koupon.md §2): only characters that need
+        // no percent-encoding, so the URL signed is the URL sent.
+        for (key, value) in [
+            ("providers.koupon.api_key", &k.api_key),
+            ("providers.koupon.store_id", &k.store_id),
+        ] {
+            if !value
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-._~".contains(ch))
+            {
+                return Err(invalid(
+                    key,
+                    "use only letters, digits and - . _ ~ (it goes into the signed URL as is)",
+                ));
+            }
+        }
         for (key, ms) in [
             ("providers.convercus.timeout_ms", c.timeout_ms),
             ("providers.coupontools.timeout_ms", t.timeout_ms),
@@ -1233,6 +1250,21 @@ mod tests {
         assert!(
             err.to_string().contains("lanes.voucher_retention_days"),
             "{err}"
+        );
+        // Koupon's store id goes into the signed URL unencoded.
+        let koupon = |id: &str| {
+            Config::from_toml_str(&format!(
+                "{MINIMAL}\n[providers.koupon]\nstore_id = \"{id}\""
+            ))
+        };
+        let err = koupon("STO 1&x=2").unwrap_err();
+        assert!(
+            err.to_string().contains("providers.koupon.store_id"),
+            "{err}"
+        );
+        assert_eq!(
+            koupon("STO-1_a.b~").unwrap().providers.koupon.store_id,
+            "STO-1_a.b~"
         );
     }
 

@@ -258,8 +258,9 @@ impl Client {
         };
         let body = json!({"redemptions": [entry.wire()]});
         let base = self.cfg.storeconnect_url.clone();
+        let query = self.store_query("storeId");
         match self
-            .call(&base, "/v1/transaction/redeem", "", Some(&body))
+            .call(&base, "/v1/transaction/redeem", &query, Some(&body))
             .await
         {
             Ok(answer) => single_result(&entry, &answer, &self.judge(item.attempts)),
@@ -286,8 +287,9 @@ impl Client {
         }
         let body = json!({"redemptions": entries.iter().map(Entry::wire).collect::<Vec<_>>()});
         let base = self.cfg.storeconnect_url.clone();
+        let query = self.store_query("storeId");
         match self
-            .call(&base, "/v1/transaction/redeem", "", Some(&body))
+            .call(&base, "/v1/transaction/redeem", &query, Some(&body))
             .await
         {
             Ok(answer) => sale_result(&item.payload, &entries, &answer, &self.judge(item.attempts)),
@@ -300,11 +302,7 @@ impl Client {
 
     async fn report(&self, item: &Item) -> Delivery {
         let body = report_body(&item.payload, self.cfg.redeem_as);
-        let query = if self.cfg.store_id.is_empty() {
-            String::new()
-        } else {
-            format!("storeId={}", self.cfg.store_id)
-        };
+        let query = self.store_query("storeId");
         let base = self.cfg.storeconnect_url.clone();
         match self
             .call(&base, "/v1/transaction/report", &query, Some(&body))
@@ -316,15 +314,23 @@ impl Client {
         }
     }
 
+    /// The store's id as the query parameter `name` (`storeId` on Store Connect, `storeid`
+    /// on the offer list), or nothing when `store_id` is not set. koupon.md §3: "keep the
+    /// store ID configurable as a query parameter" of redeem and report; §2 signs it with
+    /// the rest of the URL. The config allows only URL-safe characters in it.
+    fn store_query(&self, name: &str) -> String {
+        if self.cfg.store_id.is_empty() {
+            String::new()
+        } else {
+            format!("{name}={}", self.cfg.store_id)
+        }
+    }
+
     // ------------------------------------------------------------ pull
 
     /// The client's offer list (`Offers`, parsed leniently).
     pub async fn offers(&self) -> Result<Vec<Value>, CallError> {
-        let query = if self.cfg.store_id.is_empty() {
-            String::new()
-        } else {
-            format!("storeid={}", self.cfg.store_id)
-        };
+        let query = self.store_query("storeid");
         let base = self.cfg.management_url.clone();
         let v = self.call(&base, "/v2/offers/list", &query, None).await?;
         Ok(v.get("Offers")

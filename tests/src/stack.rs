@@ -146,6 +146,22 @@ timeout_ms = 3000
         Ok(())
     }
 
+    /// Every call `provider` received (`{"provider", "atMs", "method", "path", "query"}`),
+    /// oldest first.
+    pub async fn requests(&self, provider: &str) -> Result<Vec<Value>> {
+        let v: Value = self
+            .http
+            .get(format!(
+                "{}?provider={provider}",
+                self.admin_url("requests")
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
     /// The ledger: every write the providers received, in order.
     pub async fn ledger(&self) -> Result<Vec<Value>> {
         let v: Value = self

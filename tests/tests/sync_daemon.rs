@@ -966,6 +966,19 @@ async fn koupon_coupons_of_a_sale_are_redeemed_on_the_loyalty_account_and_a_refu
             (format!("{LOYALTY}/KPN2"), false)
         ]
     );
+    // Both name the store (`providers.koupon.store_id`) in the signed query (koupon.md §3).
+    let calls = providers.requests("koupon").await.unwrap();
+    for path in ["/v1/transaction/redeem", "/v1/transaction/report"] {
+        let call = calls
+            .iter()
+            .find(|c| c["path"] == path)
+            .unwrap_or_else(|| panic!("no {path} in {calls:?}"));
+        let query = call["query"].as_str().unwrap();
+        assert!(
+            query.starts_with("storeId=STO1&identifier=demo-api-key&timestamp="),
+            "{path}?{query}"
+        );
+    }
     daemon.kill9();
 }
 

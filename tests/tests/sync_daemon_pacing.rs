@@ -15,16 +15,9 @@ const JANE: &str = "4000000000001";
 
 /// Every call the simulator received for `provider`: (ms since the epoch, path).
 async fn requests(providers: &Providers, provider: &str) -> Vec<(i64, String)> {
-    let v: Value = reqwest::get(format!(
-        "http://{}/__sim/requests?provider={provider}",
-        providers.admin
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    v.as_array()
+    providers
+        .requests(provider)
+        .await
         .unwrap()
         .iter()
         .map(|r| {

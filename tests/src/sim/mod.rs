@@ -519,6 +519,7 @@ pub async fn before(state: &State, p: Provider, req: &HttpRequest) -> Option<Rep
             "atMs": at.timestamp_millis(),
             "method": req.method().as_str(),
             "path": req.path(),
+            "query": req.query_string(),
         }));
         let faults = d.faults(p);
         if faults.throttle_calls > 0 {
@@ -884,7 +885,7 @@ async fn get_ledger(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
 }
 
 /// Every provider call received (`?provider=` filters): `[{"provider", "atMs", "method",
-/// "path"}]`, oldest first.
+/// "path", "query"}]`, oldest first.
 async fn get_requests(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
     let q = query_pairs(req.query_string());
     let provider = q
