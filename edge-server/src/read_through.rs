@@ -1,6 +1,7 @@
 //! The one place edge-server may call a provider on a lane's request: a Coupontools session
 //! the store has never seen (a voucher claimed after the last pull) is looked up within a
-//! small time budget, and only while Coupontools answers. After a failure or a timeout no
+//! small time budget, and only while Coupontools answers; a code that is no session is
+//! then searched for as a retailer's own validation code, within the same budget. After a failure or a timeout no
 //! look-up is tried for a pause, so an unreachable provider costs the lanes nothing; the
 //! lane then hears at once that the provider cannot be asked now (`PROVIDER_UNAVAILABLE`,
 //! CATAPULT §5.15), which it can tell from "no such voucher" (`VOUCHER_NOT_FOUND`).
@@ -61,7 +62,15 @@ impl ReadThrough {
             return Found::Unavailable;
         }
         let started = Instant::now();
-        match tokio::time::timeout(self.budget, self.client.session(code)).await {
+        // A code Coupontools does not know as a session may be a retailer's own validation
+        // code (coupontools.md §1, §3.7): searched for within the same budget.
+        let look_up = async {
+            match self.client.session(code).await {
+                Ok(None) => self.client.search_own_code(code).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.budget, look_up).await {
             Ok(Ok(Some(record))) => {
                 match sync_daemon::coupontools::voucher_of(&record, "", config) {
                     Some(v) => {

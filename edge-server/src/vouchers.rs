@@ -81,7 +81,9 @@ async fn read_through(
             )))
         }
     };
-    let code = v.code.clone();
+    // Answered as a later look-up of the same code will be: by the code scanned, which is
+    // the session or, found by a search, its own validation code (the voucher's alias).
+    let code = code.to_owned();
     let today = today.to_owned();
     let view = state
         .db

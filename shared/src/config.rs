@@ -207,6 +207,9 @@ pub struct CoupontoolsConfig {
     /// Allowed clock difference when deciding whether a validation found upstream is ours.
     pub clock_skew_secs: i64,
     pub timeout_ms: u64,
+    /// The `couponsession/search` parameter that carries a retailer's own validation code
+    /// (coupontools.md §3.7, names a [GAP]); empty = read-through never searches.
+    pub search_param: String,
     /// edge-server: a voucher code the store has never seen is looked up at Coupontools
     /// within this many milliseconds (0 = never). After a failed or slow look-up, none is
     /// tried for `read_through_pause_secs`, so an unreachable provider costs the lanes nothing.
@@ -585,6 +588,7 @@ impl Default for CoupontoolsConfig {
                 .to_vec(),
             clock_skew_secs: 300,
             timeout_ms: 10_000,
+            search_param: "own_validation_code".to_owned(),
             read_through_ms: 300,
             read_through_pause_secs: 30,
             max_requests_per_sec: 5.0,

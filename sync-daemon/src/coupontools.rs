@@ -204,6 +204,47 @@ impl Client {
         }
     }
 
+    /// The record of the session a retailer's own validation code belongs to
+    /// (`couponsession/search`, coupontools.md §3.7), `None` when there is none or search is
+    /// off (`search_param` empty). The answer's shape is a [GAP]: its sessions are looked
+    /// for like a `campaign/*` page's (`session_list_keys`), or the answer is one record
+    /// itself. A hit without the session's data (only its id) is then read with
+    /// `couponsession/data`. The record's own code is set to `code` when it names none, so
+    /// the voucher made of it can be scanned by the code the lane had.
+    pub async fn search_own_code(&self, code: &str) -> Result<Option<Value>, CallError> {
+        let param = self.cfg.search_param.trim();
+        if param.is_empty() {
+            return Ok(None);
+        }
+        let mut params = serde_json::Map::new();
+        params.insert(param.to_owned(), json!(code));
+        let answer = match self
+            .call("couponsession/search", Value::Object(params))
+            .await
+        {
+            Ok(v) => v,
+            Err(CallError::Status { code, .. }) if code == "513" => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(hit) = search_hit(answer, code, &self.cfg.session_list_keys) else {
+            return Ok(None);
+        };
+        let mut record = if hit.pointer("/data/status").is_some() {
+            hit
+        } else {
+            match self.session(&str_of(&hit, "session")).await? {
+                Some(r) => r,
+                None => return Ok(None),
+            }
+        };
+        if str_of(&record["data"]["status"], "own_validation_code").is_empty() {
+            if let Some(status) = record.pointer_mut("/data/status") {
+                status["own_validation_code"] = json!(code);
+            }
+        }
+        Ok(Some(record))
+    }
+
     // ------------------------------------------------------------ delivery
 
     pub async fn deliver<F, Fut>(&self, item: &Item, record: F) -> Delivery
@@ -443,6 +484,35 @@ pub fn sessions_of(answer: Value, keys: &[String]) -> Result<Vec<Value>, Vec<Str
     }
 }
 
+/// The session a `couponsession/search` answer names for `code`: among its records (see
+/// [`Client::search_own_code`]) the one whose own validation code is `code`, else the only
+/// one that names no own code. A record is anything naming a `session` (a bare id string
+/// counts). A record with another own code is not a hit; several without one are
+/// ambiguous: none.
+fn search_hit(answer: Value, code: &str, keys: &[String]) -> Option<Value> {
+    let records = match answer {
+        Value::Object(ref m) if m.contains_key("session") => vec![answer],
+        other => sessions_of(other, keys).unwrap_or_default(),
+    };
+    let records: Vec<Value> = records
+        .into_iter()
+        .map(|r| match r {
+            Value::String(id) => json!({ "session": id }),
+            r => r,
+        })
+        .filter(|r| !str_of(r, "session").is_empty())
+        .collect();
+    let own = |r: &Value| str_of(&r["data"]["status"], "own_validation_code");
+    if let Some(i) = records.iter().position(|r| own(r) == code) {
+        return records.into_iter().nth(i);
+    }
+    let mut unnamed = records.into_iter().filter(|r| own(r).is_empty());
+    match (unnamed.next(), unnamed.next()) {
+        (Some(r), None) => Some(r),
+        _ => None,
+    }
+}
+
 fn str_of(v: &Value, k: &str) -> String {
     match v.get(k) {
         Some(Value::String(s)) => s.clone(),
@@ -562,6 +632,36 @@ mod tests {
             sessions_of(json!({"records": [rec.clone()]}), &mine).unwrap(),
             want
         );
+    }
+
+    #[test]
+    fn a_search_answer_names_the_session_of_the_code_in_any_plausible_shape() {
+        let keys: Vec<String> = shared::config::CoupontoolsConfig::default().session_list_keys;
+        let rec = |s: &str, own: &str| json!({"session": s, "data": {"status": {"own_validation_code": own}}});
+        let hit = |v: Value| search_hit(v, "SPRING-1", &keys).map(|r| str_of(&r, "session"));
+        let found = Some("s-1".to_owned());
+        // The matching record among others, under any list key or bare.
+        assert_eq!(
+            hit(json!({"sessions": [rec("s-2", "X"), rec("s-1", "SPRING-1")]})),
+            found
+        );
+        assert_eq!(hit(json!({"results": [rec("s-1", "SPRING-1")]})), found);
+        assert_eq!(hit(json!([rec("s-1", "SPRING-1")])), found);
+        // One record as the answer itself, or only ids.
+        assert_eq!(hit(rec("s-1", "SPRING-1")), found);
+        assert_eq!(hit(json!({"sessions": ["s-1"]})), found);
+        assert_eq!(
+            hit(json!({"status": {"status": "OK"}, "session": "s-1"})),
+            found
+        );
+        // Another code's session, several candidates, or nothing: no hit.
+        assert_eq!(hit(json!({"sessions": [rec("s-2", "OTHER")]})), None);
+        assert_eq!(hit(json!({"sessions": ["s-1", "s-2"]})), None);
+        assert_eq!(
+            hit(json!({"status": {"status": "OK"}, "sessions": []})),
+            None
+        );
+        assert_eq!(hit(json!({"status": {"status": "OK"}})), None);
     }
 
     #[test]

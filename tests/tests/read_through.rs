@@ -154,3 +154,101 @@ async fn a_session_locked_at_coupontools_by_another_system_is_refused_at_lookup(
         assert_eq!(r["errors"][0]["id"], "VOUCHER_UNAVAILABLE", "{r}");
     }
 }
+
+/// coupontools.md §1/§3.7: a campaign may show the shopper the retailer's own validation
+/// code instead of the session id. A lane scanning such a code the store has never seen
+/// gets the session found by `couponsession/search`, stored with the code as its alias, so
+/// it can be locked and validated by that code offline, and what goes upstream names the
+/// session. `search_param = ""` turns the search off.
+#[tokio::test]
+async fn an_unseen_own_validation_code_is_found_by_search_and_validated_as_its_session() {
+    let providers = Providers::start().unwrap();
+    let session = "ownc0de5e55i0n0000001";
+    providers
+        .seed(&json!({"coupontools": {
+            "campaigns": [{"ID": "cam_100001", "title": "Spring", "active": true}],
+            "sessions": [{"session": session, "campaign": "cam_100001",
+                          "status": {"value": "3.00", "claimed": "1", "own_validation_code": "SPRING-0042",
+                                     "expiration_date": "2099-12-31 23:59:59"}}]}}))
+        .await
+        .unwrap();
+    let toml = |extra: &str| {
+        providers.config_toml("0 0 0 1 1 *").replace(
+            "campaigns = [\"cam_100001\"]",
+            &format!("campaigns = [\"cam_100001\"]\nread_through_ms = 1000\n{extra}"),
+        )
+    };
+    let store = Store::start(StoreOptions {
+        extra_toml: toml(""),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let (status, v) = store
+        .get(&format!("/vouchers/SPRING-0042?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["value"].as_f64(), Some(3.0), "{v}");
+    assert_eq!(v["state"], "active", "{v}");
+    let (status, r) = store
+        .get(&format!("/vouchers/SPRING-9999?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "no session has that code either: {r}");
+    assert_eq!(r["errors"][0]["id"], "VOUCHER_NOT_FOUND", "{r}");
+
+    // Stored: locked and validated by the own code with Coupontools down.
+    providers
+        .faults("coupontools", json!({"down": true}))
+        .await
+        .unwrap();
+    for action in ["lock", "validate"] {
+        let (status, r) = store
+            .post(
+                &format!("/vouchers/SPRING-0042/{action}"),
+                &json!({"site": SITE, "transaction": "OWN1", "moneySpent": 20.0}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{action}: {r}");
+    }
+    let (status, r) = store
+        .get(&format!("/vouchers/{session}?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "the session id finds the same voucher: {r}");
+    assert_eq!(r["state"], "validated", "{r}");
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let refs: Vec<(String, String)> = conn
+        .prepare("SELECT operation, json_extract(payload, '$.providerRef') FROM outbox WHERE provider = 'coupontools' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        refs,
+        [
+            ("lock".to_owned(), session.to_owned()),
+            ("validate".to_owned(), session.to_owned())
+        ]
+    );
+
+    // Without the search, the own code is unknown.
+    let no_search = Store::start(StoreOptions {
+        extra_toml: toml("search_param = \"\""),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    providers
+        .faults("coupontools", json!({"down": false}))
+        .await
+        .unwrap();
+    let (status, r) = no_search
+        .get(&format!("/vouchers/SPRING-0042?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{r}");
+}
