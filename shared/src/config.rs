@@ -151,8 +151,9 @@ pub struct ConvercusConfig {
     /// Prefix of the `Authorization` value: "" sends the bare token (legacy examples),
     /// "Bearer" for OAuth. "auto" picks by `auth`.
     pub auth_prefix: String,
-    /// Legacy tokens live 24 h: log in again after this many seconds. OAuth tokens are
-    /// renewed at 80 % of their `expires_in`.
+    /// Legacy tokens live 24 h: log in again after this many seconds, or at 80 % of the
+    /// token's own lifetime when its JWT `exp` is sooner. OAuth tokens are renewed at 80 %
+    /// of their `expires_in`.
     pub token_refresh_secs: u64,
     /// `interaction-id` header: this store's interaction point registered at Convercus.
     pub interaction_id: String,

@@ -185,7 +185,7 @@ impl Client {
                 .unwrap_or(300);
             Duration::from_secs(expires * 8 / 10)
         } else {
-            Duration::from_secs(self.cfg.token_refresh_secs)
+            legacy_lifetime(&token, self.cfg.token_refresh_secs, shared::db::now_secs())
         };
         let refresh = parsed
             .as_ref()
@@ -797,6 +797,33 @@ pub fn map_coupon(
     Some((offer, pulled))
 }
 
+/// How long a legacy login token is used before logging in again: `token_refresh_secs`
+/// (20 h of the documented 24, convercus.md §2.2), or 80 % of the token's own lifetime
+/// when it is a JWT that says it is shorter: `exp - iat`, or `exp` less our clock when it
+/// has no `iat` (§2.1: "do not hard-code lifetime"). The claims are read, not verified:
+/// they only time the renewal, and a 401 still logs in again.
+fn legacy_lifetime(token: &str, refresh_secs: u64, now: i64) -> Duration {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        exp: Option<i64>,
+        iat: Option<i64>,
+    }
+    let configured = Duration::from_secs(refresh_secs);
+    let Ok(claims) = jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token) else {
+        return configured;
+    };
+    let Some(exp) = claims.exp else {
+        return configured;
+    };
+    let lives = exp - claims.iat.unwrap_or(now);
+    if lives <= 0 {
+        log::warn!(provider = NAME; "the Convercus token's exp is not after its iat or our clock; renewing it after token_refresh_secs ({refresh_secs} s) or on a 401; check the clock");
+        return configured;
+    }
+    let own = Duration::from_millis(u64::try_from(lives).unwrap_or(0).saturating_mul(800));
+    configured.min(own.max(Duration::from_secs(1)))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -809,6 +836,42 @@ mod tests {
              rule={mechanic={type=\"amountOff\",cents=350},maxApplications=1}\n",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_legacy_token_is_renewed_at_80_percent_of_its_own_lifetime_when_shorter() {
+        use base64::Engine;
+        let jwt = |claims: Value| {
+            let b64 =
+                |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+            format!(
+                "{}.{}.c2ln",
+                b64(&json!({"alg": "HS256", "typ": "JWT"})),
+                b64(&claims)
+            )
+        };
+        let now = 1_800_000_000;
+        let secs = |d: Duration| d.as_secs();
+        // exp - iat decides, whatever our clock says.
+        let t = jwt(json!({"iat": now - 500, "exp": now - 500 + 3600}));
+        assert_eq!(secs(legacy_lifetime(&t, 72_000, now)), 2880);
+        // Without iat: exp less our clock.
+        let t = jwt(json!({"exp": now + 100}));
+        assert_eq!(secs(legacy_lifetime(&t, 72_000, now)), 80);
+        // The documented 24 h: 80 % of it comes before the configured 20 h.
+        let t = jwt(json!({"iat": now, "exp": now + 86_400}));
+        assert_eq!(secs(legacy_lifetime(&t, 72_000, now)), 69_120);
+        // Longer than the configured renewal: the configuration.
+        let t = jwt(json!({"iat": now, "exp": now + 2 * 86_400}));
+        assert_eq!(secs(legacy_lifetime(&t, 72_000, now)), 72_000);
+        // Not a JWT, no exp, or an exp already past: the configuration.
+        for t in [
+            "opaque-token".to_owned(),
+            jwt(json!({"sub": "edge"})),
+            jwt(json!({"exp": now - 10})),
+        ] {
+            assert_eq!(secs(legacy_lifetime(&t, 72_000, now)), 72_000, "{t}");
+        }
     }
 
     fn coupon(usage: &str, extra: Value) -> Value {

@@ -1221,6 +1221,35 @@ async fn an_oauth_token_is_renewed_with_its_refresh_token() {
     daemon.kill9();
 }
 
+/// convercus.md §2.2 gives the legacy token 24 h, and §2.1 says not to hard-code a
+/// lifetime: a token whose JWT `exp` is sooner than `token_refresh_secs` (20 h) is renewed
+/// at 80 % of its own lifetime, before it lapses, instead of after a refused call.
+#[tokio::test]
+async fn a_legacy_token_is_renewed_before_its_own_exp() {
+    let providers = Providers::start().unwrap();
+    providers
+        .config(&json!({"token_ttl_secs": 3}))
+        .await
+        .unwrap();
+    let store = store_pulling_by_hand(&providers).await;
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    pull_now(&daemon, &store, "convercus").await;
+    assert!(
+        daemon
+            .log()
+            .contains("logged in to Convercus; token renewed in 2 s"),
+        "{}",
+        daemon.log()
+    );
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let from = daemon.log().len();
+    pull_now(&daemon, &store, "convercus").await;
+    let log = daemon.log()[from..].to_owned();
+    assert!(log.contains("logged in to Convercus"), "{log}");
+    assert!(!log.contains("answered 401"), "{log}");
+    daemon.kill9();
+}
+
 /// `lanes.sales_retention_days`: the daemon deletes sales last touched longer ago, with
 /// their redemption log, and keeps the others; a deleted sale's id starts a new sale.
 #[tokio::test]
