@@ -81,6 +81,23 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// An amount or quantity as CATAPULT sends it (§5.7, §5.8, §5.11: `number`), read exactly
+/// from the number's own text. A string is a wrong type even when it holds digits
+/// (`"2.50"`), like any other: 400 `INVALID_REQUEST`. Null or absent: `None`.
+pub(crate) fn json_number<'de, D>(d: D) -> Result<Option<Decimal>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let text = n.to_string();
+    Decimal::from_str_exact(&text)
+        .or_else(|_| Decimal::from_scientific(&text))
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{text} is out of range")))
+}
+
 /// The names of a request body's top-level fields its type does not know, read without
 /// their values. Held by a `#[serde(flatten)]` field, it receives only the entries no other
 /// field took, in the same single pass over the body: a body without unknown fields costs
@@ -522,11 +539,11 @@ struct UpdateBody {
     transient_request: bool,
     #[serde(default, deserialize_with = "null_as_default")]
     items: Vec<ItemBody>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_number")]
     sub_total: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_number")]
     tax_total: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_number")]
     gross_total: Option<Decimal>,
     #[serde(default, deserialize_with = "null_as_default")]
     phones: Vec<String>,
@@ -541,13 +558,13 @@ struct UpdateBody {
 struct ItemBody {
     id: i64,
     /// Absent or null: one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_number")]
     quantity: Option<Decimal>,
     #[serde(default)]
     upc: Option<UpcValue>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_number")]
     price: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_number")]
     discount_price: Option<Decimal>,
     #[serde(default)]
     dept: Option<i64>,
@@ -863,7 +880,7 @@ struct CommitBody {
 struct Tender {
     #[serde(rename = "type", default)]
     kind: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_number")]
     amount: Option<Decimal>,
 }
 

@@ -24,7 +24,7 @@ fn code(raw: String) -> Result<String, ApiError> {
 struct VoucherBody {
     site: Option<String>,
     transaction: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::catapult::json_number")]
     money_spent: Option<Decimal>,
 }
 

@@ -79,6 +79,48 @@ async fn bad_requests_get_4xx_error_objects() {
             400,
             "INVALID_REQUEST",
         ),
+        // §5.7/§5.8/§5.11 type amounts and quantities as JSON numbers: digits in a string
+        // are a wrong type too.
+        case(
+            "quantity is a string of digits",
+            "POST",
+            format!("/transaction{txn_q}"),
+            r#"{"items":[{"id":1,"quantity":"1","upc":38000012345,"price":4.49}]}"#,
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
+            "price is a string of digits",
+            "POST",
+            format!("/transaction{txn_q}"),
+            r#"{"items":[{"id":1,"quantity":1,"upc":38000012345,"price":"4.49"}]}"#,
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
+            "subTotal is a string of digits",
+            "POST",
+            format!("/transaction{txn_q}"),
+            r#"{"items":[],"subTotal":"4.49"}"#,
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
+            "a tender amount is a string of digits",
+            "POST",
+            format!("/transaction/commit{txn_q}"),
+            r#"{"coupons":[],"tenders":[{"type":"CASH","amount":"5.00"}]}"#,
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
+            "moneySpent is a string of digits",
+            "POST",
+            "/vouchers/VOUCHER-0001/validate".to_owned(),
+            format!(r#"{{"site":"{SITE}","transaction":"BAD1","moneySpent":"12.50"}}"#),
+            400,
+            "INVALID_REQUEST",
+        ),
         case(
             "line id is not an integer",
             "POST",
