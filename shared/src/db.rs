@@ -38,12 +38,13 @@ pub fn migrations() -> Migrations<'static> {
         )),
         M::up(include_str!("../migrations/0007_lapsing_voucher_locks.sql")),
         M::up(include_str!("../migrations/0008_voucher_alias.sql")),
+        M::up(include_str!("../migrations/0009_voucher_times_rfc3339.sql")),
     ])
 }
 
 /// Number of the newest migration this build knows.
 pub fn schema_version() -> i64 {
-    8
+    9
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -727,7 +728,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version(), 8);
+        assert_eq!(schema_version(), 9);
     }
 
     /// Every table with a `state` check, and a row of it with `?1` as its state.
@@ -799,6 +800,40 @@ mod tests {
             .execute("UPDATE transactions SET state = 'bogus'", [])
             .unwrap_err();
         assert!(refused.to_string().contains("CHECK"), "{refused}");
+    }
+
+    #[test]
+    fn migration_9_gives_pulled_validation_times_as_rfc3339() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir);
+        {
+            let mut old = Connection::open(&c.path).unwrap();
+            old.pragma_update(None, "journal_mode", "WAL").unwrap();
+            migrations().to_version(&mut old, 8).unwrap();
+            old.execute_batch(
+                "INSERT INTO vouchers (code, provider, provider_ref, description, value, state, validated_at, updated_at) VALUES
+                   ('A', 'coupontools', 'A', '', 100, 'validated', '2026-11-20 12:00:00', 1),
+                   ('B', 'coupontools', 'B', '', 100, 'validated', '2026-11-30T15:10:51Z', 1),
+                   ('C', 'coupontools', 'C', '', 100, 'active', NULL, 1)",
+            )
+            .unwrap();
+        }
+        let conn = open_and_migrate(&c).unwrap();
+        let times: Vec<Option<String>> = conn
+            .prepare("SELECT validated_at FROM vouchers ORDER BY code")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            times,
+            [
+                Some("2026-11-20T12:00:00Z".to_owned()),
+                Some("2026-11-30T15:10:51Z".to_owned()),
+                None
+            ]
+        );
     }
 
     #[test]

@@ -532,6 +532,16 @@ fn parse_utc(s: &str) -> Option<i64> {
         .map(|d| Utc.from_utc_datetime(&d).timestamp())
 }
 
+/// A Coupontools UTC time (`YYYY-MM-DD HH:MM:SS`) the way the lanes' voucher API gives
+/// every time (RFC 3339, UTC, seconds: `validatedAt` in docs/openapi.json), like the time
+/// a lane validation stores; a value that is not such a time is kept as it came.
+fn rfc3339(utc: &str) -> String {
+    parse_utc(utc)
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| utc.trim().to_owned())
+}
+
 /// A claimed session as the voucher the lanes can validate offline. Its value comes from
 /// the campaign's configured rule (an `amountOff`), else from the session's `value` field.
 pub fn voucher_of(record: &Value, title: &str, config: &Config) -> Option<Voucher> {
@@ -594,7 +604,7 @@ pub fn voucher_of(record: &Value, title: &str, config: &Config) -> Option<Vouche
         valid_from: None,
         valid_until: expiry.get(..10).map(str::to_owned),
         state: state.to_owned(),
-        validated_at: validated.then(|| str_of(&status, "validation_date_utc")),
+        validated_at: validated.then(|| rfc3339(&str_of(&status, "validation_date_utc"))),
         ..Voucher::default()
     })
 }
@@ -752,7 +762,7 @@ mod tests {
             "data": {"status": {"value": "2.5", "validated": "1", "validation_date_utc": "2026-11-01 10:00:00"}}});
         let v = voucher_of(&rec, "", &config).unwrap();
         assert_eq!(v.state, "validated");
-        assert_eq!(v.validated_at.as_deref(), Some("2026-11-01 10:00:00"));
+        assert_eq!(v.validated_at.as_deref(), Some("2026-11-01T10:00:00Z"));
         assert_eq!(parse_utc("1970-01-01 00:01:00"), Some(60));
     }
 }
