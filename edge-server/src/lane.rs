@@ -1033,6 +1033,15 @@ fn queue_voucher(
         money_spent_cents,
         now,
     );
+    if operation == "validate" {
+        let dropped = outbox::drop_unsent_unlocks(conn, &v.code, now)?;
+        if dropped > 0 {
+            log::info!(
+                "voucher {}: {dropped} unlock(s) not sent yet dropped, a validation follows",
+                v.code
+            );
+        }
+    }
     enqueue_all(conn, items, now)?;
     Ok(())
 }

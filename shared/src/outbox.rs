@@ -497,6 +497,25 @@ fn offers_of(payload: &Value) -> Vec<String> {
     }
 }
 
+/// The ordering key of a voucher's operations: its lock, unlock and validation go out in
+/// the order they were queued.
+pub fn voucher_ordering_key(code: &str) -> String {
+    format!("voucher:{code}")
+}
+
+/// coupontools.md §6: "drop a pending `unlock` if a `validate` for the same session follows
+/// it". Marks the voucher's unlocks not sent yet (pending, or dead-lettered) discarded,
+/// saying why, and returns how many; one in flight now is left to finish. The caller
+/// queues the validation in the same transaction.
+pub fn drop_unsent_unlocks(conn: &Connection, code: &str, now: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "UPDATE outbox SET state = 'discarded', updated_at = ?3, \
+           last_error = 'dropped: a validation of the same voucher follows it (coupontools.md §6)' \
+         WHERE ordering_key = ?1 AND provider = ?2 AND operation = 'unlock' AND state IN ('pending', 'dead')",
+    )?
+    .execute(params![voucher_ordering_key(code), provider::COUPONTOOLS, now])
+}
+
 /// Voucher operations (`lock`, `unlock`, `validate`) for the voucher's provider.
 pub fn for_voucher(
     provider: &str,
@@ -522,7 +541,7 @@ pub fn for_voucher(
         provider: prov,
         operation,
         idempotency_key: format!("{prov}:voucher-{operation}:{code}:{site}:{txn}:{seq}"),
-        ordering_key: format!("voucher:{code}"),
+        ordering_key: voucher_ordering_key(code),
         payload: json!({
             "code": code,
             "providerRef": provider_ref,

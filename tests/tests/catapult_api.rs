@@ -1468,6 +1468,75 @@ async fn an_abandoned_sale_s_voucher_lock_is_undone_upstream() {
         .contains("released voucher locks of abandoned transactions"));
 }
 
+/// coupontools.md §6: lock → (unlock | validate) in order, and "drop a pending `unlock` if
+/// a `validate` for the same session follows it". A sale locks a voucher and lets it go;
+/// another sale uses it before that unlock went out: the unlock is dropped (kept,
+/// discarded, saying why), the lock and the validation go out in order. An unlock already
+/// sent stays as it is.
+#[tokio::test]
+async fn an_unlock_not_sent_yet_is_dropped_when_a_validation_of_the_voucher_follows() {
+    let code = "CT-SESSION-0001";
+    let body = |txn: &str| json!({"site": SITE, "transaction": txn, "moneySpent": 25.0});
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    for (action, txn) in [
+        ("lock", "DU1"),
+        ("unlock", "DU1"),
+        ("lock", "DU2"),
+        ("unlock", "DU2"),
+    ] {
+        let (status, v) = store
+            .post(&format!("/vouchers/{code}/{action}"), &body(txn))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{action} {txn}: {v}");
+    }
+    // DU1's unlock went out already.
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let first_unlock = outbox_rows(&store)
+        .into_iter()
+        .find(|i| i.operation == "unlock" && i.payload["transaction"] == "DU1")
+        .unwrap();
+    shared::outbox::mark_delivered(&conn, first_unlock.id, 1).unwrap();
+    let (status, v) = store
+        .post(&format!("/vouchers/{code}/validate"), &body("DU3"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let states: Vec<(String, String, String)> = outbox_rows(&store)
+        .into_iter()
+        .filter(|i| i.payload["code"] == code)
+        .map(|i| {
+            let txn = i.payload["transaction"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (i.operation, txn, i.state)
+        })
+        .collect();
+    let row = |op: &str, txn: &str, state: &str| (op.to_owned(), txn.to_owned(), state.to_owned());
+    assert_eq!(
+        states,
+        [
+            row("lock", "DU1", "pending"),
+            row("unlock", "DU1", "delivered"),
+            row("lock", "DU2", "pending"),
+            row("unlock", "DU2", "discarded"),
+            row("validate", "DU3", "pending"),
+        ]
+    );
+    let dropped = outbox_rows(&store)
+        .into_iter()
+        .find(|i| i.state == "discarded")
+        .unwrap();
+    assert!(
+        dropped
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("a validation of the same voucher follows")),
+        "{dropped:?}"
+    );
+}
+
 fn outbox_rows(store: &Store) -> Vec<shared::outbox::Item> {
     let conn = rusqlite::Connection::open(store.db_path()).unwrap();
     shared::outbox::list(&conn, None).unwrap()
