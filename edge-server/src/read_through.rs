@@ -1,10 +1,11 @@
 //! The one place edge-server may call a provider on a lane's request: a Coupontools session
 //! the store has never seen (a voucher claimed after the last pull) is looked up within a
 //! small time budget, and only while Coupontools answers; a code that is no session is
-//! then searched for as a retailer's own validation code, within the same budget. After a failure or a timeout no
-//! look-up is tried for a pause, so an unreachable provider costs the lanes nothing; the
-//! lane then hears at once that the provider cannot be asked now (`PROVIDER_UNAVAILABLE`,
-//! CATAPULT §5.15), which it can tell from "no such voucher" (`VOUCHER_NOT_FOUND`).
+//! then searched for as a retailer's own validation code, within the same budget. After a
+//! failure or a timeout no look-up is tried for a pause, so an unreachable provider costs
+//! the lanes nothing; the lane then hears at once that the provider cannot be asked now
+//! (`PROVIDER_UNAVAILABLE`, CATAPULT §5.15), which it can tell from "no such voucher"
+//! (`VOUCHER_NOT_FOUND`).
 //!
 //! The client is the sync daemon's (`sync_daemon::coupontools`): provider details stay in
 //! one place.
