@@ -6,6 +6,7 @@ use crate::domain::{CouponState, Offer, Rule};
 use crate::money::Cents;
 use chrono::NaiveDate;
 use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::collections::HashSet;
 
 pub type Result<T> = std::result::Result<T, rusqlite::Error>;
 
@@ -111,6 +112,16 @@ pub fn upsert_offer(conn: &Connection, o: &Offer, now: i64) -> Result<()> {
 pub fn all_offers(conn: &Connection) -> Result<Vec<Offer>> {
     let mut st = conn.prepare_cached(&format!("SELECT {OFFER_COLUMNS} FROM offers ORDER BY id"))?;
     let rows = st.query_map([], offer_from_row)?;
+    rows.collect()
+}
+
+/// The image paths the catalog advertises that start with `prefix` (e.g. the sync
+/// daemon's cached provider images, `/images/p-`).
+pub fn advertised_images(conn: &Connection, prefix: &str) -> Result<HashSet<String>> {
+    let mut st = conn.prepare_cached(
+        "SELECT DISTINCT image_url FROM offers WHERE substr(image_url, 1, length(?1)) = ?1",
+    )?;
+    let rows = st.query_map([prefix], |r| r.get::<_, String>(0))?;
     rows.collect()
 }
 

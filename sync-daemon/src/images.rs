@@ -141,6 +141,62 @@ impl Images {
     }
 }
 
+/// How long a cached image no offer advertises is kept: a pull may have fetched it and
+/// not stored its offer yet.
+const UNUSED_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+/// Deletes the cached provider images in `dir` no offer advertises any more, and the
+/// leftovers of interrupted downloads, once last written more than a day ago; returns how
+/// many went. Only this cache's own names are touched (`p-<hash>.<ext>`, `.p-….part`): the
+/// store's own images in the same directory never are. Runs with the hourly retention.
+pub async fn prune(db: &shared::db::Db, dir: &Path) -> Result<usize, String> {
+    let reads = db.clone();
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let advertised = {
+            let conn = reads.read().map_err(|e| e.to_string())?;
+            shared::repo::advertised_images(&conn, "/images/p-").map_err(|e| e.to_string())?
+        };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
+        };
+        let mut deleted = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = (is_cached_name(&name) && !advertised.contains(&format!("/images/{name}")))
+                || (name.starts_with(".p-") && name.ends_with(".part"));
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > UNUSED_KEPT);
+            if ours && old {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => deleted += 1,
+                    Err(e) => log::warn!("cannot delete the unused coupon image {name}: {e}"),
+                }
+            }
+        }
+        Ok(deleted)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Whether `name` is a file this cache writes: [`stem`] and one of the kept types.
+fn is_cached_name(name: &str) -> bool {
+    let Some((stem, ext)) = name.rsplit_once('.') else {
+        return false;
+    };
+    ["jpg", "png", "gif"].contains(&ext)
+        && stem.len() == 2 + 24
+        && stem.starts_with("p-")
+        && stem[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A stable file name for `url`: `p-` and the first 24 hex digits of its SHA-256.
 fn stem(url: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, url.as_bytes());
@@ -163,7 +219,57 @@ fn host_of(url: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn images_no_offer_advertises_are_deleted_after_a_day_and_the_store_s_own_never() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = shared::config::DatabaseConfig {
+            path: tmp.path().join("t.db"),
+            ..shared::config::DatabaseConfig::default()
+        };
+        let db = shared::db::Db::open(&cfg, false).unwrap();
+        let used = format!("{}.jpg", stem("https://cdn/used.jpg"));
+        let unused = format!("{}.png", stem("https://cdn/gone.png"));
+        let fresh = format!("{}.gif", stem("https://cdn/new.gif"));
+        let path = format!("/images/{used}");
+        db.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO offers (id, provider, provider_ref, short_description, start_date, end_date, image_url, rule, updated_at)
+                     VALUES ('O1', 'koupon', 'r', 'x', '2026-01-01', '2099-12-31', ?1, '{}', 1)",
+                    [path],
+                )
+            })
+            .await
+            .unwrap();
+        let dir = tmp.path().join("images");
+        std::fs::create_dir(&dir).unwrap();
+        let day_ago = std::time::SystemTime::now() - Duration::from_secs(25 * 3600);
+        for name in [
+            &used,
+            &unused,
+            &fresh,
+            &"CouponImage24.jpg".to_owned(),
+            &format!(".{unused}.part"),
+        ] {
+            let f = std::fs::File::create(dir.join(name)).unwrap();
+            if *name != fresh {
+                f.set_modified(day_ago).unwrap();
+            }
+        }
+        assert_eq!(prune(&db, &dir).await.unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec!["CouponImage24.jpg".to_owned(), fresh, used];
+        want.sort();
+        assert_eq!(left, want);
+        assert_eq!(prune(&db, &tmp.path().join("none")).await.unwrap(), 0);
+    }
 
     #[test]
     fn names_are_stable_and_logs_name_only_the_host() {

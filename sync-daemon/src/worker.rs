@@ -403,6 +403,7 @@ pub async fn run(
                     let (db, flag) = (db.clone(), Arc::clone(&pruning));
                     let days = snap.config.lanes.sales_retention_days;
                     let kept_from = snap.config.vouchers_kept_from();
+                    let image_dir = snap.config.server.image_dir.clone();
                     tokio::spawn(async move {
                         match prune_sales(&db, days).await {
                             Ok(0) => {}
@@ -413,6 +414,15 @@ pub async fn run(
                             Ok(0) => {}
                             Ok(n) => log::info!("deleted {n} vouchers whose validity ended before {kept_from} (lanes.voucher_retention_days)"),
                             Err(e) => log::error!("deleting ended vouchers failed, tried again in an hour: {e}"),
+                        }
+                        match crate::images::prune(&db, &image_dir).await {
+                            Ok(0) => {}
+                            Ok(n) => log::info!(
+                                "deleted {n} cached coupon images no offer advertises any more"
+                            ),
+                            Err(e) => log::error!(
+                                "deleting unused coupon images failed, tried again in an hour: {e}"
+                            ),
                         }
                         flag.store(false, std::sync::atomic::Ordering::Release);
                     });
