@@ -500,20 +500,34 @@ pub async fn demographics(
     })
 }
 
-/// CustomerDemographics, truncated to CATAPULT's limits.
+/// CustomerDemographics within CATAPULT's limits (§5.6). Names are cut to 25 characters
+/// (the reference says to truncate provider data); a phone or an e-mail cut short would be
+/// someone else's, so a phone over 14 characters is sent as its digits (punctuation and
+/// the country code `1` dropped, which the POS ignores anyway) and left out when even
+/// those are too long, and an e-mail over 254 characters is left out.
 fn demographics_json(c: &Customer) -> Value {
     let mut v = Map::new();
     v.insert("id".into(), json!(truncate(&c.id, 16)));
-    let fields = [
-        ("firstName", &c.first_name, 25),
-        ("lastName", &c.last_name, 25),
-        ("email", &c.email, 254),
-        ("phone", &c.phone, 14),
-    ];
-    for (name, value, max) in fields {
-        if let Some(s) = value.as_deref().filter(|s| !s.is_empty()) {
-            v.insert(name.into(), json!(truncate(s, max)));
+    fn present(f: &Option<String>) -> Option<&str> {
+        f.as_deref().filter(|s| !s.trim().is_empty())
+    }
+    for (name, value) in [("firstName", &c.first_name), ("lastName", &c.last_name)] {
+        if let Some(s) = present(value) {
+            v.insert(name.into(), json!(truncate(s, 25)));
         }
+    }
+    if let Some(e) = present(&c.email).filter(|e| e.chars().count() <= 254) {
+        v.insert("email".into(), json!(e));
+    }
+    let phone = present(&c.phone).and_then(|p| {
+        if p.chars().count() <= 14 {
+            Some(p.to_owned())
+        } else {
+            shared::repo::phone_digits(p).filter(|d| d.len() <= 14)
+        }
+    });
+    if let Some(p) = phone {
+        v.insert("phone".into(), json!(p));
     }
     Value::Object(v)
 }
@@ -1037,6 +1051,30 @@ pub async fn readyz(state: State) -> HttpResponse {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn demographics_keep_to_catapult_limits_without_making_up_a_phone_or_an_e_mail() {
+        let c = |phone: &str, email: &str| Customer {
+            id: "4000000000001".into(),
+            first_name: Some("Bartholomew-Maximilian Jr.".into()),
+            last_name: Some(String::new()),
+            email: Some(email.into()),
+            phone: Some(phone.into()),
+            ..Customer::default()
+        };
+        let v = demographics_json(&c("(828) 265-2907", "a@b.co"));
+        assert_eq!(
+            v,
+            json!({"id": "4000000000001", "firstName": "Bartholomew-Maximilian Jr",
+                   "email": "a@b.co", "phone": "(828) 265-2907"})
+        );
+        // Too long as written: its digits; too long even so, or an e-mail over 254: left out.
+        let v = demographics_json(&c("+1 (828) 265-2907 ext", "a@b.co"));
+        assert_eq!(v["phone"], "8282652907");
+        let long_mail = format!("{}@example.com", "x".repeat(250));
+        let v = demographics_json(&c("+44 20 7946 0958 0000 1234", &long_mail));
+        assert!(v.get("phone").is_none() && v.get("email").is_none(), "{v}");
+    }
 
     #[test]
     fn image_paths_map_into_the_image_directory_and_nowhere_else() {
