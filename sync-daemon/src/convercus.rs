@@ -39,6 +39,18 @@ pub struct Client {
 /// The progress note of a redemption: the coupon's redeemCount before our first attempt.
 const BASELINE: &str = "redeemCountBefore";
 
+/// When [`Client::token`] gets a new token.
+#[derive(Clone, Copy)]
+enum Renew<'a> {
+    /// Only when there is none or it is due for renewal.
+    IfDue,
+    /// A call was refused with this token (401): log in again, unless a parallel call
+    /// refused at the same time already replaced it (then that newer token is used).
+    Refused(&'a str),
+    /// Log in now (the breaker's probe).
+    Always,
+}
+
 impl Client {
     /// A client with a pacer of its own (see [`Client::with_pacer`]).
     pub fn new(cfg: &ConvercusConfig) -> Client {
@@ -213,16 +225,28 @@ impl Client {
         })
     }
 
-    /// The cached token, logging in when there is none or it is due for renewal.
-    async fn token(&self, force: bool) -> Result<String, CallError> {
+    /// The cached token, logging in when there is none or it is due for renewal (see
+    /// [`Renew`]).
+    async fn token(&self, renew: Renew<'_>) -> Result<String, CallError> {
         let mut guard = self.token.lock().await;
+        // The cached token is the one Convercus refused (or we must log in anyway).
+        let refused = |t: &Token| match renew {
+            Renew::IfDue => false,
+            Renew::Refused(used) => t.value == used,
+            Renew::Always => true,
+        };
         match guard.as_ref() {
-            Some(t) if !force && Instant::now() < t.renew_at => Ok(t.value.clone()),
+            Some(t) if !refused(t) && Instant::now() < t.renew_at => {
+                if let Renew::Refused(_) = renew {
+                    log::debug!(provider = NAME; "the token refused with 401 was already replaced by another call; using the new one");
+                }
+                Ok(t.value.clone())
+            }
             _ => {
-                // Due for renewal: the refresh token first (OAuth), else a login. A 401
-                // (`force`) always logs in afresh.
+                // Due for renewal: the refresh token first (OAuth), else a login. A token
+                // refused with a 401 is replaced by a fresh login.
                 let refreshed = match guard.as_ref() {
-                    Some(old) if !force => self.refresh(old).await,
+                    Some(old) if !refused(old) => self.refresh(old).await,
                     _ => None,
                 };
                 let t = match refreshed {
@@ -245,10 +269,15 @@ impl Client {
         id_type: Option<&str>,
         body: Option<&Value>,
     ) -> Result<(u16, String), CallError> {
+        // The token of a call refused with 401: replaced once, by us or by a parallel call.
+        let mut refused: Option<String> = None;
         for attempt in 0..2 {
-            let token = self.token(attempt > 0).await?;
+            let token = match &refused {
+                None => self.token(Renew::IfDue).await?,
+                Some(used) => self.token(Renew::Refused(used)).await?,
+            };
             let auth = match self.prefix() {
-                "" => token,
+                "" => token.clone(),
                 p => format!("{p} {token}"),
             };
             let mut req: RequestBuilder = self
@@ -271,6 +300,7 @@ impl Client {
             if status == 401 {
                 if attempt == 0 {
                     log::info!(provider = NAME; "Convercus answered 401; logging in again");
+                    refused = Some(token);
                     continue;
                 }
                 return Err(CallError::Auth(
@@ -293,7 +323,7 @@ impl Client {
 
     /// A cheap authenticated call to see whether Convercus answers (circuit breaker probe).
     pub async fn probe(&self) -> Result<(), CallError> {
-        self.token(true).await.map(|_| ())
+        self.token(Renew::Always).await.map(|_| ())
     }
 
     // ------------------------------------------------------------ delivery

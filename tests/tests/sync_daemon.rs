@@ -1476,3 +1476,36 @@ async fn an_unreadable_answer_to_a_barcode_redeem_is_dead_lettered_not_resent() 
     assert_eq!(redeems, 1, "sent once, never again");
     daemon.kill9();
 }
+
+/// convercus.md §2: on a 401, renew the token once. Parallel calls refused together (a
+/// pull asks for `pull_concurrency` customers at a time) log in once: a call whose token
+/// was already replaced by another uses the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_calls_refused_with_401_log_in_once() {
+    let mut st = stack(0, "0 0 0 1 1 *", "").await;
+    st.start_daemon();
+    pull_now(st.daemon.as_ref().unwrap(), &st.store, "convercus").await;
+    let logins = |calls: &[Value]| {
+        calls
+            .iter()
+            .filter(|c| c["method"] == "POST" && c["path"] == "/auth/login")
+            .count()
+    };
+    let before = logins(&st.providers.requests("convercus").await.unwrap());
+    assert_eq!(before, 1);
+    // Every token is revoked; slow answers keep several calls in flight at once.
+    st.providers
+        .faults("convercus", json!({"expire_tokens": true, "slow_ms": 300}))
+        .await
+        .unwrap();
+    let from = st.daemon().log().len();
+    pull_now(st.daemon.as_ref().unwrap(), &st.store, "convercus").await;
+    let log = st.daemon().log()[from..].to_owned();
+    assert!(
+        log.matches("answered 401").count() >= 2,
+        "parallel calls were refused: {log}"
+    );
+    let after = logins(&st.providers.requests("convercus").await.unwrap());
+    assert_eq!(after - before, 1, "one login for them all: {log}");
+    st.daemon().kill9();
+}
