@@ -394,6 +394,8 @@ impl Client {
         F: FnOnce(Value) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
+        // Noted by an earlier attempt, before it sent the PATCH: so when there is one, that
+        // attempt's outcome may be unknown to us.
         let baseline = item
             .progress
             .as_ref()
@@ -425,11 +427,36 @@ impl Client {
             }
         }
         let path = format!("/v2/accountcoupons/{}", enc(id));
-        match self.call(Method::PATCH, &path, Some("ID"), None).await {
-            Ok(_) => Delivery::delivered(),
-            Err(e @ CallError::Status { .. }) => redeem_refusal(&e, item.attempts),
-            Err(e) => Delivery::from_error(&e),
+        let e = match self.call(Method::PATCH, &path, Some("ID"), None).await {
+            Ok(_) => return Delivery::delivered(),
+            Err(e @ CallError::Status { .. }) => e,
+            Err(e) => return Delivery::from_error(&e),
+        };
+        // convercus.md §5: "NO_MORE_REDEEM_BY_ACCOUNT on a retry may mean our first try
+        // succeeded → verify via GET before dead-lettering" (the earlier PATCH may have
+        // been applied after the GET above read the count).
+        if let (Some(b), true) = (baseline, refusal_is(&e, "NO_MORE_REDEEM_BY_ACCOUNT")) {
+            match self.redeem_count(id).await {
+                Ok(now) if now > b => {
+                    return Delivery::Delivered {
+                        note: Some(format!(
+                            "verified after NO_MORE_REDEEM_BY_ACCOUNT on a retry: redeemCount {now} > {b} before our first attempt"
+                        )),
+                    }
+                }
+                Ok(_) | Err(CallError::Status { status: 404, .. }) => {}
+                Err(g) => {
+                    return match Delivery::from_error(&g) {
+                        Delivery::Dead(_) => redeem_refusal(&e, item.attempts),
+                        Delivery::Retry(r) => Delivery::Retry(format!(
+                            "{e}; cannot verify whether our earlier attempt counted: {r}"
+                        )),
+                        other => other,
+                    }
+                }
+            }
         }
+        redeem_refusal(&e, item.attempts)
     }
 
     // ------------------------------------------------------------ pull
@@ -506,6 +533,22 @@ impl Client {
             customer,
             coupons: out,
         }))
+    }
+}
+
+/// Whether a refusal is `code`, as its code or (CONDITION_NOT_FULFILLED) in its detail.
+fn refusal_is(e: &CallError, code: &str) -> bool {
+    match e {
+        CallError::Status {
+            code: c, detail, ..
+        } => {
+            c == code
+                || (c == "CONDITION_NOT_FULFILLED"
+                    && detail
+                        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                        .any(|d| d == code))
+        }
+        _ => false,
     }
 }
 
@@ -1097,5 +1140,21 @@ mod tests {
         assert!(dead(refusal(400, "", "bad request", 1)));
         // A documented permanent code stays permanent whatever the status.
         assert!(dead(refusal(500, "COUPON_NOT_FOUND", "", 1)));
+        let status = |code: &str, detail: &str| CallError::Status {
+            status: 400,
+            code: code.into(),
+            detail: detail.into(),
+        };
+        assert!(refusal_is(
+            &status(
+                "CONDITION_NOT_FULFILLED",
+                "NO_MORE_REDEEM_BY_PROGRAM,NO_MORE_REDEEM_BY_ACCOUNT"
+            ),
+            "NO_MORE_REDEEM_BY_ACCOUNT"
+        ));
+        assert!(!refusal_is(
+            &status("CONDITION_NOT_FULFILLED", "NO_MORE_REDEEM_BY_PROGRAM"),
+            "NO_MORE_REDEEM_BY_ACCOUNT"
+        ));
     }
 }

@@ -1509,3 +1509,128 @@ async fn parallel_calls_refused_with_401_log_in_once() {
     assert_eq!(after - before, 1, "one login for them all: {log}");
     st.daemon().kill9();
 }
+
+const JANE: &str = "4000000000001";
+/// Jane's Convercus coffee coupon in the simulator's default seed (once per account).
+const JANE_COFFEE: &str = "QUNDT1VOVENPVVBPTi0wMDAxLWNvZmZlZS0xNS1wZXJjZW50";
+
+/// A store pulled by hand whose Convercus calls time out after `timeout_ms`.
+async fn store_with_convercus_timeout(providers: &Providers, timeout_ms: u64) -> Store {
+    let toml = providers.config_toml("0 0 0 1 1 *").replacen(
+        "timeout_ms = 3000",
+        &format!("timeout_ms = {timeout_ms}"),
+        1,
+    );
+    assert!(toml.contains(&format!(
+        "schedule = \"0 0 0 1 1 *\"\ntimeout_ms = {timeout_ms}\n\n[providers.coupontools]"
+    )));
+    Store::start(StoreOptions {
+        extra_toml: format!(
+            "{toml}\n[outbox]\npoll_ms = 50\nbackoff_base_secs = 1\nbackoff_cap_secs = 2\n"
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Jane's sale redeeming her Convercus coffee coupon (CVX1): one Convercus redeem item.
+async fn jane_redeems_coffee(store: &Store, txn: &str) {
+    let q = format!("?site={SITE}&customer={JANE}&transaction={txn}");
+    let (s, r) = store
+        .post(
+            &format!("/transaction/commit{q}"),
+            &json!({"site": SITE, "customer": JANE, "transaction": txn, "coupons": ["CVX1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+}
+
+/// The state and last error of the one Convercus redeem item, once delivered or dead.
+async fn convercus_redeem_outcome(store: &Store, daemon: &Daemon) -> (String, String) {
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row: Option<(String, Option<String>)> = conn
+            .query_row(
+                "SELECT state, last_error FROM outbox WHERE provider = 'convercus' AND operation = 'redeem'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        if let Some((s, e)) = row.filter(|(s, _)| s == "dead" || s == "delivered") {
+            return (s, e.unwrap_or_default());
+        }
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The simulator's ledger entries of redemptions of one Convercus account coupon:
+/// whether each was applied.
+async fn convercus_redemptions(providers: &Providers, key: &str) -> Vec<bool> {
+    providers
+        .ledger()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["provider"] == "convercus" && e["operation"] == "redemption" && e["key"] == key
+        })
+        .map(|e| e["applied"] == true)
+        .collect()
+}
+
+/// convercus.md §5: "`NO_MORE_REDEEM_BY_ACCOUNT` on a retry may mean our first try
+/// succeeded → verify via GET before dead-lettering". The first redeem PATCH times out at
+/// the daemon and Convercus applies it only after the retry's GET read the old count; the
+/// retry's PATCH is then refused NO_MORE_REDEEM_BY_ACCOUNT (the coupon is once per
+/// account). Our first attempt counted: delivered, not dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_more_redeem_by_account_on_a_retry_is_verified_before_dead_lettering() {
+    let providers = Providers::start().unwrap();
+    let store = store_with_convercus_timeout(&providers, 1000).await;
+    jane_redeems_coffee(&store, "NM1").await;
+    providers
+        .faults("convercus", json!({"hold_writes": true}))
+        .await
+        .unwrap();
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    // The first PATCH is held past the daemon's timeout; the retry reads the count (still
+    // 0) and sends its own PATCH, held behind the first.
+    let patch_path = format!("/v2/accountcoupons/{JANE_COFFEE}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let patches = providers
+            .requests("convercus")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r["method"] == "PATCH" && r["path"] == patch_path.as_str())
+            .count();
+        if patches >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Convercus goes on: the first PATCH is applied, the retry's refused.
+    providers
+        .faults("convercus", json!({"hold_writes": false}))
+        .await
+        .unwrap();
+    let (state, error) = convercus_redeem_outcome(&store, &daemon).await;
+    assert_eq!(state, "delivered", "{error}\n{}", daemon.log());
+    assert_eq!(
+        convercus_redemptions(&providers, JANE_COFFEE).await,
+        [true, false],
+        "applied once; the retry refused"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("verified after NO_MORE_REDEEM_BY_ACCOUNT on a retry"),
+        "{log}"
+    );
+    daemon.kill9();
+}

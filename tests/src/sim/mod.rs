@@ -74,6 +74,10 @@ pub struct Faults {
     pub retry_after_secs: u64,
     /// `Retry-After` as an HTTP-date instead of seconds.
     pub retry_after_date: bool,
+    /// Writes (the calls the ledger records) wait before doing anything until this is
+    /// switched off, then go on in the order they came (reads answer meanwhile). For a
+    /// write whose caller gave up waiting but which the provider applies later.
+    pub hold_writes: bool,
 }
 
 impl Faults {
@@ -88,6 +92,7 @@ impl Faults {
             "throttle_status": self.throttle_status(),
             "retry_after_secs": self.retry_after_secs,
             "retry_after_date": self.retry_after_date,
+            "hold_writes": self.hold_writes,
         })
     }
 
@@ -268,6 +273,9 @@ struct ProviderServer {
 pub struct State {
     data: Mutex<Data>,
     servers: Mutex<HashMap<Provider, ProviderServer>>,
+    /// Per provider, the queue of writes held by `hold_writes` (tokio's mutex is fair:
+    /// first come, first served).
+    write_gates: HashMap<Provider, tokio::sync::Mutex<()>>,
 }
 
 impl State {
@@ -279,6 +287,10 @@ impl State {
         State {
             data: Mutex::new(data),
             servers: Mutex::new(HashMap::new()),
+            write_gates: Provider::ALL
+                .into_iter()
+                .map(|p| (p, tokio::sync::Mutex::new(())))
+                .collect(),
         }
     }
 
@@ -688,8 +700,26 @@ pub async fn dispatch(
         }
         return finish(st, p, r);
     }
+    if write.is_some() {
+        held(st, p).await;
+    }
     let reply = logic(&mut st.data(), req, body);
     finish(st, p, reply)
+}
+
+/// The `hold_writes` switch: while it is on, a write waits here behind the writes held
+/// before it; once it is off they go on one by one, in the order they came.
+async fn held(st: &State, p: Provider) {
+    if !st.data().faults(p).hold_writes {
+        return;
+    }
+    let Some(gate) = st.write_gates.get(&p) else {
+        return;
+    };
+    let _turn = gate.lock().await;
+    while st.data().faults(p).hold_writes {
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 pub fn now_utc() -> chrono::DateTime<chrono::Utc> {
@@ -804,7 +834,7 @@ async fn get_faults(st: web::Data<State>) -> HttpResponse {
 }
 
 /// `{"<provider>": {"down"?, "slow_ms"?, "error_5xx_rate"?, "malformed_bodies"?, "reject"?,
-/// "expire_tokens"?}}`: fields present replace the current value; `expire_tokens: true`
+/// "hold_writes"?, "expire_tokens"?}}`: fields present replace the current value; `expire_tokens: true`
 /// (Convercus) is an action, not a state.
 async fn set_faults(st: web::Data<State>, body: web::Bytes) -> HttpResponse {
     let Some(Value::Object(map)) = json_body(&body) else {
@@ -842,6 +872,7 @@ async fn set_faults(st: web::Data<State>, body: web::Bytes) -> HttpResponse {
                     faults.retry_after_secs = v.as_u64().unwrap_or(0)
                 }
                 ("retry_after_date", Value::Bool(b)) => faults.retry_after_date = *b,
+                ("hold_writes", Value::Bool(b)) => faults.hold_writes = *b,
                 ("reject", Value::Array(a)) if a.iter().all(Value::is_string) => {
                     faults.reject = a
                         .iter()
