@@ -38,6 +38,8 @@ pub struct Client {
 
 /// The progress note of a redemption: the coupon's redeemCount before our first attempt.
 const BASELINE: &str = "redeemCountBefore";
+/// ... and whether `COUPON_NOT_ACTIVATABLE` was already answered once (and retried).
+const NOT_ACTIVATABLE_SEEN: &str = "notActivatableSeen";
 
 /// When [`Client::token`] gets a new token.
 #[derive(Clone, Copy)]
@@ -331,7 +333,7 @@ impl Client {
     /// Delivers one outbox item. `record` stores a progress note durably before a send.
     pub async fn deliver<F, Fut>(&self, item: &Item, record: F) -> Delivery
     where
-        F: FnOnce(Value) -> Fut,
+        F: Fn(Value) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         // Coupons carry `accountCouponId`; vouchers (codes) carry it as `providerRef`.
@@ -391,7 +393,7 @@ impl Client {
 
     async fn redeem<F, Fut>(&self, item: &Item, id: &str, record: F) -> Delivery
     where
-        F: FnOnce(Value) -> Fut,
+        F: Fn(Value) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         // Noted by an earlier attempt, before it sent the PATCH: so when there is one, that
@@ -401,6 +403,12 @@ impl Client {
             .as_ref()
             .and_then(|p| p.get(BASELINE))
             .and_then(Value::as_i64);
+        let not_activatable_seen = item
+            .progress
+            .as_ref()
+            .and_then(|p| p.get(NOT_ACTIVATABLE_SEEN))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let count = match self.redeem_count(id).await {
             Ok(c) => c,
             Err(CallError::Status { status: 404, .. }) => {
@@ -447,7 +455,7 @@ impl Client {
                 Ok(_) | Err(CallError::Status { status: 404, .. }) => {}
                 Err(g) => {
                     return match Delivery::from_error(&g) {
-                        Delivery::Dead(_) => redeem_refusal(&e, item.attempts),
+                        Delivery::Dead(_) => redeem_refusal(&e, not_activatable_seen),
                         Delivery::Retry(r) => Delivery::Retry(format!(
                             "{e}; cannot verify whether our earlier attempt counted: {r}"
                         )),
@@ -456,7 +464,16 @@ impl Client {
                 }
             }
         }
-        redeem_refusal(&e, item.attempts)
+        // convercus.md §4.9 COUPON_NOT_ACTIVATABLE: "deliver pending activation first, then
+        // retry once" — the first time it is answered, whatever failed before; noted
+        // durably so the second time is final.
+        if refusal_is(&e, "COUPON_NOT_ACTIVATABLE") && !not_activatable_seen {
+            let note = json!({BASELINE: baseline.unwrap_or(count), NOT_ACTIVATABLE_SEEN: true});
+            if let Err(r) = record(note).await {
+                return Delivery::Retry(format!("{e}; cannot record progress: {r}"));
+            }
+        }
+        redeem_refusal(&e, not_activatable_seen)
     }
 
     // ------------------------------------------------------------ pull
@@ -554,8 +571,9 @@ fn refusal_is(e: &CallError, code: &str) -> bool {
 
 /// What a refused redemption means (convercus.md §4.9). The error layout and statuses are
 /// a [GAP]: an answer without one of the documented codes is judged by its HTTP status
-/// (5xx and 429 are retried with back-off, like any other call).
-fn redeem_refusal(e: &CallError, attempts: i64) -> Delivery {
+/// (5xx and 429 are retried with back-off, like any other call). `not_activatable_seen`:
+/// an earlier attempt was already answered COUPON_NOT_ACTIVATABLE (and retried once).
+fn redeem_refusal(e: &CallError, not_activatable_seen: bool) -> Delivery {
     let CallError::Status { code, detail, .. } = e else {
         return Delivery::from_error(e);
     };
@@ -566,7 +584,7 @@ fn redeem_refusal(e: &CallError, attempts: i64) -> Delivery {
             Delivery::Retry(reason)
         }
         // The activation is queued before the redemption on the same key; one more try.
-        "COUPON_NOT_ACTIVATABLE" if attempts < 2 => Delivery::Retry(reason),
+        "COUPON_NOT_ACTIVATABLE" if !not_activatable_seen => Delivery::Retry(reason),
         c if DOCUMENTED_REFUSALS.contains(&c) => Delivery::Dead(reason),
         _ => Delivery::from_error(e),
     }
@@ -1108,7 +1126,7 @@ mod tests {
                     code: code.into(),
                     detail: detail.into(),
                 },
-                attempts,
+                attempts > 1,
             )
         };
         let retried = |d: Delivery| matches!(d, Delivery::Retry(_));
@@ -1140,6 +1158,9 @@ mod tests {
         assert!(dead(refusal(400, "", "bad request", 1)));
         // A documented permanent code stays permanent whatever the status.
         assert!(dead(refusal(500, "COUPON_NOT_FOUND", "", 1)));
+        // COUPON_NOT_ACTIVATABLE: one more try the first time it is answered, then final.
+        assert!(retried(refusal(400, "COUPON_NOT_ACTIVATABLE", "", 1)));
+        assert!(dead(refusal(400, "COUPON_NOT_ACTIVATABLE", "", 2)));
         let status = |code: &str, detail: &str| CallError::Status {
             status: 400,
             code: code.into(),
@@ -1155,6 +1176,10 @@ mod tests {
         assert!(!refusal_is(
             &status("CONDITION_NOT_FULFILLED", "NO_MORE_REDEEM_BY_PROGRAM"),
             "NO_MORE_REDEEM_BY_ACCOUNT"
+        ));
+        assert!(refusal_is(
+            &status("COUPON_NOT_ACTIVATABLE", ""),
+            "COUPON_NOT_ACTIVATABLE"
         ));
     }
 }

@@ -1634,3 +1634,48 @@ async fn no_more_redeem_by_account_on_a_retry_is_verified_before_dead_lettering(
     );
     daemon.kill9();
 }
+
+/// convercus.md §4.9 COUPON_NOT_ACTIVATABLE: "deliver pending activation first, then
+/// retry once" — also when an earlier attempt failed for another reason (here Convercus
+/// was throttled). The coupon is activated upstream meanwhile: the retry redeems it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coupon_not_activatable_is_retried_once_even_after_an_earlier_transient_failure() {
+    let providers = Providers::start().unwrap();
+    let mut seed = e2e::sim::convercus::default_seed();
+    seed["accountCoupons"][0]["activation"]["activated"] = json!(false);
+    providers.seed(&json!({"convercus": seed})).await.unwrap();
+    let store = store_pulling_by_hand(&providers).await;
+    jane_redeems_coffee(&store, "NA1").await;
+    // The first call (the login) is throttled: attempt 1 fails transiently.
+    providers
+        .faults("convercus", json!({"throttle_calls": 1}))
+        .await
+        .unwrap();
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    // Attempt 2 is refused COUPON_NOT_ACTIVATABLE ...
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while convercus_redemptions(&providers, JANE_COFFEE)
+        .await
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... and the activation arrives upstream before the one retry (1-2 s later).
+    providers
+        .seed(&json!({"convercus": e2e::sim::convercus::default_seed()}))
+        .await
+        .unwrap();
+    let (state, error) = convercus_redeem_outcome(&store, &daemon).await;
+    assert_eq!(state, "delivered", "{error}\n{}", daemon.log());
+    assert_eq!(
+        convercus_redemptions(&providers, JANE_COFFEE).await,
+        [false, true]
+    );
+    assert!(
+        daemon.log().contains("COUPON_NOT_ACTIVATABLE"),
+        "{}",
+        daemon.log()
+    );
+    daemon.kill9();
+}
