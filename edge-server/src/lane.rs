@@ -673,6 +673,9 @@ pub fn commit(
     let loyalty_id = customer_row.and_then(|c| c.loyalty_id);
     let view = CustomerCoupons::read(conn, &input.customer)?;
     let mut total = Cents::ZERO;
+    // Every digital discount the sale was given, of any provider (also one flagged as a
+    // conflict below: the shopper had it): for a provider's report of the whole sale.
+    let mut given = Cents::ZERO;
     let mut sale_coupons = Vec::new();
     // Holds of other open sales that lose a coupon this commit redeems, by sale.
     let mut taken: BTreeMap<(String, String), repo::Hold> = BTreeMap::new();
@@ -708,6 +711,7 @@ pub fn commit(
             }
         }
         let discount = Cents(stored.applied.get(id).copied().unwrap_or(0));
+        given += discount;
         repo::insert_redemption(
             conn,
             &input.site,
@@ -775,6 +779,7 @@ pub fn commit(
         &input.customer,
         loyalty_id.as_deref(),
         &sale_coupons,
+        given.0,
         &stored.sale,
         redeemed_at,
     );

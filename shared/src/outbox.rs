@@ -427,13 +427,15 @@ pub struct SaleCoupon {
 /// all of them (koupon.md §6: one `redeem` per POS transaction, duplicates merged when
 /// sent), then the analytics post of the whole sale. The payloads name the customer's
 /// loyalty id, each offer's code and barcode: which of them Koupon is sent is the sync
-/// daemon's choice (`providers.koupon.redeem_as`).
+/// daemon's choice (`providers.koupon.redeem_as`). `sale_discount_cents`: every digital
+/// discount the sale was given, of all providers (the report's summary).
 pub fn for_sale(
     site: &str,
     txn: &str,
     customer_id: &str,
     loyalty_id: Option<&str>,
     coupons: &[SaleCoupon],
+    sale_discount_cents: i64,
     basket: &Value,
     committed_at: &str,
 ) -> Vec<NewItem> {
@@ -473,6 +475,7 @@ pub fn for_sale(
                 "customer": customer_id,
                 "loyaltyId": loyalty_id,
                 "discounts": entries,
+                "saleDiscountCents": sale_discount_cents,
                 "basket": basket,
                 "committedAt": committed_at,
             }),

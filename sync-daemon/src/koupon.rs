@@ -572,9 +572,17 @@ pub fn report_body(payload: &Value, redeem_as: KouponRedeemAs) -> Value {
             })
         })
         .collect();
-    let discounts: i64 = list(payload, "discounts")
-        .filter_map(|d| d.get("discountCents").and_then(Value::as_i64))
-        .sum();
+    // "Sum of discounts" (koupon.md §3.3): every digital discount the sale was given, of
+    // all providers (`saleDiscountCents`); items queued before it was recorded name only
+    // Koupon's own.
+    let discounts: i64 = payload
+        .get("saleDiscountCents")
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| {
+            list(payload, "discounts")
+                .filter_map(|d| d.get("discountCents").and_then(Value::as_i64))
+                .sum()
+        });
     // What was scanned at the POS: the loyalty card, or the offer barcodes (items queued
     // by earlier versions name their assets themselves).
     let mut assets: Vec<Value> = Vec::new();
@@ -601,7 +609,7 @@ pub fn report_body(payload: &Value, redeem_as: KouponRedeemAs) -> Value {
         "summary": {
             "subTotal": money(basket.get("subTotal")),
             "totalDiscounts": serde_json::from_str::<Value>(&http::cents_to_decimal(discounts, 2)).unwrap_or(json!(0)),
-            // Net of the digital discounts, tax included (koupon.md §3.3).
+            // Net of all the digital discounts, tax included (koupon.md §3.3).
             "total": serde_json::from_str::<Value>(&http::cents_to_decimal(gross - discounts, 2)).unwrap_or(json!(0)),
         },
         "discountAssets": assets,
@@ -854,6 +862,21 @@ mod tests {
         on_sale["basket"]["items"][0]["discountPrice"] = json!(1.49);
         let r = report_body(&on_sale, KouponRedeemAs::LoyaltyId);
         assert_eq!(r["products"][0]["price"].to_string(), "1.49");
+        // A sale with other providers' discounts too (a Convercus 1.50 beside Koupon's
+        // 2.00): the summary counts them all.
+        let mut mixed = json!({
+            "loyaltyId": "LOY-1",
+            "discounts": [{"offerId": "KPN1", "couponCode": "KPN1", "discountCents": 200}],
+            "saleDiscountCents": 350,
+            "basket": {"items": [], "subTotal": 14.48, "grossTotal": 14.48},
+        });
+        let r = report_body(&mixed, KouponRedeemAs::LoyaltyId);
+        assert_eq!(r["summary"]["totalDiscounts"].to_string(), "3.50");
+        assert_eq!(r["summary"]["total"].to_string(), "10.98");
+        // An item queued before the sale's discounts were recorded: Koupon's own.
+        mixed.as_object_mut().unwrap().remove("saleDiscountCents");
+        let r = report_body(&mixed, KouponRedeemAs::LoyaltyId);
+        assert_eq!(r["summary"]["totalDiscounts"].to_string(), "2.00");
     }
 
     fn sale() -> Value {
