@@ -1679,3 +1679,72 @@ async fn coupon_not_activatable_is_retried_once_even_after_an_earlier_transient_
     );
     daemon.kill9();
 }
+
+/// An exact JSON money number (two decimals) in cents.
+fn cents(v: &Value) -> i64 {
+    let t = v.to_string();
+    let (whole, frac) = t.split_once('.').unwrap_or((&t, "00"));
+    assert_eq!(frac.len(), 2, "{t}");
+    whole.parse::<i64>().unwrap() * 100 + frac.parse::<i64>().unwrap()
+}
+
+/// koupon.md §3.3: the report's `summary.totalDiscounts` is the "Sum of discounts" and
+/// `total` the "Net total after discounts, tax included": every digital discount the sale
+/// was given (here Convercus' 15 % off coffee beside Koupon's $1 off cereal), not only
+/// Koupon's.
+#[tokio::test]
+async fn the_koupon_report_summary_counts_every_digital_discount_of_the_sale() {
+    let providers = Providers::start().unwrap();
+    let store = store_pulling_by_hand(&providers).await;
+    let q = format!("?site={SITE}&customer={JANE}&transaction=KR1");
+    let items = json!([
+        {"id": 1, "quantity": 1, "upc": 77000000001u64, "price": 10.00, "discountPrice": 10.00, "dept": 7},
+        {"id": 2, "quantity": 1, "upc": 38000012345u64, "price": 4.48, "discountPrice": 4.48, "dept": 4}]);
+    let (s, r) = store
+        .post(
+            &format!("/transaction{q}"),
+            &json!({"transientRequest": false, "items": items, "subTotal": 14.48, "grossTotal": 14.48}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+    let applied: BTreeMap<String, i64> = r["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["couponId"].as_str().unwrap().to_owned(),
+                cents(&a["totalDiscount"]),
+            )
+        })
+        .collect();
+    assert_eq!(applied.get("CVX1"), Some(&150), "{r}");
+    assert_eq!(applied.get("KPN1"), Some(&100), "{r}");
+    let given: i64 = applied.values().sum();
+    let ids: Vec<&String> = applied.keys().collect();
+    let (s, r) = store
+        .post(&format!("/transaction/commit{q}"), &json!({"coupons": ids}))
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let ledger = providers.ledger().await.unwrap();
+        if let Some(e) = ledger
+            .iter()
+            .find(|e| e["provider"] == "koupon" && e["operation"] == "report")
+        {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(report["applied"], true, "{report}");
+    let summary = &report["body"]["summary"];
+    assert_eq!(cents(&summary["subTotal"]), 1448, "{summary}");
+    assert_eq!(cents(&summary["totalDiscounts"]), given, "{summary}");
+    assert_eq!(cents(&summary["total"]), 1448 - given, "{summary}");
+    daemon.kill9();
+}
