@@ -636,7 +636,19 @@ pub fn offer_of(o: &Value, config: &Config) -> Option<Offer> {
         barcode
     };
     let rule = config.offer_rule(NAME, &offer_id);
-    let active = matches!(s("is_active").as_str(), "1" | "true" | "yes" | "");
+    // Flags come as JSON booleans, numbers or strings ("1", "true"): koupon.md §4 names
+    // them (`is_active`, `featured`) without their types and asks to parse leniently.
+    let flag = |k: &str, absent: bool| match o.get(k) {
+        None | Some(Value::Null) => absent,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|x| x != 0.0),
+        Some(Value::String(t)) => match t.trim().to_ascii_lowercase().as_str() {
+            "" => absent,
+            t => matches!(t, "1" | "true" | "yes" | "y"),
+        },
+        Some(_) => absent,
+    };
+    let active = flag("is_active", true);
     let title = rule
         .and_then(|r| r.description.clone())
         .or_else(|| Some(s("title")).filter(|t| !t.is_empty()))
@@ -664,7 +676,7 @@ pub fn offer_of(o: &Value, config: &Config) -> Option<Offer> {
         image_url: Some(s("companyImage")).filter(|i| i.starts_with("http")),
         targeted: false,
         enabled: active && rule.is_some(),
-        featured: matches!(s("featured").as_str(), "1" | "true"),
+        featured: flag("featured", false),
         requires_clip: true,
         rule: rule
             .map(|r| r.rule.clone())
@@ -994,5 +1006,48 @@ mod tests {
             sale_result(&p, &e, &again, &configured),
             Delivery::delivered()
         );
+    }
+
+    #[test]
+    fn offer_flags_are_read_as_booleans_numbers_or_strings() {
+        let config = Config::from_toml_str(
+            "[store]\nsites=[\"S\"]\n[[lanes.credentials]]\nusername=\"a\"\npassword=\"b\"\n\
+             [[offer_rules]]\nprovider=\"koupon\"\nreference=\"KPN7\"\n\
+             rule={mechanic={type=\"amountOff\",cents=100}}\n",
+        )
+        .unwrap();
+        let offer = |extra: Value| {
+            let mut o = json!({"offerId": "KPN7", "barcodeString": "asset-7"});
+            for (k, v) in extra.as_object().unwrap() {
+                o[k] = v.clone();
+            }
+            offer_of(&o, &config).unwrap()
+        };
+        // koupon.md §4 names `featured` (and `is_active`) without a type.
+        for yes in [
+            json!(true),
+            json!(1),
+            json!("1"),
+            json!("true"),
+            json!("TRUE"),
+        ] {
+            assert!(offer(json!({ "featured": yes })).featured, "{yes}");
+        }
+        for no in [
+            json!(false),
+            json!(0),
+            json!("0"),
+            json!("false"),
+            json!(null),
+        ] {
+            assert!(!offer(json!({ "featured": no })).featured, "{no}");
+        }
+        assert!(!offer(json!({})).featured);
+        // Inactive offers are not applied, however the flag is written; absent = active.
+        assert!(offer(json!({})).enabled);
+        assert!(offer(json!({"is_active": true})).enabled);
+        for no in [json!(false), json!(0), json!("0")] {
+            assert!(!offer(json!({ "is_active": no })).enabled, "{no}");
+        }
     }
 }

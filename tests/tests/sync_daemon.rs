@@ -1748,3 +1748,35 @@ async fn the_koupon_report_summary_counts_every_digital_discount_of_the_sale() {
     assert_eq!(cents(&summary["total"]), 1448 - given, "{summary}");
     daemon.kill9();
 }
+
+/// koupon.md §4: the offer list names `featured` (type not given; "parse leniently"). An
+/// offer Koupon features with a JSON `true` is featured in the lane catalog.
+#[tokio::test]
+async fn a_koupon_offer_featured_upstream_is_featured_in_the_lane_catalog() {
+    let providers = Providers::start().unwrap();
+    let mut seed = e2e::sim::koupon::default_seed();
+    seed["offers"].as_array_mut().unwrap().push(json!({
+        "is_active": true, "featured": true, "offerId": "KPN9", "barcodeString": "asset-kpn9",
+        "title": "Featured granola"}));
+    providers.seed(&json!({"koupon": seed})).await.unwrap();
+    let store = store_pulling_by_hand(&providers).await;
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    pull_now(&daemon, &store, "koupon").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let offer = loop {
+        let (s, r) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+        assert_eq!(s, 200, "{r}");
+        if let Some(o) = r["coupons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["shortDescription"] == "Featured granola")
+        {
+            break o.clone();
+        }
+        assert!(Instant::now() < deadline, "{r}\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(offer["featured"], true, "{offer}");
+    daemon.kill9();
+}
