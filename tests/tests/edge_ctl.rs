@@ -114,3 +114,35 @@ fn config_packages_are_validated_then_built_as_debs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("concurency"));
 }
+
+/// `edge-ctl outbox list | head`: a reader that stops reading ends edge-ctl quietly (exit
+/// 0, nothing on stderr), as it did not: println! panicked on the broken pipe.
+#[test]
+fn output_to_a_reader_that_went_away_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("edge-coupon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nsites = [\"S\"]\n[[lanes.credentials]]\nusername = \"a\"\npassword = \"b\"\n[database]\npath = \"{}\"\n",
+            dir.path().join("store.db").display()
+        ),
+    )
+    .unwrap();
+    for args in [&["outbox", "list"][..], &["status"], &["--json", "status"]] {
+        // The reading end is closed before edge-ctl writes anything.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(e2e::binary("edge-ctl").unwrap())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

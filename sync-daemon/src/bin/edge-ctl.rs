@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use shared::db::now_secs;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -79,19 +80,43 @@ enum SyncCommand {
     Now { provider: String },
 }
 
+/// Writes a line to stdout; a failed write is returned as the command's error (`?`), so a
+/// reader that went away (`edge-ctl outbox list | head`) ends the command quietly (see
+/// [`main`]) instead of panicking as `println!` does.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => code,
+        // Whoever read our output stopped reading: nothing more to say, and nothing wrong.
+        Err(e) if closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
+            // The error is reported; should that fail as well, there is no one to tell.
             if cli.json {
-                println!("{}", json!({"error": e.to_string()}));
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    json!({"error": e.to_string()})
+                );
             } else {
-                eprintln!("edge-ctl: {e:#}");
+                let _ = writeln!(std::io::stderr().lock(), "edge-ctl: {e:#}");
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the command failed writing to a stdout nobody reads any more.
+fn closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn ago(now: i64, t: Option<i64>) -> String {
@@ -120,9 +145,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     {
         let deb = sync_daemon::package::build(region, version, file, output)?;
         if cli.json {
-            println!("{}", json!({"package": deb}));
+            out!("{}", json!({"package": deb}));
         } else {
-            println!("built {}", deb.display());
+            out!("built {}", deb.display());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -149,7 +174,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                         v
                     })
                     .collect();
-                println!(
+                out!(
                     "{}",
                     json!({"now": now, "providers": out,
                            "conflicts": {"last30Days": conflicts, "recent": recent}})
@@ -157,15 +182,15 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             } else {
                 for r in rows {
                     let q = |s: &str| r.queue.get(s).copied().unwrap_or(0);
-                    println!("{}", r.provider);
-                    println!("  last success   {}", ago(now, r.last_success_at));
+                    out!("{}", r.provider);
+                    out!("  last success   {}", ago(now, r.last_success_at));
                     if let Some(res) = &r.last_result {
-                        println!("  last result    {res}");
+                        out!("  last result    {res}");
                     }
                     if let Some(e) = &r.last_error {
-                        println!("  last error     {} ({e})", ago(now, r.last_error_at));
+                        out!("  last error     {} ({e})", ago(now, r.last_error_at));
                     }
-                    println!(
+                    out!(
                         "  outbox         {} pending, {} in flight, {} dead, {} delivered, {} discarded",
                         q("pending"),
                         q("inflight"),
@@ -174,15 +199,15 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                         q("discarded")
                     );
                     if let Some(age) = r.oldest_pending_age_secs {
-                        println!("  oldest pending {age} s");
+                        out!("  oldest pending {age} s");
                     }
                 }
-                println!("redemption conflicts in the last 30 days: {conflicts}");
+                out!("redemption conflicts in the last 30 days: {conflicts}");
                 if conflicts > 0 {
-                    println!("  (a lane committed a coupon already used, held by another sale or expired, or the provider refused it; newest first)");
+                    out!("  (a lane committed a coupon already used, held by another sale or expired, or the provider refused it; newest first)");
                 }
                 for c in recent {
-                    println!(
+                    out!(
                         "  {}  {} {}  customer {}  coupon {}  {}",
                         ago(now, Some(c.at)),
                         c.site,
@@ -207,14 +232,19 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     *limit,
                 )?;
                 if cli.json {
-                    println!("{}", json!({"items": items}));
+                    out!("{}", json!({"items": items}));
                 } else {
-                    println!(
+                    out!(
                         "{:>8}  {:<11} {:<11} {:<9} {:>3}  {:<40} LAST ERROR",
-                        "ID", "PROVIDER", "OPERATION", "STATE", "TRY", "ORDERING KEY"
+                        "ID",
+                        "PROVIDER",
+                        "OPERATION",
+                        "STATE",
+                        "TRY",
+                        "ORDERING KEY"
                     );
                     for i in items {
-                        println!(
+                        out!(
                             "{:>8}  {:<11} {:<11} {:<9} {:>3}  {:<40} {}",
                             i.id,
                             i.provider,
@@ -248,9 +278,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             }
             shared::sync::request_sync(&conn, provider, now)?;
             if cli.json {
-                println!("{}", json!({"requested": provider, "at": now}));
+                out!("{}", json!({"requested": provider, "at": now}));
             } else {
-                println!("sync of {provider} requested; the sync daemon starts it within a second (see `edge-ctl status`)");
+                out!("sync of {provider} requested; the sync daemon starts it within a second (see `edge-ctl status`)");
             }
         }
     }
@@ -259,11 +289,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 
 fn report(json_out: bool, ok: bool, id: i64, what: &str) -> anyhow::Result<ExitCode> {
     if json_out {
-        println!("{}", json!({"id": id, "ok": ok}));
+        out!("{}", json!({"id": id, "ok": ok}));
     } else if ok {
-        println!("item {id} {what}");
+        out!("item {id} {what}");
     } else {
-        eprintln!("item {id} is not dead-lettered (see `edge-ctl outbox list --state dead`)");
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "item {id} is not dead-lettered (see `edge-ctl outbox list --state dead`)"
+        );
     }
     Ok(if ok {
         ExitCode::SUCCESS
