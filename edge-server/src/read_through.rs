@@ -36,7 +36,15 @@ impl ReadThrough {
     pub fn new(config: &Config) -> Option<ReadThrough> {
         let c = &config.providers.coupontools;
         (c.enabled && c.read_through_ms > 0).then(|| ReadThrough {
-            client: sync_daemon::coupontools::Client::new(c),
+            // Not paced at the daemon's rate: a lane waits for these, and a second look-up
+            // (the search) would otherwise wait out a 200 ms slot of a 300 ms budget.
+            client: sync_daemon::coupontools::Client::with_pacer(
+                c,
+                std::sync::Arc::new(sync_daemon::pace::Pacer::unlimited(
+                    sync_daemon::coupontools::NAME,
+                    c.max_retry_after_secs,
+                )),
+            ),
             budget: Duration::from_millis(c.read_through_ms),
             pause: Duration::from_secs(c.read_through_pause_secs),
             paused_until: Mutex::new(None),

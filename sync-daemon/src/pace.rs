@@ -16,7 +16,8 @@ pub struct Pacer {
     provider: &'static str,
     rate: f64,
     max_pause: Duration,
-    limiter: DefaultDirectRateLimiter,
+    /// `None`: no rate (see [`Pacer::unlimited`]).
+    limiter: Option<DefaultDirectRateLimiter>,
     /// Set by a 429/503 with `Retry-After`: no call before then.
     paused_until: Mutex<Option<Instant>>,
 }
@@ -36,7 +37,20 @@ impl Pacer {
             provider,
             rate,
             max_pause: Duration::from_secs(max_pause_secs),
-            limiter: RateLimiter::direct(quota),
+            limiter: Some(RateLimiter::direct(quota)),
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    /// A pacer that only honours `Retry-After` pauses: for the edge server's bounded
+    /// read-through look-ups, which a lane waits for and which the daemon's rate does not
+    /// count (`providers.<name>.max_requests_per_sec` is the daemon's).
+    pub fn unlimited(provider: &'static str, max_pause_secs: u64) -> Pacer {
+        Pacer {
+            provider,
+            rate: f64::INFINITY,
+            max_pause: Duration::from_secs(max_pause_secs),
+            limiter: None,
             paused_until: Mutex::new(None),
         }
     }
@@ -88,7 +102,9 @@ impl Pacer {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            self.limiter.until_ready().await;
+            if let Some(limiter) = &self.limiter {
+                limiter.until_ready().await;
+            }
             if self.pause_left().is_none() {
                 return;
             }

@@ -252,3 +252,43 @@ async fn an_unseen_own_validation_code_is_found_by_search_and_validated_as_its_s
         .unwrap();
     assert_eq!(status, 404, "{r}");
 }
+
+/// Look-ups a lane waits for are not held to the daemon's request rate (5 a second for
+/// Coupontools): unknown codes scanned one after another, each asked as a session and then
+/// searched for as an own code, all get their answer within the default 300 ms budget
+/// ("no such voucher"), instead of a 503 and a 30 s stop of every look-up.
+#[tokio::test]
+async fn unknown_codes_scanned_one_after_another_each_get_their_answer_within_budget() {
+    let providers = Providers::start().unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *"),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..4 {
+        let (status, r) = store
+            .get(&format!("/vouchers/UNKNOWN-{i}?site={SITE}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 404, "code {i}: {r}");
+        assert_eq!(r["errors"][0]["id"], "VOUCHER_NOT_FOUND", "{r}");
+    }
+    let searches = providers
+        .requests("coupontools")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("couponsession/search"))
+        })
+        .count();
+    assert_eq!(
+        searches, 4,
+        "each code asked as a session, then searched for"
+    );
+    let log = std::fs::read_to_string(store.dir.join("edge-server.log")).unwrap();
+    assert!(!log.contains("over its"), "{log}");
+}
