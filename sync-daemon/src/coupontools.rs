@@ -237,11 +237,7 @@ impl Client {
                 None => return Ok(None),
             }
         };
-        if str_of(&record["data"]["status"], "own_validation_code").is_empty() {
-            if let Some(status) = record.pointer_mut("/data/status") {
-                status["own_validation_code"] = json!(code);
-            }
-        }
+        name_own_code(&mut record, code);
         Ok(Some(record))
     }
 
@@ -484,6 +480,24 @@ pub fn sessions_of(answer: Value, keys: &[String]) -> Result<Vec<Value>, Vec<Str
     }
 }
 
+/// Sets a searched session record's own validation code to `code` when it names none. A
+/// `data.status` that is no object is left alone (indexing it would panic; the record
+/// came from outside).
+fn name_own_code(record: &mut Value, code: &str) {
+    if let Some(status) = record
+        .pointer_mut("/data/status")
+        .and_then(Value::as_object_mut)
+    {
+        if status
+            .get("own_validation_code")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            status.insert("own_validation_code".into(), json!(code));
+        }
+    }
+}
+
 /// The session a `couponsession/search` answer names for `code`: among its records (see
 /// [`Client::search_own_code`]) the one whose own validation code is `code`, else the only
 /// one that names no own code. A record is anything naming a `session` (a bare id string
@@ -642,6 +656,20 @@ mod tests {
             sessions_of(json!({"records": [rec.clone()]}), &mine).unwrap(),
             want
         );
+    }
+
+    #[test]
+    fn a_searched_session_is_named_by_its_code_only_where_it_names_none() {
+        let mut none = json!({"session": "s", "data": {"status": {"own_validation_code": ""}}});
+        name_own_code(&mut none, "C1");
+        assert_eq!(none["data"]["status"]["own_validation_code"], "C1");
+        let mut own = json!({"session": "s", "data": {"status": {"own_validation_code": "C0"}}});
+        name_own_code(&mut own, "C1");
+        assert_eq!(own["data"]["status"]["own_validation_code"], "C0");
+        // Not an object: left as it is, no panic.
+        let mut odd = json!({"session": "s", "data": {"status": "OK"}});
+        name_own_code(&mut odd, "C1");
+        assert_eq!(odd["data"]["status"], "OK");
     }
 
     #[test]
