@@ -1446,22 +1446,7 @@ async fn an_unreadable_answer_to_a_barcode_redeem_is_dead_lettered_not_resent() 
         .unwrap();
     assert_eq!(s, 200, "{r}");
     let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
-    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (state, error) = loop {
-        let row: Option<(String, Option<String>)> = conn
-            .query_row(
-                "SELECT state, last_error FROM outbox WHERE provider = 'koupon' AND operation = 'validate'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .ok();
-        if let Some((s, e)) = row.filter(|(s, _)| s == "dead" || s == "delivered") {
-            break (s, e.unwrap_or_default());
-        }
-        assert!(Instant::now() < deadline, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (state, error) = outcome(&store, &daemon, "koupon", "validate").await;
     // Time for a retry, had there been one (backoff 1-2 s).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(state, "dead", "{error}");
@@ -1547,15 +1532,21 @@ async fn jane_redeems_coffee(store: &Store, txn: &str) {
     assert_eq!(s, 200, "{r}");
 }
 
-/// The state and last error of the one Convercus redeem item, once delivered or dead.
-async fn convercus_redeem_outcome(store: &Store, daemon: &Daemon) -> (String, String) {
+/// The state and last error of the one outbox item of `provider` and `operation`, once
+/// delivered or dead.
+async fn outcome(
+    store: &Store,
+    daemon: &Daemon,
+    provider: &str,
+    operation: &str,
+) -> (String, String) {
     let conn = rusqlite::Connection::open(store.db_path()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let row: Option<(String, Option<String>)> = conn
             .query_row(
-                "SELECT state, last_error FROM outbox WHERE provider = 'convercus' AND operation = 'redeem'",
-                [],
+                "SELECT state, last_error FROM outbox WHERE provider = ?1 AND operation = ?2",
+                [provider, operation],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .ok();
@@ -1620,7 +1611,7 @@ async fn no_more_redeem_by_account_on_a_retry_is_verified_before_dead_lettering(
         .faults("convercus", json!({"hold_writes": false}))
         .await
         .unwrap();
-    let (state, error) = convercus_redeem_outcome(&store, &daemon).await;
+    let (state, error) = outcome(&store, &daemon, "convercus", "redeem").await;
     assert_eq!(state, "delivered", "{error}\n{}", daemon.log());
     assert_eq!(
         convercus_redemptions(&providers, JANE_COFFEE).await,
@@ -1666,7 +1657,7 @@ async fn coupon_not_activatable_is_retried_once_even_after_an_earlier_transient_
         .seed(&json!({"convercus": e2e::sim::convercus::default_seed()}))
         .await
         .unwrap();
-    let (state, error) = convercus_redeem_outcome(&store, &daemon).await;
+    let (state, error) = outcome(&store, &daemon, "convercus", "redeem").await;
     assert_eq!(state, "delivered", "{error}\n{}", daemon.log());
     assert_eq!(
         convercus_redemptions(&providers, JANE_COFFEE).await,
