@@ -323,10 +323,14 @@ pub async fn catalog(req: HttpRequest, state: State) -> Result<HttpResponse, Api
     // Served from the in-memory catalog: no database read at all.
     let catalog = state.catalog.current();
     // With external images the POS uses `imageUrl` as it is: an image this server serves
-    // is then advertised with the origin the lane reached it by (CATAPULT §5.1, §8).
-    let origin = state.config().lanes.use_external_images.then(|| {
+    // is then advertised with the origin the lane reached it by, and the base URL's path
+    // prefix when one is configured (CATAPULT §5.1, §8).
+    let config = state.config();
+    let origin = config.lanes.use_external_images.then(|| {
         let info = req.connection_info();
-        format!("{}://{}", info.scheme(), info.host())
+        let prefix = crate::routes::normalise_path(&config.lanes.path_prefix);
+        let prefix = if prefix == "/" { "" } else { prefix.as_str() };
+        format!("{}://{}{prefix}", info.scheme(), info.host())
     });
     let coupons: Vec<Value> = catalog
         .not_ended(today)

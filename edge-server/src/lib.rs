@@ -84,7 +84,8 @@ impl AppState {
 
     /// Applies a new valid configuration: lane credentials, sites, hold TTL, stacking and
     /// receipt texts, voucher and admin credentials, time zone and log level take effect at
-    /// once; listen addresses, TLS files, the database and route aliases need a restart.
+    /// once; listen addresses, TLS files, the database, route aliases and the path prefix
+    /// need a restart.
     pub fn reload(&self, new: Config) {
         let old = self.config();
         let mut restart = Vec::new();
@@ -96,6 +97,9 @@ impl AppState {
         }
         if old.lanes.route_aliases != new.lanes.route_aliases {
             restart.push("lanes.route_aliases");
+        }
+        if old.lanes.path_prefix != new.lanes.path_prefix {
+            restart.push("lanes.path_prefix");
         }
         if old.admin.listen != new.admin.listen || old.admin.enabled() != new.admin.enabled() {
             restart.push("admin.listen");
@@ -189,11 +193,20 @@ pub fn run_with_admin(
     } else {
         tls.clone()
     };
+    let prefix: Arc<str> = routes::normalise_path(&state.config().lanes.path_prefix).into();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
             .wrap(actix_web::middleware::from_fn(auth::basic_auth))
             .wrap(actix_web::middleware::from_fn(admin::record))
+            // After normalising: a lane whose base URL has a path (`lanes.path_prefix`).
+            .wrap_fn({
+                let prefix = prefix.clone();
+                move |mut req, srv| {
+                    routes::strip_prefix(&prefix, &mut req);
+                    actix_web::dev::Service::call(srv, req)
+                }
+            })
             // Outermost, so credentials, routing, metrics and the unmatched-path log all see
             // the normalised path: CATAPULT appends endpoint paths to a base URL that
             // usually ends in '/' (`https://host/` + `/coupons` = `//coupons`), and a

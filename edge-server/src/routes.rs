@@ -154,6 +154,44 @@ pub fn normalise_path(path: &str) -> String {
     out
 }
 
+/// The path a request names below the configured base-URL prefix (`lanes.path_prefix`,
+/// normalised like a request path): `/catapult/coupons` under `/catapult` is `/coupons`, the
+/// prefix itself is `/`. `None` when the path is not under the prefix (`/catapultx/…`), or
+/// no prefix is configured.
+pub fn below_prefix<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    if prefix.is_empty() || prefix == "/" {
+        return None;
+    }
+    match path.strip_prefix(prefix)? {
+        "" => Some("/"),
+        rest if rest.starts_with('/') => Some(rest),
+        _ => None,
+    }
+}
+
+/// Serves requests under `prefix` as if it were not there, by rewriting their path before
+/// credentials, metrics and routing see it (a lane whose base URL is
+/// `https://edge:8443/catapult/` calls `/catapult/coupons`). Requests without the prefix
+/// are untouched. Runs after `NormalizePath`, so the path is already normalised.
+pub fn strip_prefix(prefix: &str, req: &mut actix_web::dev::ServiceRequest) {
+    let Some(rest) = below_prefix(prefix, req.path()) else {
+        return;
+    };
+    let path_and_query = match req.query_string() {
+        "" => rest.to_owned(),
+        q => format!("{rest}?{q}"),
+    };
+    let mut parts = req.head().uri.clone().into_parts();
+    let Ok(pq) = path_and_query.parse() else {
+        return;
+    };
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = actix_web::http::Uri::from_parts(parts) {
+        req.match_info_mut().get_mut().update(&uri);
+        req.head_mut().uri = uri;
+    }
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig, config: &Config) {
     for (path, handlers) in paths(config) {
         let mut resource = web::resource(path).default_service(web::to(method_not_allowed));
@@ -217,5 +255,23 @@ mod tests {
         assert_eq!(normalise_path("/coupons"), "/coupons");
         assert_eq!(normalise_path("/"), "/");
         assert_eq!(normalise_path("//"), "/");
+    }
+
+    #[test]
+    fn a_path_below_the_prefix_is_served_without_it() {
+        assert_eq!(
+            below_prefix("/catapult", "/catapult/coupons"),
+            Some("/coupons")
+        );
+        assert_eq!(
+            below_prefix("/pos/catapult", "/pos/catapult/transaction/commit"),
+            Some("/transaction/commit")
+        );
+        assert_eq!(below_prefix("/catapult", "/catapult"), Some("/"));
+        // Not under the prefix, or no prefix: routed as it is.
+        assert_eq!(below_prefix("/catapult", "/catapultx/coupons"), None);
+        assert_eq!(below_prefix("/catapult", "/coupons"), None);
+        assert_eq!(below_prefix("", "/coupons"), None);
+        assert_eq!(below_prefix("/", "/coupons"), None);
     }
 }

@@ -437,6 +437,11 @@ pub struct LanesConfig {
     pub voucher_retention_days: u64,
     /// Extra paths (aliases) per operation; the built-in primary path and aliases always work.
     pub route_aliases: RouteAliases,
+    /// The path part of the lanes' base URL (CATAPULT's `com.ecrsoft.tserver.genericcoup.url`
+    /// may hold "scheme + host + optional path prefix"), e.g. `/catapult` for
+    /// `https://edge:8443/catapult/`. Requests under it are served as if it were not there;
+    /// requests without it are served as well. Empty: no prefix.
+    pub path_prefix: String,
 }
 
 /// What a commit answer says about listed coupons it could not redeem (`lanes.commit_errors`).
@@ -533,6 +538,7 @@ impl Default for LanesConfig {
             voucher_retention_days: 90,
             receipt_footer: "Digital coupons saved you {total}".to_owned(),
             route_aliases: RouteAliases::default(),
+            path_prefix: String::new(),
         }
     }
 }
@@ -796,6 +802,19 @@ impl Config {
                     format!("path `{p}` must start with '/'"),
                 ));
             }
+        }
+        let prefix = &self.lanes.path_prefix;
+        if !prefix.is_empty()
+            && (!prefix.starts_with('/')
+                || !prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '.' | '_' | '~'))
+                || prefix.split('/').any(|s| s == "." || s == ".."))
+        {
+            return Err(invalid(
+                "lanes.path_prefix",
+                format!("`{prefix}` must be empty or a path such as \"/catapult\": a leading '/', then letters, digits and - . _ ~ (no query, no '..')"),
+            ));
         }
         if self.admin.enabled() && self.admin.username.is_empty() {
             return Err(invalid(
@@ -1271,6 +1290,23 @@ mod tests {
             koupon("STO-1_a.b~").unwrap().providers.koupon.store_id,
             "STO-1_a.b~"
         );
+        // The base URL's path prefix: a path, never a query or a way up.
+        let prefix = |p: &str| {
+            Config::from_toml_str(&MINIMAL.replace(
+                "[[lanes.credentials]]",
+                &format!("[lanes]\npath_prefix = \"{p}\"\n[[lanes.credentials]]"),
+            ))
+        };
+        for bad in ["catapult", "/cat?x=1", "/a/../b", "/with space"] {
+            let err = prefix(bad).unwrap_err();
+            assert!(
+                err.to_string().contains("lanes.path_prefix"),
+                "{bad}: {err}"
+            );
+        }
+        for good in ["", "/", "/catapult", "/pos/catapult/"] {
+            assert_eq!(prefix(good).unwrap().lanes.path_prefix, good);
+        }
     }
 
     #[test]

@@ -108,6 +108,87 @@ async fn paths_with_repeated_or_trailing_slashes_answer_like_the_plain_path() {
     assert_eq!(r.headers()["allow"], "POST");
 }
 
+/// CATAPULT's base URL is "scheme + host + optional path prefix" (§1): a lane configured
+/// with `https://edge/catapult/` calls `/catapult/coupons`, `//catapult//transaction/commit`
+/// and fetches images below the prefix too. Without `lanes.path_prefix` those are 404.
+#[tokio::test]
+async fn a_base_url_with_a_path_prefix_is_served_below_it() {
+    let store = Store::start(StoreOptions {
+        lanes_toml: "path_prefix = \"/pos/catapult/\"\nuse_external_images = true".into(),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let plain = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+    assert_eq!(plain.0, 200, "{:?}", plain.1);
+    let prefixed = store
+        .get(&format!("/pos/catapult/coupons?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(prefixed, plain);
+    let got = store
+        .get(&format!("//pos/catapult//coupons/?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!(got, plain);
+
+    // An external image URL names the prefix, and answers without credentials.
+    let image = plain.1["coupons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["imageUrl"].as_str())
+        .find(|u| u.ends_with("coupon-bogo.gif"))
+        .unwrap()
+        .to_owned();
+    let base = store.url("");
+    let base = base.trim_end_matches('/');
+    assert_eq!(image, format!("{base}/pos/catapult/images/coupon-bogo.gif"));
+    let (status, ct, body) = get_open(&store, "/pos/catapult/images/coupon-bogo.gif").await;
+    assert_eq!((status, ct.as_str()), (200, "image/gif"));
+    assert!(body.starts_with(b"GIF89a"));
+    assert_eq!(get_open(&store, "/pos/catapult/healthz").await.0, 200);
+    assert_eq!(
+        get_open(&store, &format!("/pos/catapult/coupons?site={SITE}"))
+            .await
+            .0,
+        401
+    );
+
+    // A sale through the prefix: update, then commit.
+    let (status, v) = store
+        .post(
+            &format!("/pos/catapult/transaction{}", q(JANE, "PX-1")),
+            &json!({"items": [item()]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["applied"].as_array().is_some_and(|a| !a.is_empty()),
+        "{v}"
+    );
+    let (status, v) = store
+        .post(
+            &format!("//pos/catapult/transaction/commit/{}", q(JANE, "PX-1")),
+            &json!({"coupons": []}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["receiptLines"].as_array().is_some_and(|l| !l.is_empty()),
+        "{v}"
+    );
+
+    // Only whole segments are a prefix.
+    let (status, e) = store
+        .get(&format!("/pos/catapultx/coupons?site={SITE}"))
+        .await
+        .unwrap();
+    assert_eq!((status, error_id(&e)), (404, "NOT_FOUND"), "{e}");
+}
+
 #[tokio::test]
 async fn the_basic_auth_scheme_name_is_case_insensitive() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
