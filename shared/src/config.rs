@@ -455,6 +455,13 @@ pub enum CommitErrors {
     None,
 }
 
+/// Whether validation insists on provider secrets (the services) or not (`edge-ctl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Required,
+    NotNeeded,
+}
+
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteAliases {
@@ -657,7 +664,23 @@ impl Config {
         Self::load_with_env(path, &env)
     }
 
+    /// Loads the configuration as [`Config::load`] does, for tools that never call a provider
+    /// (`edge-ctl`): provider secrets the services get from their own environment (a
+    /// systemd drop-in) need not be set in the shell that runs the tool.
+    pub fn load_for_tools(path: &Path) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_layers(path, &env, Secrets::NotNeeded)
+    }
+
     pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        Self::load_layers(path, env, Secrets::Required)
+    }
+
+    fn load_layers(
+        path: &Path,
+        env: &[(String, String)],
+        secrets: Secrets,
+    ) -> Result<Config, ConfigError> {
         let mut merged = read_table(path)?;
         let conf_d = path.parent().unwrap_or(Path::new(".")).join("conf.d");
         if let Ok(entries) = std::fs::read_dir(&conf_d) {
@@ -671,7 +694,7 @@ impl Config {
             }
         }
         apply_env(&mut merged, env)?;
-        Self::from_table(merged)
+        Self::from_table_checked(merged, secrets)
     }
 
     /// Validates a `conf.d/` fragment (e.g. a regional config package) the way the daemons
@@ -706,14 +729,18 @@ impl Config {
     }
 
     fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        Self::from_table_checked(table, Secrets::Required)
+    }
+
+    fn from_table_checked(table: toml::Table, secrets: Secrets) -> Result<Config, ConfigError> {
         let config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_owned()))?;
-        config.validate()?;
+        config.validate(secrets)?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, secrets: Secrets) -> Result<(), ConfigError> {
         if self.store.sites.is_empty()
             || self
                 .store
@@ -828,7 +855,7 @@ impl Config {
                 "must differ from server.listen (the lanes' port)",
             ));
         }
-        self.validate_sync()?;
+        self.validate_sync(secrets)?;
         if log_level(&self.logging.level).is_none() {
             return Err(invalid(
                 "logging.level",
@@ -838,7 +865,8 @@ impl Config {
         Ok(())
     }
 
-    fn validate_sync(&self) -> Result<(), ConfigError> {
+    fn validate_sync(&self, secrets: Secrets) -> Result<(), ConfigError> {
+        let need_secrets = secrets == Secrets::Required;
         let p = &self.providers;
         let schedules = [
             ("providers.convercus.schedule", &p.convercus.schedule),
@@ -879,6 +907,27 @@ impl Config {
                 }
                 _ => {}
             }
+            if need_secrets {
+                // OAuth sends the client secret, and the password too with the password grant.
+                let missing = match c.auth {
+                    ConvercusAuth::Legacy => c.password.expose().is_empty().then_some((
+                        "providers.convercus.password",
+                        "legacy login needs a password: set it here or in EDGE_PROVIDERS__CONVERCUS__PASSWORD",
+                    )),
+                    ConvercusAuth::Oauth if c.client_secret.expose().is_empty() => Some((
+                        "providers.convercus.client_secret",
+                        "OAuth needs the client secret: set it here or in EDGE_PROVIDERS__CONVERCUS__CLIENT_SECRET",
+                    )),
+                    ConvercusAuth::Oauth if !c.username.is_empty() && c.password.expose().is_empty() => Some((
+                        "providers.convercus.password",
+                        "the password grant (username is set) needs a password: set it here or in EDGE_PROVIDERS__CONVERCUS__PASSWORD",
+                    )),
+                    ConvercusAuth::Oauth => None,
+                };
+                if let Some((key, reason)) = missing {
+                    return Err(invalid(key, reason));
+                }
+            }
             if c.interaction_id.is_empty() {
                 return Err(invalid(
                     "providers.convercus.interaction_id",
@@ -915,7 +964,10 @@ impl Config {
             ));
         }
         let t = &p.coupontools;
-        if t.enabled && (t.client_id.is_empty() || t.client_secret.expose().is_empty()) {
+        if need_secrets
+            && t.enabled
+            && (t.client_id.is_empty() || t.client_secret.expose().is_empty())
+        {
             return Err(invalid(
                 "providers.coupontools.client_id",
                 "set client_id and client_secret",
@@ -960,7 +1012,7 @@ impl Config {
             }
         }
         let k = &p.koupon;
-        if k.enabled && (k.api_key.is_empty() || k.secret.expose().is_empty()) {
+        if need_secrets && k.enabled && (k.api_key.is_empty() || k.secret.expose().is_empty()) {
             return Err(invalid(
                 "providers.koupon.api_key",
                 "set api_key and secret",

@@ -129,6 +129,7 @@ fn output_to_a_reader_that_went_away_ends_quietly() {
         ),
     )
     .unwrap();
+    create_database(&config);
     for args in [&["outbox", "list"][..], &["status"], &["--json", "status"]] {
         // The reading end is closed before edge-ctl writes anything.
         let (reader, writer) = std::io::pipe().unwrap();
@@ -144,5 +145,121 @@ fn output_to_a_reader_that_went_away_ends_quietly() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
+/// The store's database as the services create it on their first start (here: an empty
+/// import, which migrates a new database).
+fn create_database(config: &std::path::Path) {
+    let snapshot = config.with_file_name("empty.json");
+    std::fs::write(&snapshot, "{}").unwrap();
+    let out = Command::new(e2e::binary("edge-server").unwrap())
+        .arg("--config")
+        .arg(config)
+        .arg("import")
+        .arg(&snapshot)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn edge_ctl_with(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(e2e::binary("edge-ctl").unwrap())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+/// edge-ctl never creates the store's database: a missing one (services never started, or
+/// a mistyped database.path) is an error naming the path and what to do, and leaves
+/// nothing behind (it created an empty database, directories included, and showed a
+/// healthy-looking store).
+#[test]
+fn a_missing_database_is_reported_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("edge-coupon.toml");
+    let db = dir.path().join("not/yet/store.db");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nsites = [\"S\"]\n[[lanes.credentials]]\nusername = \"a\"\npassword = \"b\"\n[database]\npath = \"{}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["status"][..],
+        &["sync", "now", "koupon"],
+        &["outbox", "list"],
+    ] {
+        let out = edge_ctl_with(&config, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains("no database at") && stderr.contains("database.path"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!dir.path().join("not").exists());
+}
+
+/// Store IT runs edge-ctl in a shell without the provider secrets the services get from
+/// their own environment (a systemd drop-in): edge-ctl needs only the database, so a
+/// configuration without them is enough, while the services still refuse it.
+#[test]
+fn edge_ctl_works_without_the_provider_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("edge-coupon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nsites = [\"S\"]\n[[lanes.credentials]]\nusername = \"a\"\npassword = \"b\"\n[database]\npath = \"{}\"\n\
+             [providers.coupontools]\nenabled = true\nclient_id = \"id\"\n\
+             [providers.koupon]\nenabled = true\napi_key = \"key\"\nstore_id = \"S1\"\n\
+             [providers.convercus]\nenabled = true\norg = \"o\"\nusername = \"u\"\ninteraction_id = \"i\"\n",
+            dir.path().join("store.db").display()
+        ),
+    )
+    .unwrap();
+    let check = Command::new(e2e::binary("edge-server").unwrap())
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    // An empty snapshot with the secrets given as the services get them: creates the database.
+    let snapshot = dir.path().join("empty.json");
+    std::fs::write(&snapshot, "{}").unwrap();
+    let import = Command::new(e2e::binary("edge-server").unwrap())
+        .arg("--config")
+        .arg(&config)
+        .arg("import")
+        .arg(&snapshot)
+        .env("EDGE_PROVIDERS__COUPONTOOLS__CLIENT_SECRET", "s")
+        .env("EDGE_PROVIDERS__KOUPON__SECRET", "s")
+        .env("EDGE_PROVIDERS__CONVERCUS__PASSWORD", "s")
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    for args in [&["status"][..], &["--json", "status"], &["outbox", "list"]] {
+        let out = edge_ctl_with(&config, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

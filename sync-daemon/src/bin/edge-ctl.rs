@@ -151,8 +151,17 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let config = shared::config::Config::load(&cli.config)
+    let config = shared::config::Config::load_for_tools(&cli.config)
         .map_err(|e| anyhow::anyhow!("cannot load the configuration: {e}"))?;
+    // Never create the store's database: one made here (as root, in a mistyped place) would
+    // show an empty, healthy-looking store and could lock the services out of their own.
+    if !config.database.path.exists() {
+        anyhow::bail!(
+            "no database at {} (database.path in {}): edge-server and sync-daemon create it when they first start; start them, or fix database.path",
+            config.database.path.display(),
+            cli.config.display()
+        );
+    }
     let conn = shared::db::open_and_migrate(&config.database).map_err(|e| {
         anyhow::anyhow!(
             "cannot open database {}: {e}",
