@@ -94,6 +94,9 @@ pub enum ImportError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// Offers the store already has under another local id (docs/import-format.md).
+    #[error("{0}")]
+    Conflict(String),
     #[error("database: {0}")]
     Db(String),
 }
@@ -101,6 +104,14 @@ pub enum ImportError {
 impl<E: std::fmt::Display> From<WriteError<E>> for ImportError {
     fn from(e: WriteError<E>) -> Self {
         ImportError::Db(e.to_string())
+    }
+}
+
+/// The error of a write job that may also find a conflict.
+fn flatten(e: WriteError<ImportError>) -> ImportError {
+    match e {
+        WriteError::Job(e) => e,
+        WriteError::Db(e) => ImportError::Db(e.to_string()),
     }
 }
 
@@ -125,7 +136,16 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot, ImportError> {
 
 /// Checks every id against CATAPULT's limits before anything is written.
 pub fn validate(s: &Snapshot) -> Result<(), ImportError> {
+    let mut refs = std::collections::HashMap::new();
     for o in &s.offers {
+        if let Some(first) = refs.insert((&o.provider, &o.provider_ref), &o.id) {
+            if first != &o.id {
+                return Err(ImportError::Invalid(format!(
+                    "offers `{first}` and `{}` are both {} providerRef `{}`: one provider offer has one local id",
+                    o.id, o.provider, o.provider_ref
+                )));
+            }
+        }
         CouponId::parse_for_commit(&o.id).map_err(|e| {
             ImportError::Invalid(format!(
                 "offer `{}`: {e} (local ids are 1..15 characters)",
@@ -158,6 +178,26 @@ pub fn validate(s: &Snapshot) -> Result<(), ImportError> {
     Ok(())
 }
 
+/// Why the offer `id` of a snapshot cannot be written: the store already has the same
+/// provider offer (provider, providerRef) under another local id, as a pull or an earlier
+/// import wrote it. Its coupon states, holds, redemptions and outbox rows name that id, so
+/// neither id can take the other's place (docs/import-format.md).
+fn known_elsewhere(
+    c: &rusqlite::Connection,
+    id: &str,
+    provider: &str,
+    provider_ref: &str,
+) -> rusqlite::Result<Option<String>> {
+    let existing = crate::sync::offer_id_for_ref(c, provider, provider_ref)?;
+    Ok(existing.filter(|e| e != id).map(|e| {
+        format!(
+            "offer `{id}` is {provider} providerRef `{provider_ref}`, which this store already has as offer `{e}` \
+             (pulled from {provider} or imported before); use the id `{e}` for it in the snapshot \
+             (in `offers` and in the customers' `coupons`) or leave it out, and import again"
+        )
+    }))
+}
+
 /// Writes the snapshot in chunks of [`CHUNK`] rows; `progress(done, total)` after each.
 pub fn import(
     writer: &Writer,
@@ -165,15 +205,51 @@ pub fn import(
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Counts, ImportError> {
     validate(&s)?;
+    // Before anything is written: offers the store already knows under another id.
+    let keys: Vec<(String, String, String)> = s
+        .offers
+        .iter()
+        .map(|o| (o.id.clone(), o.provider.clone(), o.provider_ref.clone()))
+        .collect();
+    let known = writer.write_blocking(move |c| {
+        let mut out = Vec::new();
+        for (id, provider, provider_ref) in &keys {
+            if let Some(message) = known_elsewhere(c, id, provider, provider_ref)? {
+                out.push(message);
+            }
+        }
+        Ok::<_, rusqlite::Error>(out)
+    })?;
+    if !known.is_empty() {
+        return Err(ImportError::Conflict(format!(
+            "{} of the snapshot's offers already exist here under another id; nothing was imported: {}",
+            known.len(),
+            known.join("; ")
+        )));
+    }
     let mut counts = Counts::default();
     let total = s.offers.len();
     for chunk in s.offers.chunks(CHUNK) {
         let rows = chunk.to_vec();
-        counts.offers += rows.len();
-        writer.write_blocking(move |c| {
-            let now = now_secs();
-            rows.iter().try_for_each(|o| repo::upsert_offer(c, o, now))
-        })?;
+        let before = counts.offers;
+        writer
+            .write_blocking(move |c| {
+                let now = now_secs();
+                for o in &rows {
+                    // A pull may have written it since the check above.
+                    let known = known_elsewhere(c, &o.id, &o.provider, &o.provider_ref)
+                        .map_err(|e| ImportError::Db(e.to_string()))?;
+                    if let Some(message) = known {
+                        return Err(ImportError::Conflict(format!(
+                            "import stopped after {before} offers: {message}"
+                        )));
+                    }
+                    repo::upsert_offer(c, o, now).map_err(|e| ImportError::Db(e.to_string()))?;
+                }
+                Ok(())
+            })
+            .map_err(flatten)?;
+        counts.offers += chunk.len();
         progress("offers", counts.offers, total);
     }
     let total = s.customers.len();
@@ -237,4 +313,122 @@ pub fn import(
         progress("vouchers", counts.vouchers, total);
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::db::Db;
+
+    const SAMPLE: &str = include_str!("../../packaging/sample-data.json");
+    const CVX1_REF: &str = "c0c0c0c0-0000-4000-8000-000000000001";
+    /// The id a Convercus pull gives CVX1's couponId when it finds no offer for it.
+    const PULLED: &str = "CVMUZLIOJVTV62";
+
+    fn sample() -> Snapshot {
+        serde_json::from_str(SAMPLE).unwrap()
+    }
+
+    fn count(db: &Db, table: &'static str) -> i64 {
+        db.writer
+            .write_blocking(move |c| {
+                c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            })
+            .unwrap()
+    }
+
+    /// The store as a Convercus pull leaves it before any import: CVX1's couponId is
+    /// offer `PULLED`, clipped by the sample customer.
+    fn pulled_store() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DatabaseConfig {
+            path: dir.path().join("edge.db"),
+            ..DatabaseConfig::default()
+        };
+        let db = Db::open(&cfg, false).unwrap();
+        let mut pulled = sample()
+            .offers
+            .into_iter()
+            .find(|o| o.id == "CVX1")
+            .unwrap();
+        assert_eq!(pulled.provider_ref, CVX1_REF);
+        pulled.id = PULLED.into();
+        db.writer
+            .write_blocking(move |c| {
+                repo::upsert_offer(c, &pulled, 1)?;
+                repo::upsert_customer(
+                    c,
+                    &Customer {
+                        id: "4000000000001".into(),
+                        provider: Some("convercus".into()),
+                        ..Customer::default()
+                    },
+                    1,
+                )?;
+                repo::import_coupon_state(
+                    c,
+                    "4000000000001",
+                    PULLED,
+                    CouponState::Clipped,
+                    Some("acc-1"),
+                    1,
+                )
+            })
+            .unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn an_offer_pulled_under_another_id_refuses_the_import_by_name_and_writes_nothing() {
+        let (_dir, db) = pulled_store();
+        let err = import(&db.writer, sample(), |_, _, _| {}).unwrap_err();
+        assert!(matches!(err, ImportError::Conflict(_)), "{err:?}");
+        let text = err.to_string();
+        for part in [
+            "`CVX1`",
+            PULLED,
+            CVX1_REF,
+            "convercus",
+            "nothing was imported",
+        ] {
+            assert!(text.contains(part), "{part} missing from: {text}");
+        }
+        assert!(!text.contains("UNIQUE"), "{text}");
+        // Checked before the first write: only the pulled rows are there.
+        assert_eq!(count(&db, "offers"), 1);
+        assert_eq!(count(&db, "customers"), 1);
+        assert_eq!(count(&db, "vouchers"), 0);
+        // What the message says to do works: the snapshot names the offer by the store's id.
+        let mut fixed = sample();
+        for o in fixed.offers.iter_mut().filter(|o| o.id == "CVX1") {
+            o.id = PULLED.into();
+        }
+        for k in fixed
+            .customers
+            .iter_mut()
+            .flat_map(|c| c.coupons.iter_mut())
+        {
+            if k.offer_id == "CVX1" {
+                k.offer_id = PULLED.into();
+            }
+        }
+        let counts = import(&db.writer, fixed, |_, _, _| {}).unwrap();
+        assert_eq!(counts.offers, sample().offers.len());
+        assert_eq!(count(&db, "offers") as usize, sample().offers.len());
+    }
+
+    #[test]
+    fn two_offers_of_a_snapshot_with_one_provider_ref_are_refused_before_writing() {
+        let mut s = sample();
+        let mut twin = s.offers.iter().find(|o| o.id == "CVX1").unwrap().clone();
+        twin.id = "CVX2".into();
+        s.offers.push(twin);
+        let err = validate(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("`CVX1`") && err.contains("`CVX2`") && err.contains(CVX1_REF),
+            "{err}"
+        );
+    }
 }
