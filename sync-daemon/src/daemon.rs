@@ -231,7 +231,16 @@ async fn scheduler(
             log::info!(provider = provider; "{provider} pull skipped: the provider is unreachable (probing)");
             continue;
         }
-        pull_once(provider, &db, &snap, &breakers).await;
+        // A stop abandons a running pull (a pull can take minutes; systemd would kill us):
+        // its writes are short transactions, each committed whole or not at all, and the
+        // next pull reads everything again. Deliveries in flight keep their grace (worker).
+        tokio::select! {
+            _ = pull_once(provider, &db, &snap, &breakers) => {}
+            _ = stop.changed() => {
+                log::info!(provider = provider; "{provider} pull abandoned: stopping (the next pull does it again)");
+                return;
+            }
+        }
     }
 }
 

@@ -155,6 +155,9 @@ async fn pull_convercus(
     // may wait for it), so the short transactions do not cap the fetch concurrency.
     let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Vec<CustomerPull>)>(2);
     let writer = tokio::spawn(write_loop(db.clone(), config.clone(), rx));
+    // A pull abandoned at a stop (its future dropped) takes its writer task with it; a
+    // batch already handed to the database's writer commits whole or not at all.
+    let _stop_writer = AbortOnDrop(writer.abort_handle());
     let fetched: Result<(), PullError> = async {
         loop {
             let reader = db.clone();
@@ -216,6 +219,15 @@ async fn pull_convercus(
     let written = writer.await.map_err(db_err)?;
     fetched?;
     written
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The writer side of a Convercus pull: writes each batch in one short transaction, skips

@@ -1771,3 +1771,51 @@ async fn a_koupon_offer_featured_upstream_is_featured_in_the_lane_catalog() {
     assert_eq!(offer["featured"], true, "{offer}");
     daemon.kill9();
 }
+
+/// D3: a stop (SIGTERM, as systemd sends) during a long pull abandons the pull at once
+/// instead of finishing it (systemd would SIGKILL the daemon after its stop timeout on
+/// every restart or upgrade). Convercus answers each call after 1.5 s: this pull of 40
+/// customers would take ~60 s. 15 s is a correctness bound (the deliveries' grace is 10 s),
+/// not a measure of speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_during_a_long_pull_stops_the_daemon_promptly() {
+    let mut st = stack(0, "0 0 0 1 1 *", "").await;
+    st.providers
+        .faults("convercus", json!({"slow_ms": 1500}))
+        .await
+        .unwrap();
+    st.start_daemon();
+    st.daemon()
+        .wait_for_log("sync daemon started", 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let from = st.daemon().log().len();
+    st.store.sync_now("convercus").unwrap();
+    st.daemon()
+        .wait_for_log("convercus pull started", from, Duration::from_secs(20))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = st.daemon().terminate(Duration::from_secs(15));
+    let log = st.daemon().log();
+    assert!(
+        stopped.as_ref().is_ok_and(|ok| *ok),
+        "{stopped:?}\n{}",
+        &log[from..]
+    );
+    assert!(
+        log[from..].contains("convercus pull abandoned"),
+        "{}",
+        &log[from..]
+    );
+    assert!(
+        log[from..].contains("sync daemon stopped"),
+        "{}",
+        &log[from..]
+    );
+    assert!(
+        !log[from..].contains("convercus pull done"),
+        "{}",
+        &log[from..]
+    );
+}
