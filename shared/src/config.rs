@@ -22,12 +22,124 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
-    #[error("config is invalid: {0}")]
-    Shape(String),
-    #[error("config key `{key}` is invalid: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    /// A value of the wrong type or form, or an unknown key: `key` is its dotted path
+    /// (`server.workers`, `lanes.credentials[0].password`).
+    #[error("config key `{key}`{} is invalid: {message}", set_in(.origin))]
+    Shape {
+        key: String,
+        origin: Option<String>,
+        message: String,
+    },
+    #[error("config key `{key}`{} is invalid: {reason}", set_in(.origin))]
+    Invalid {
+        key: &'static str,
+        reason: String,
+        /// The file or environment variable that set the key, when loaded from several.
+        origin: Option<String>,
+    },
     #[error("environment variable {var} cannot be applied: {reason}")]
     Env { var: String, reason: String },
+}
+
+/// The lane password of the shipped example configuration (`packaging/edge-coupon.toml`).
+pub const PACKAGED_LANE_PASSWORD: &str = "change-me";
+
+/// Whether an `http://` URL names this machine (a local simulator or proxy).
+fn is_loopback_url(url: &str) -> bool {
+    let host = url
+        .trim_start_matches("http://")
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn set_in(origin: &Option<String>) -> String {
+    origin
+        .as_ref()
+        .map(|o| format!(" (set in {o})"))
+        .unwrap_or_default()
+}
+
+impl ConfigError {
+    /// Names the file or environment variable that set the key at fault, when it is known.
+    fn located(mut self, layers: &Layers) -> ConfigError {
+        match &mut self {
+            ConfigError::Shape { key, origin, .. } => *origin = layers.origin_of(key),
+            ConfigError::Invalid { key, origin, .. } => *origin = layers.origin_of(key),
+            _ => {}
+        }
+        self
+    }
+}
+
+/// The sources a configuration was merged from, in the order they were applied (the main
+/// file, `conf.d/*.toml`, the environment): to say which one set a key.
+#[derive(Default)]
+struct Layers {
+    files: Vec<(PathBuf, toml::Table)>,
+    /// (variable, the dotted key path it sets).
+    env: Vec<(String, String)>,
+}
+
+impl Layers {
+    /// The last source that sets `key` (a dotted path, `[i]` for list items).
+    fn origin_of(&self, key: &str) -> Option<String> {
+        let sets = |k: &str| k == key || k.strip_prefix(key).is_some_and(|r| r.starts_with('.'));
+        if let Some((var, _)) = self.env.iter().rev().find(|(_, k)| sets(k)) {
+            return Some(format!("environment variable {var}"));
+        }
+        self.files
+            .iter()
+            .rev()
+            .find(|(_, table)| lookup(table, key))
+            .map(|(path, _)| path.display().to_string())
+    }
+}
+
+/// Whether `table` holds the dotted `key` (`lanes.credentials[0].password`).
+fn lookup(table: &toml::Table, key: &str) -> bool {
+    let mut value: Option<&toml::Value> = None;
+    for segment in key.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let t = match value {
+            None => Some(table),
+            Some(v) => v.as_table(),
+        };
+        value = t.and_then(|t| t.get(name));
+        if let Some(i) = index {
+            value = value.and_then(|v| v.as_array()).and_then(|a| a.get(i));
+        }
+        if value.is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+/// The dotted key path an `EDGE_…` variable sets, if it is one.
+fn env_key(var: &str) -> Option<String> {
+    let rest = var.strip_prefix("EDGE_")?;
+    if !rest.contains("__") {
+        return None;
+    }
+    let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    if path == ["lanes", "password"] || path == ["lanes", "username"] {
+        return Some(format!("lanes.credentials[0].{}", path[1]));
+    }
+    Some(path.join("."))
 }
 
 /// A string that never appears in `Debug` output or logs.
@@ -682,6 +794,8 @@ impl Config {
         secrets: Secrets,
     ) -> Result<Config, ConfigError> {
         let mut merged = read_table(path)?;
+        let mut layers = Layers::default();
+        layers.files.push((path.to_owned(), merged.clone()));
         let conf_d = path.parent().unwrap_or(Path::new(".")).join("conf.d");
         if let Ok(entries) = std::fs::read_dir(&conf_d) {
             let mut files: Vec<PathBuf> = entries
@@ -690,11 +804,17 @@ impl Config {
                 .collect();
             files.sort();
             for f in files {
-                merge(&mut merged, read_table(&f)?);
+                let table = read_table(&f)?;
+                layers.files.push((f, table.clone()));
+                merge(&mut merged, table);
             }
         }
         apply_env(&mut merged, env)?;
-        Self::from_table_checked(merged, secrets)
+        layers.env = env
+            .iter()
+            .filter_map(|(var, _)| env_key(var).map(|k| (var.clone(), k)))
+            .collect();
+        Self::from_table_checked(merged, secrets).map_err(|e| e.located(&layers))
     }
 
     /// Validates a `conf.d/` fragment (e.g. a regional config package) the way the daemons
@@ -733,11 +853,78 @@ impl Config {
     }
 
     fn from_table_checked(table: toml::Table, secrets: Secrets) -> Result<Config, ConfigError> {
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_owned()))?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let message = e.inner().message().to_owned();
+                let mut key = e.path().to_string();
+                // An unknown key may be reported at the table that holds it: name the key.
+                if let Some(field) = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(field, _)| field)
+                    .filter(|field| key != *field && !key.ends_with(&format!(".{field}")))
+                {
+                    key = if key == "." {
+                        field.to_owned()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                }
+                ConfigError::Shape {
+                    key,
+                    origin: None,
+                    message,
+                }
+            })?;
         config.validate(secrets)?;
         Ok(config)
+    }
+
+    /// Advice about a configuration that is valid but unsafe or unusual, for the log at start
+    /// and for `check-config`: each names the key and what to do.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self
+            .lanes
+            .credentials
+            .iter()
+            .any(|c| c.password.expose() == PACKAGED_LANE_PASSWORD)
+        {
+            out.push(format!(
+                "lanes.credentials: a lane password is still the packaged default \"{PACKAGED_LANE_PASSWORD}\": anyone on the store network can call the lanes' API; set your own (and the same in CATAPULT's com.ecrsoft.tserver.genericcoup.password)"
+            ));
+        }
+        let p = &self.providers;
+        let urls = [
+            (
+                p.convercus.enabled,
+                "providers.convercus.base_url",
+                &p.convercus.base_url,
+            ),
+            (
+                p.coupontools.enabled,
+                "providers.coupontools.base_url",
+                &p.coupontools.base_url,
+            ),
+            (
+                p.koupon.enabled,
+                "providers.koupon.storeconnect_url",
+                &p.koupon.storeconnect_url,
+            ),
+            (
+                p.koupon.enabled,
+                "providers.koupon.management_url",
+                &p.koupon.management_url,
+            ),
+        ];
+        for (enabled, key, url) in urls {
+            if enabled && url.starts_with("http://") && !is_loopback_url(url) {
+                out.push(format!(
+                    "{key}: `{url}` is plain HTTP to another host: credentials and redemptions travel unencrypted; use https://"
+                ));
+            }
+        }
+        out
     }
 
     fn validate(&self, secrets: Secrets) -> Result<(), ConfigError> {
@@ -789,11 +976,24 @@ impl Config {
                 "configure at least one username/password pair for the lanes",
             ));
         }
-        for c in &self.lanes.credentials {
+        for (i, c) in self.lanes.credentials.iter().enumerate() {
             if c.username.is_empty() || c.password.expose().is_empty() {
                 return Err(invalid(
                     "lanes.credentials",
                     "username and password must not be empty",
+                ));
+            }
+            // Two passwords for one user would both be let in: a forgotten old block.
+            if self.lanes.credentials[..i]
+                .iter()
+                .any(|other| other.username == c.username)
+            {
+                return Err(invalid(
+                    "lanes.credentials",
+                    format!(
+                        "username `{}` is configured more than once: keep one block per user",
+                        c.username
+                    ),
                 ));
             }
         }
@@ -1169,6 +1369,7 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
+        origin: None,
     }
 }
 
@@ -1359,6 +1560,131 @@ mod tests {
         for good in ["", "/", "/catapult", "/pos/catapult/"] {
             assert_eq!(prefix(good).unwrap().lanes.path_prefix, good);
         }
+    }
+
+    /// Every refusal names the key, and which file or variable set it (a store with several
+    /// conf.d packages must know which to fix). Type, form and unknown-key errors named
+    /// neither: "invalid type: string \"two\", expected usize".
+    #[test]
+    fn errors_name_the_key_and_where_it_was_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("edge.toml");
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        let region = dir.path().join("conf.d/50-region.toml");
+        let load = |main_text: &str, region_text: &str, env: &[(&str, &str)]| {
+            std::fs::write(&main, main_text).unwrap();
+            std::fs::write(&region, region_text).unwrap();
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Config::load_with_env(&main, &env).unwrap_err().to_string()
+        };
+        let main_name = main.display().to_string();
+        let region_name = region.display().to_string();
+        // (main file, conf.d file, environment, key named, origin named)
+        type Case<'a> = (String, &'a str, Vec<(&'a str, &'a str)>, &'a str, String);
+        let cases: Vec<Case> = vec![
+            (
+                format!("{MINIMAL}\n[server]\nworkers = \"two\""),
+                "",
+                vec![],
+                "`server.workers`",
+                main_name.clone(),
+            ),
+            (
+                format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:99999\""),
+                "",
+                vec![],
+                "`server.listen`",
+                main_name.clone(),
+            ),
+            (
+                format!("{MINIMAL}\n[database]\nsynchronous = \"sometimes\""),
+                "",
+                vec![],
+                "`database.synchronous`",
+                main_name.clone(),
+            ),
+            (
+                MINIMAL.to_owned(),
+                "[providers.koupon]\nschedul = \"0 * * * * *\"",
+                vec![],
+                "`providers.koupon.schedul`",
+                region_name.clone(),
+            ),
+            (
+                MINIMAL.to_owned(),
+                "[providers.koupon]\ntimeout_ms = \"10s\"",
+                vec![],
+                "`providers.koupon.timeout_ms`",
+                region_name.clone(),
+            ),
+            // A range check names the file too.
+            (
+                MINIMAL.to_owned(),
+                "[outbox]\nconcurrency = 0",
+                vec![],
+                "`outbox.concurrency`",
+                region_name.clone(),
+            ),
+            (
+                MINIMAL.to_owned(),
+                "[server]\nworkers = 3",
+                vec![("EDGE_SERVER__WORKERS", "abc")],
+                "`server.workers`",
+                "environment variable EDGE_SERVER__WORKERS".to_owned(),
+            ),
+            (
+                MINIMAL.to_owned(),
+                "",
+                vec![("EDGE_SERVRE__WORKERS", "3")],
+                "`servre`",
+                "environment variable EDGE_SERVRE__WORKERS".to_owned(),
+            ),
+        ];
+        for (main_text, region_text, env, key, origin) in cases {
+            let err = load(&main_text, region_text, &env);
+            assert!(
+                err.contains(key) && err.contains(&format!("(set in {origin})")),
+                "{key} / {origin}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_lane_users_are_refused_and_weak_settings_warned() {
+        let twice =
+            format!("{MINIMAL}\n[[lanes.credentials]]\nusername = \"pos\"\npassword = \"other\"");
+        let err = Config::from_toml_str(&twice).unwrap_err().to_string();
+        assert!(
+            err.contains("lanes.credentials") && err.contains("`pos`"),
+            "{err}"
+        );
+        assert!(Config::from_toml_str(MINIMAL)
+            .unwrap()
+            .warnings()
+            .is_empty());
+        let default = Config::from_toml_str(&MINIMAL.replace("\"secret\"", "\"change-me\""))
+            .unwrap()
+            .warnings();
+        assert!(
+            default.len() == 1 && default[0].starts_with("lanes.credentials"),
+            "{default:?}"
+        );
+        let plain = |url: &str| {
+            Config::from_toml_str(&format!(
+                "{MINIMAL}\n[providers.koupon]\nenabled = true\napi_key = \"k\"\nsecret = \"s\"\nstore_id = \"S\"\nstoreconnect_url = \"{url}\""
+            ))
+            .unwrap()
+            .warnings()
+        };
+        assert!(
+            plain("http://koupon.example.com")[0].starts_with("providers.koupon.storeconnect_url")
+        );
+        assert!(plain("http://127.0.0.1:9000").is_empty());
+        assert!(plain("http://localhost:9000/v1").is_empty());
+        assert!(plain("https://koupon.example.com").is_empty());
     }
 
     #[test]
