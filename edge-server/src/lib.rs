@@ -91,6 +91,12 @@ impl AppState {
         let mut restart = Vec::new();
         if old.server != new.server {
             restart.push("server");
+            // Found now, not at the next restart with every lane down.
+            if !new.server.plain_http && old.server.tls != new.server.tls {
+                if let Err(e) = tls::check_files(&new.server.tls) {
+                    log::error!("the changed server.tls would not start: {e}");
+                }
+            }
         }
         if old.database.path != new.database.path {
             restart.push("database");
@@ -127,6 +133,26 @@ pub fn json_money(c: Cents) -> serde_json::Value {
         .parse::<serde_json::Number>()
         .map(serde_json::Value::Number)
         .unwrap_or(serde_json::Value::Null)
+}
+
+/// `check-config`: the configuration, and what `serve` would refuse at start beyond it (the
+/// lanes' TLS files), so a bad change is found before the next restart. Advice about valid
+/// but unsafe settings is printed as warnings.
+pub fn check_config(config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
+    if !config.server.plain_http {
+        let present = tls::check_files(&config.server.tls)?;
+        if !present {
+            println!(
+                "note: {} does not exist yet: a self-signed certificate is generated at start",
+                config.server.tls.cert.display()
+            );
+        }
+    }
+    for w in config.warnings() {
+        println!("warning: {w}");
+    }
+    println!("configuration {} is valid", path.display());
+    Ok(())
 }
 
 /// Opens the database and prepares TLS: everything that can fail at start, before binding.
@@ -290,6 +316,9 @@ pub type State = web::Data<AppState>;
 
 /// Starts the server on the configured address and runs until SIGTERM/SIGINT.
 pub fn serve(config: Config, config_path: &std::path::Path) -> anyhow::Result<()> {
+    for w in config.warnings() {
+        log::warn!("{w}");
+    }
     let (db, tls) = prepare(&config)?;
     let listener = TcpListener::bind(config.server.listen).map_err(|e| {
         anyhow::anyhow!(

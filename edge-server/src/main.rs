@@ -44,7 +44,19 @@ enum Command {
     TlsInit,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // The error and its causes on one line, as for an operator: no backtrace even when
+    // RUST_BACKTRACE is set in the shell (anyhow would print one from `main`'s `Err`).
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::PrintDefaultConfig) = cli.command {
         print!("{}", shared::config::DEFAULT_CONFIG_TOML);
@@ -56,10 +68,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => edge_server::serve(config, &cli.config),
         Command::Import { file } => edge_server::import(&config, &file),
-        Command::CheckConfig => {
-            println!("configuration {} is valid", cli.config.display());
-            Ok(())
-        }
+        Command::CheckConfig => edge_server::check_config(&config, &cli.config),
         Command::PrintDefaultConfig => Ok(()),
         Command::TlsInit => edge_server::tls_init(&config),
     }

@@ -17,6 +17,8 @@ pub enum TlsError {
     Read { path: String, message: String },
     #[error("cannot create a self-signed certificate: {0}")]
     Generate(String),
+    #[error("the private key {key} (server.tls.key) does not belong to the certificate {cert} (server.tls.cert): install the key the certificate was issued with, or remove both files to have a self-signed pair generated (server.tls.generate_self_signed)")]
+    Mismatch { cert: String, key: String },
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -119,11 +121,33 @@ fn load_certified_key(cfg: &TlsConfig) -> Result<CertifiedKey, TlsError> {
     }
     let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| read_err(&cfg.key, &e))?;
     let provider = rustls::crypto::ring::default_provider();
-    let signing = provider.key_provider.load_private_key(key)?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| read_err(&cfg.key, &e))?;
     let ck = CertifiedKey::new(certs, signing);
     // A key that does not belong to the certificate would fail every handshake.
-    ck.keys_match()?;
+    ck.keys_match().map_err(|_| TlsError::Mismatch {
+        cert: cfg.cert.display().to_string(),
+        key: cfg.key.display().to_string(),
+    })?;
     Ok(ck)
+}
+
+/// What `serve` would refuse about the lanes' TLS files, checked without serving
+/// (`check-config`): a certificate and key that do not load or do not match, or that are
+/// missing while none may be generated. `Ok(false)`: missing, and generated at start.
+pub fn check_files(cfg: &TlsConfig) -> Result<bool, TlsError> {
+    if cfg.cert.exists() && cfg.key.exists() {
+        load_certified_key(cfg).map(|_| true)
+    } else if cfg.generate_self_signed {
+        Ok(false)
+    } else {
+        Err(TlsError::Read {
+            path: cfg.cert.display().to_string(),
+            message: "missing, and server.tls.generate_self_signed is false".into(),
+        })
+    }
 }
 
 /// SHA-256 fingerprint of a DER certificate, as `keytool -list` prints it (AB:CD:…).

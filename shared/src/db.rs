@@ -61,6 +61,10 @@ pub enum DbError {
     WriterGone,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database (or its directory) cannot be used as configured: permissions, a missing
+    /// directory, a file that is no database. The text says what to do.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// How long a connection waits for the other process's (or the checkpointer's) lock.
@@ -106,9 +110,10 @@ fn init_connection(conn: &Connection, cfg: &DatabaseConfig) -> rusqlite::Result<
 /// Opens the database file for writing, creating it if needed, in WAL mode, and migrates it
 /// to the newest schema (refusing one that is newer than this build).
 pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
+    let mut dir_error = None;
     if let Some(dir) = cfg.path.parent() {
         if !dir.as_os_str().is_empty() {
-            let _ = std::fs::create_dir_all(dir);
+            dir_error = std::fs::create_dir_all(dir).err();
         }
     }
     // Both services start together on a fresh store: only one may create or migrate the
@@ -128,8 +133,10 @@ pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
         .or_else(|_| std::fs::File::open(&lock_path))
         .and_then(|f| f.lock().map(|()| f))
         .map_err(|e| {
-            DbError::Corrupt(format!(
-                "cannot lock {} for the schema migration: {e}; check the directory's permissions",
+            // The directory could not be made: that, not the lock file, is the cause.
+            let e = dir_error.unwrap_or(e);
+            DbError::Unusable(format!(
+                "cannot create or lock {} beside the database: {e}; the directory must exist and be writable by the user this service runs as (chown it to that user, or fix database.path)",
                 lock_path.display()
             ))
         })?;
@@ -153,11 +160,48 @@ pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
 
 /// A read-write connection with every setting the writer needs (WAL, its size limit).
 fn open_writable(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
-    let conn = Connection::open(&cfg.path)?;
-    init_connection(&conn, cfg)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    let unusable = |e: rusqlite::Error| unusable(&cfg.path, e);
+    let conn = Connection::open(&cfg.path).map_err(unusable)?;
+    init_connection(&conn, cfg).map_err(unusable)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(unusable)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(unusable)?;
+    // SQLite opens a file it may not write read-only without a word, and a current schema
+    // needs no migration write: without this, the server would start, say it is ready, and
+    // answer every sale with 500. An empty write transaction takes the write lock.
+    let read_only = conn.is_readonly(rusqlite::MAIN_DB).map_err(unusable)?;
+    if read_only {
+        return Err(not_writable(&cfg.path, "opened read-only"));
+    }
+    conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
+        .map_err(unusable)?;
     Ok(conn)
+}
+
+fn not_writable(path: &std::path::Path, why: &str) -> DbError {
+    DbError::Unusable(format!(
+        "database {} cannot be written ({why}): the file, its -wal and -shm files and its directory must be writable by the user this service runs as (the package's is edge-coupon: chown edge-coupon: the files), or fix database.path",
+        path.display()
+    ))
+}
+
+/// The database error that means the file cannot be used as configured, said as such, or
+/// the error as it is.
+fn unusable(path: &std::path::Path, e: rusqlite::Error) -> DbError {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ReadOnly) => not_writable(path, &e.to_string()),
+        Some(ErrorCode::NotADatabase) => DbError::Unusable(format!(
+            "{} is not an SQLite database ({e}): restore the store's database from a backup, or move the file away to start with an empty one (and import a snapshot)",
+            path.display()
+        )),
+        Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => DbError::Unusable(format!(
+            "cannot open database {} ({e}): it must be a file (not a directory) in an existing directory the service's user may write; check database.path and the permissions",
+            path.display()
+        )),
+        _ => DbError::Sqlite(e),
+    }
 }
 
 /// A fresh, migrated database in a temporary directory (kept alive by the returned guard),

@@ -1,0 +1,265 @@
+//! What edge-server says when it cannot start as configured: each refusal names what is
+//! wrong (the key, the file) and what to do, and `check-config` finds what `serve` would
+//! refuse. Found by a black-box review of the operator promises: a database the service
+//! could not write started "ready" and answered every sale with 500; an unwritable
+//! directory was reported as "stored data is corrupt"; a mismatched TLS key said only
+//! `KeyMismatch`; check-config passed a configuration `serve` refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A store directory any user may enter, with a plain-HTTP config (so only the database is
+/// at stake) whose database is `db`.
+fn store(extra: &str, db: Option<&Path>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("edge-coupon.toml");
+    let db = db.map_or_else(|| dir.path().join("edge.db"), Path::to_path_buf);
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nsites = [\"S\"]\n[[lanes.credentials]]\nusername = \"lane\"\npassword = \"lane-secret\"\n\
+             [database]\npath = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n{extra}",
+            db.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, config)
+}
+
+fn edge_server(config: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(e2e::binary("edge-server").unwrap());
+    c.arg("--config")
+        .arg(config)
+        .args(args)
+        // As in a shell where it is set: an operator's error has no backtrace.
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Runs `cmd`, which must end by itself (a server that starts would serve forever: it is
+/// killed after a minute and the test fails).
+fn ends(mut cmd: Command) -> Output {
+    let mut child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("still running after 60 s: it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn create_database(config: &Path) {
+    let snapshot = config.with_file_name("empty.json");
+    std::fs::write(&snapshot, "{}").unwrap();
+    let out = ends(edge_server(config, &["import", snapshot.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Whether this test runs as root (then another user is simulated with `nobody`, since
+/// root may write any file).
+fn root(dir: &Path) -> bool {
+    let probe = dir.join("uid-probe");
+    std::fs::write(&probe, "").unwrap();
+    std::fs::metadata(&probe).unwrap().uid() == 0
+}
+
+/// `serve` as a user that may not write `not_writable` (root: as nobody; else the path's
+/// write permission is taken away).
+fn serve_without_write_access(config: &Path, not_writable: &Path, dir: &Path) -> Output {
+    let mut cmd = edge_server(config, &["serve"]);
+    if root(dir) {
+        cmd.uid(65534).gid(65534);
+    } else {
+        let mode = if not_writable.is_dir() { 0o555 } else { 0o444 };
+        std::fs::set_permissions(not_writable, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    ends(cmd)
+}
+
+#[test]
+fn a_database_the_service_cannot_write_is_refused_at_start() {
+    let (dir, config) = store("", None);
+    create_database(&config);
+    let db = dir.path().join("edge.db");
+    let out = serve_without_write_access(&config, &db, dir.path());
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot be written") && err.contains("database.path"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("corrupt") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_database_directory_the_service_cannot_create_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locked = tmp.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = locked.join("store/edge.db");
+    let (dir, config) = store("", Some(&db));
+    let out = serve_without_write_access(&config, &locked, dir.path());
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Permission denied") && err.contains("database.path"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("corrupt") && !err.contains("No such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_is_no_database_is_named_with_what_to_do() {
+    let (dir, config) = store("", None);
+    std::fs::write(dir.path().join("edge.db"), vec![b'x'; 8192]).unwrap();
+    let out = ends(edge_server(&config, &["serve"]));
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is not an SQLite database") && err.contains("backup"),
+        "{err}"
+    );
+}
+
+#[test]
+fn type_errors_name_the_key_and_the_file() {
+    let (_dir, config) = store("workers = \"two\"\n", None);
+    for args in [&["check-config"][..], &["serve"]] {
+        let out = ends(edge_server(&config, args));
+        let err = stderr(&out);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("`server.workers`") && err.contains(&config.display().to_string()),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("backtrace"), "{err}");
+    }
+}
+
+/// Two self-signed pairs made by `tls-init`; returns (cert, key) of each.
+fn two_pairs(dir: &Path) -> [(PathBuf, PathBuf); 2] {
+    ["a", "b"].map(|name| {
+        let cert = dir.join(format!("{name}/cert.pem"));
+        let key = dir.join(format!("{name}/key.pem"));
+        let (_d, config) = store(
+            &format!(
+                "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nself_signed_local_names = false\n",
+                cert.display(),
+                key.display()
+            ),
+            Some(&dir.join("unused.db")),
+        );
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("plain_http = true", "");
+        std::fs::write(&config, text).unwrap();
+        let out = ends(edge_server(&config, &["tls-init"]));
+        assert!(out.status.success(), "{}", stderr(&out));
+        (cert, key)
+    })
+}
+
+#[test]
+fn check_config_finds_what_serve_would_refuse_about_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [(cert_a, _), (_, key_b)] = two_pairs(tmp.path());
+    let tls = |cert: &Path, key: &Path, generate: bool| {
+        store(
+            &format!(
+                "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\ngenerate_self_signed = {generate}\n",
+                cert.display(),
+                key.display()
+            ),
+            None,
+        )
+    };
+    let https = |config: &Path| {
+        let text = std::fs::read_to_string(config)
+            .unwrap()
+            .replace("plain_http = true", "");
+        std::fs::write(config, text).unwrap();
+    };
+    // A key of another certificate: both files named, and what to do.
+    let (_d1, mismatched) = tls(&cert_a, &key_b, true);
+    https(&mismatched);
+    for args in [&["check-config"][..], &["serve"]] {
+        let out = ends(edge_server(&mismatched, args));
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            err.contains("does not belong to the certificate")
+                && err.contains(&cert_a.display().to_string())
+                && err.contains(&key_b.display().to_string())
+                && err.contains("server.tls.key"),
+            "{args:?}: {err}"
+        );
+    }
+    // Missing files that may not be generated: check-config refuses as serve does.
+    let missing = tmp.path().join("none/cert.pem");
+    let (_d2, no_files) = tls(&missing, &tmp.path().join("none/key.pem"), false);
+    https(&no_files);
+    let out = ends(edge_server(&no_files, &["check-config"]));
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&missing.display().to_string())
+            && err.contains("generate_self_signed is false"),
+        "{err}"
+    );
+    // Missing files that will be generated: valid, with a note.
+    let (_d3, generated) = tls(&missing, &tmp.path().join("none/key.pem"), true);
+    https(&generated);
+    let out = ends(edge_server(&generated, &["check-config"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("generated at start"));
+}
+
+#[test]
+fn the_packaged_lane_password_is_warned_about_and_a_user_configured_twice_refused() {
+    let (_d, config) = store("", None);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("lane-secret", "change-me")).unwrap();
+    let out = ends(edge_server(&config, &["check-config"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("warning: lanes.credentials") && stdout.contains("change-me"),
+        "{stdout}"
+    );
+    std::fs::write(
+        &config,
+        format!("{text}\n[[lanes.credentials]]\nusername = \"lane\"\npassword = \"old\"\n"),
+    )
+    .unwrap();
+    let out = ends(edge_server(&config, &["check-config"]));
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("lanes.credentials") && err.contains("`lane`"),
+        "{err}"
+    );
+}
