@@ -21,6 +21,11 @@ where
     F: Fn(Config) + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<()>();
+    // notify watches a relative path as the absolute one (the current directory joined) and
+    // reports events by absolute paths: compare with absolute paths too, or conf.d/ events
+    // of a daemon started with `--config live.toml` match nothing and are dropped.
+    let absolute = std::path::absolute(config_path)?;
+    let config_path = absolute.as_path();
     let dir = config_path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

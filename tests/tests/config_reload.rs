@@ -76,3 +76,65 @@ async fn a_conf_d_fragment_applies_without_restart_and_a_broken_one_is_refused()
     wait_for(&store, "webcart", "cart-secret", 401).await;
     assert_eq!(status_as(&store, e2e::USER, e2e::PASSWORD).await, 200);
 }
+
+/// The server process started in `dir` with `--config edge-coupon.toml` (a path relative to
+/// its working directory, as an operator types it in a shell); killed on drop.
+struct RelativeServer(std::process::Child);
+
+impl Drop for RelativeServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn conf_d_changes_apply_when_the_server_was_started_with_a_relative_config_path() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut store = Store::in_dir(temp.path(), StoreOptions::default(), true).unwrap();
+    // conf.d/ is there from the start (the case the watcher lost: a relative --config).
+    let conf_d = store.dir.join("conf.d");
+    std::fs::create_dir_all(&conf_d).unwrap();
+    let log = std::fs::File::create(store.dir.join("edge-server.log")).unwrap();
+    let _server = RelativeServer(
+        std::process::Command::new(e2e::binary("edge-server").unwrap())
+            .current_dir(&store.dir)
+            .args(["--config", "edge-coupon.toml"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cert = store.dir.join("tls/cert.pem");
+        if let Ok(client) = e2e::lane_client(&cert) {
+            if client.get(store.url("/healthz")).send().await.is_ok() {
+                store.client = client;
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "{}", store.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        store.log_tail().contains("for configuration changes"),
+        "{}",
+        store.log_tail()
+    );
+    assert_eq!(status_as(&store, "webcart", "cart-secret").await, 401);
+    let fragment = conf_d.join("50-region-test.toml");
+    std::fs::write(
+        &fragment,
+        format!(
+            "[[lanes.credentials]]\nusername = \"{}\"\npassword = \"{}\"\n\n[[lanes.credentials]]\nusername = \"webcart\"\npassword = \"cart-secret\"\n",
+            e2e::USER,
+            e2e::PASSWORD
+        ),
+    )
+    .unwrap();
+    wait_for(&store, "webcart", "cart-secret", 200).await;
+    std::fs::remove_file(&fragment).unwrap();
+    wait_for(&store, "webcart", "cart-secret", 401).await;
+    assert_eq!(status_as(&store, e2e::USER, e2e::PASSWORD).await, 200);
+}
