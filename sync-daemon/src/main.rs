@@ -33,6 +33,14 @@ fn main() -> ExitCode {
         }
     };
     shared::logging::init(config.log_level());
+    // The provider ones concern this daemon (the lane ones are edge-server's to log).
+    for w in config
+        .warnings()
+        .iter()
+        .filter(|w| w.starts_with("providers."))
+    {
+        log::warn!("{w}");
+    }
     if cli.migrate_only {
         return match shared::db::open_and_migrate(&config.database) {
             Ok(_) => ExitCode::SUCCESS,
