@@ -148,7 +148,11 @@ pub fn check_config(config: &Config, path: &std::path::Path) -> anyhow::Result<(
             );
         }
     }
-    for w in config.warnings() {
+    for w in config
+        .warnings()
+        .into_iter()
+        .chain(shared::config::file_warnings(path))
+    {
         println!("warning: {w}");
     }
     println!("configuration {} is valid", path.display());
@@ -316,7 +320,11 @@ pub type State = web::Data<AppState>;
 
 /// Starts the server on the configured address and runs until SIGTERM/SIGINT.
 pub fn serve(config: Config, config_path: &std::path::Path) -> anyhow::Result<()> {
-    for w in config.warnings() {
+    for w in config
+        .warnings()
+        .into_iter()
+        .chain(shared::config::file_warnings(config_path))
+    {
         log::warn!("{w}");
     }
     let (db, tls) = prepare(&config)?;

@@ -1356,9 +1356,29 @@ impl Config {
 
 /// Parses a cron schedule (`sec min hour day-of-month month day-of-week [year]`).
 pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
-    expr.parse::<cron::Schedule>().map_err(|e| {
+    let schedule = expr.parse::<cron::Schedule>().map_err(|e| {
         format!("`{expr}` is not a cron schedule (sec min hour day month weekday): {e}")
-    })
+    })?;
+    // `0 0 0 31 2 *` (February 31st) parses, but would never run a pull.
+    if schedule.upcoming(chrono::Utc).next().is_none() {
+        return Err(format!(
+            "`{expr}` never fires (no such date): give a schedule that names a real day"
+        ));
+    }
+    Ok(schedule)
+}
+
+/// Advice about the configuration file itself: readable by every user while it holds
+/// secrets (the package makes it root:edge-coupon 0640).
+pub fn file_warnings(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o004 != 0 => vec![format!(
+            "{} is readable by every user of this machine, and holds the lane and provider secrets: chmod o-r it (the package's is root:edge-coupon 0640)",
+            path.display()
+        )],
+        _ => Vec::new(),
+    }
 }
 
 fn log_level(s: &str) -> Option<log::LevelFilter> {
@@ -1650,6 +1670,32 @@ mod tests {
                 "{key} / {origin}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_refused() {
+        let err = Config::from_toml_str(&format!(
+            "{MINIMAL}\n[providers.koupon]\nschedule = \"0 0 0 31 2 *\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("providers.koupon.schedule") && err.contains("never fires"),
+            "{err}"
+        );
+        assert!(parse_schedule("0 0 0 29 2 *").is_ok());
+    }
+
+    #[test]
+    fn a_world_readable_config_file_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("edge.toml");
+        std::fs::write(&file, MINIMAL).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(file_warnings(&file).len(), 1);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(file_warnings(&file).is_empty());
     }
 
     #[test]
