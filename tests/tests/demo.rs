@@ -44,3 +44,25 @@ fn the_demo_plays_its_lane_and_the_providers_receive_the_sale() {
     assert!(text.contains("convercus redemption"), "{text}");
     assert!(text.contains("koupon redeem"), "{text}");
 }
+
+/// `demo --help` explains itself and starts nothing (it started the whole stack); an
+/// unknown argument is refused.
+#[test]
+fn demo_help_starts_nothing() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(e2e::binary("demo").unwrap())
+        .arg("--help")
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage: demo [--once]"));
+    assert!(!cwd.path().join("demo-data").exists());
+    let out = std::process::Command::new(e2e::binary("demo").unwrap())
+        .arg("--bogus")
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!cwd.path().join("demo-data").exists());
+}

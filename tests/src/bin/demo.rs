@@ -11,7 +11,19 @@ use serde_json::{json, Value};
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let once = std::env::args().any(|a| a == "--once");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(other) = args.iter().find(|a| *a != "--once") {
+        let help = other == "--help" || other == "-h";
+        println!(
+            "{}usage: demo [--once]\n\nStarts the store stack on this machine (database and certificate under ./demo-data,\nsimulated providers with sample data), plays one lane sale, shows what reached the\nproviders, and keeps serving until Ctrl-C; --once stops after the sale.",
+            if help { String::new() } else { format!("unknown argument `{other}`\n") }
+        );
+        if help {
+            return Ok(());
+        }
+        std::process::exit(2);
+    }
+    let once = args.iter().any(|a| a == "--once");
     let dir = std::env::current_dir()?.join("demo-data");
     let port = if std::net::TcpListener::bind("127.0.0.1:8443").is_ok() {
         8443
