@@ -222,8 +222,9 @@ pub fn import(
     })?;
     if !known.is_empty() {
         return Err(ImportError::Conflict(format!(
-            "{} of the snapshot's offers already exist here under another id; nothing was imported: {}",
+            "{} of the snapshot's offers already {} here under another id; nothing was imported: {}",
             known.len(),
+            if known.len() == 1 { "exists" } else { "exist" },
             known.join("; ")
         )));
     }

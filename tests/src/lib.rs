@@ -190,6 +190,11 @@ level = "info"
             extra = opts.extra_toml,
         );
         std::fs::write(&config_path, config)?;
+        // As the package installs it: the file holds secrets (else edge-server warns).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o640))?;
+        }
         // A tiny valid GIF for the sample coupon image.
         std::fs::write(dir.join("images/coupon-bogo.gif"), b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")?;
         let store = Store {
