@@ -112,8 +112,12 @@ fn snapshot(state: &crate::AppState) -> Result<Value, shared::db::DbError> {
     let (conflicts, recent_conflicts) =
         shared::repo::conflicts_since(&conn, now - shared::repo::CONFLICT_WINDOW_SECS, 20)?;
     let config = state.config();
+    let daemon = shared::sync::daemon_status(&conn, now)?;
+    let mut daemon_json = serde_json::to_value(&daemon).unwrap_or_default();
+    daemon_json["state"] = json!(daemon.describe());
     Ok(json!({
         "now": now,
+        "syncDaemon": daemon_json,
         "sites": config.store.sites,
         "schemaVersion": shared::db::current_version(&conn)?,
         "providers": providers.iter().map(|s| {
@@ -222,6 +226,24 @@ async fn metrics(state: State) -> HttpResponse {
         g.with_label_values(&[] as &[&str])
             .set(snap["conflicts"]["last30Days"].as_f64().unwrap_or(0.0));
     }
+    if let Some(g) = gauge(
+        "edge_sync_daemon_up",
+        "1 while sync-daemon's heartbeat (every 10 s) is fresh, 0 when it stopped or none came for 30 s",
+        &[],
+    ) {
+        let up = snap["syncDaemon"]["running"] == json!(true);
+        g.with_label_values(&[] as &[&str])
+            .set(if up { 1.0 } else { 0.0 });
+    }
+    if let Some(age) = snap["syncDaemon"]["lastSeenAgeSecs"].as_f64() {
+        if let Some(g) = gauge(
+            "edge_sync_daemon_last_seen_age_seconds",
+            "Seconds since sync-daemon's last heartbeat",
+            &[],
+        ) {
+            g.with_label_values(&[] as &[&str]).set(age);
+        }
+    }
     let mut families = state.metrics.registry.gather();
     families.extend(store.gather());
     let mut out = Vec::new();
@@ -286,7 +308,8 @@ pub fn status_html(snap: &Value) -> String {
             "<tr class=\"{verdict}\" data-provider=\"{name}\"><th>{name}</th><td class=\"verdict\">{verdict}</td>\
              <td>{}</td><td>{}</td><td class=\"pending\">{}</td><td>{}</td><td class=\"dead\">{}</td><td>{}</td><td>{}</td></tr>\n",
             esc(&age(last_age)),
-            esc(p["last_error"].as_str().unwrap_or("")),
+            // The error since the last success: one a later pull superseded is history.
+            esc(p["current_error"].as_str().unwrap_or("")),
             q("pending"),
             q("inflight"),
             q("dead"),
@@ -328,6 +351,12 @@ pub fn status_html(snap: &Value) -> String {
     if conflicts.is_empty() {
         conflicts.push_str("<tr><td colspan=\"6\">none</td></tr>\n");
     }
+    let daemon_up = snap["syncDaemon"]["running"] == json!(true);
+    if !daemon_up {
+        worst = "attention";
+    }
+    let daemon_class = if daemon_up { "ok" } else { "attention" };
+    let daemon_state = esc(snap["syncDaemon"]["state"].as_str().unwrap_or(""));
     let conflict_count = snap["conflicts"]["last30Days"].as_i64().unwrap_or(0);
     let sites: Vec<String> = snap["sites"]
         .as_array()
@@ -343,6 +372,7 @@ pub fn status_html(snap: &Value) -> String {
          .waiting .verdict{{background:#ffc}}.attention .verdict{{background:#fcc}}.off .verdict{{background:#eee}}</style></head>\
          <body><h1 id=\"overall\" class=\"{worst}\">Store {sites}: {worst}</h1>\
          <p>Schema version {schema}. Refreshes every 30 s. Machine-readable: <a href=\"status.json\">status.json</a>, <a href=\"metrics\">metrics</a>.</p>\
+         <p id=\"sync-daemon\" class=\"{daemon_class}\"><span class=\"verdict\">Sync daemon: {daemon_state}</span></p>\
          <h2>Providers</h2><table id=\"providers\"><tr><th>provider</th><th>state</th><th>last successful sync</th><th>last error</th>\
          <th>pending</th><th>in flight</th><th>dead</th><th>delivered</th><th>oldest pending</th></tr>\n{rows}</table>\
          <h2>Dead-lettered items</h2><p>Refused permanently by the provider; retry or discard with <code>edge-ctl outbox retry|discard ID</code>.</p>\

@@ -1024,17 +1024,44 @@ pub async fn healthz() -> HttpResponse {
     json_ok(&json!({"status": "ok"}))
 }
 
+/// The providers `/readyz` and the status pages list even before their first sync.
+const PROVIDERS: [&str; 3] = ["convercus", "coupontools", "koupon"];
+
+/// One provider as `/readyz` shows it: sync age, the error since the last success (an
+/// error a later successful pull superseded is not shown), and the items not delivered.
+fn readyz_provider(p: &shared::sync::ProviderStatus, enabled: bool, now: i64) -> Value {
+    let q = |s: &str| p.queue.get(s).copied().unwrap_or(0);
+    json!({
+        "provider": p.provider,
+        "enabled": enabled,
+        "lastSuccessAgeSecs": p.last_success_at.map(|t| now - t),
+        "lastError": p.current_error,
+        "pending": q("pending"),
+        "inflight": q("inflight"),
+        "dead": q("dead"),
+        "oldestPendingAgeSecs": p.oldest_pending_age_secs,
+    })
+}
+
 pub async fn readyz(state: State) -> HttpResponse {
     let db = state.db.clone();
+    let config = state.config();
     let result = web::block(move || -> Result<Value, shared::db::DbError> {
         let conn = db.read()?;
         let version = shared::db::current_version(&conn)?;
         let now = now_secs();
-        let syncs: Vec<Value> = shared::sync::sync_states(&conn)?
+        let enabled: Vec<&str> = PROVIDERS
             .into_iter()
-            .map(|p| json!({"provider": p.provider, "lastSuccessAgeSecs": p.last_success_at.map(|t| now - t), "lastError": p.last_error}))
+            .filter(|p| config.providers.enabled(p))
             .collect();
-        Ok(json!({"schemaVersion": version, "schemaCurrent": version == shared::db::schema_version(), "providers": syncs}))
+        let syncs: Vec<Value> = shared::sync::readiness(&conn, &enabled, now)?
+            .iter()
+            .map(|p| readyz_provider(p, config.providers.enabled(&p.provider), now))
+            .collect();
+        let daemon = shared::sync::daemon_status(&conn, now)?;
+        Ok(json!({"schemaVersion": version, "schemaCurrent": version == shared::db::schema_version(),
+                  "syncDaemon": {"running": daemon.running, "lastSeenAgeSecs": daemon.last_seen_age_secs, "state": daemon.describe()},
+                  "providers": syncs}))
     })
     .await;
     match result {

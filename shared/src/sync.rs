@@ -85,6 +85,20 @@ pub struct ProviderStatus {
     pub queue: BTreeMap<String, i64>,
     /// Age in seconds of the oldest item not yet delivered (pending or in flight).
     pub oldest_pending_age_secs: Option<i64>,
+    /// `last_error` while it is news: no later successful pull ([`ProviderStatus::error_now`]).
+    /// What store IT is shown as the provider's error; `last_error` stays for the record.
+    pub current_error: Option<String>,
+}
+
+impl ProviderStatus {
+    /// The last error, unless a pull succeeded after it (an error of the same second counts:
+    /// it may have come after the success).
+    pub fn error_now(&self) -> Option<&str> {
+        match (self.last_error_at, self.last_success_at) {
+            (Some(e), Some(s)) if e < s => None,
+            _ => self.last_error.as_deref(),
+        }
+    }
 }
 
 /// Each provider's sync state alone (no outbox figures): cheap enough for `/readyz`.
@@ -105,7 +119,145 @@ pub fn sync_states(conn: &Connection) -> Result<Vec<ProviderStatus>> {
             ..ProviderStatus::default()
         })
     })?;
-    rows.collect()
+    rows.map(|r| {
+        r.map(|mut p| {
+            p.current_error = p.error_now().map(str::to_owned);
+            p
+        })
+    })
+    .collect()
+}
+
+/// What `/readyz` shows per provider: the providers in `providers` (the enabled ones, also
+/// before their first sync) and any other with sync state or items waiting, each with its
+/// sync state and only the items not delivered (pending, in flight, dead: an index range,
+/// not a count of the whole outbox).
+pub fn readiness(conn: &Connection, providers: &[&str], now: i64) -> Result<Vec<ProviderStatus>> {
+    let mut out: BTreeMap<String, ProviderStatus> = providers
+        .iter()
+        .map(|p| {
+            let s = ProviderStatus {
+                provider: (*p).to_owned(),
+                ..ProviderStatus::default()
+            };
+            ((*p).to_owned(), s)
+        })
+        .collect();
+    for row in sync_states(conn)? {
+        out.insert(row.provider.clone(), row);
+    }
+    let mut st = conn.prepare_cached(
+        "SELECT provider, state, count(*), min(created_at) FROM outbox \
+         WHERE state = 'pending' OR state = 'inflight' OR state = 'dead' GROUP BY provider, state",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (provider, state, count, oldest) = row?;
+        let s = out
+            .entry(provider.clone())
+            .or_insert_with(|| ProviderStatus {
+                provider,
+                ..ProviderStatus::default()
+            });
+        if state != "dead" {
+            if let Some(created) = oldest {
+                let age = (now - created).max(0);
+                s.oldest_pending_age_secs =
+                    Some(s.oldest_pending_age_secs.map_or(age, |a| a.max(age)));
+            }
+        }
+        s.queue.insert(state, count);
+    }
+    Ok(out.into_values().collect())
+}
+
+// ---------------------------------------------------------------- sync daemon liveness
+
+/// How often the running sync daemon notes in the database that it is alive.
+pub const HEARTBEAT_SECS: i64 = 10;
+/// Without a heartbeat for this long (three missed), the daemon is taken as not running.
+pub const HEARTBEAT_STALE_SECS: i64 = 3 * HEARTBEAT_SECS;
+
+/// The running sync daemon is alive (every [`HEARTBEAT_SECS`], and at its start): one small
+/// row of `meta`, in its own short transaction.
+pub fn record_heartbeat(conn: &Connection, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('sync_daemon_seen_at', ?1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([now])?;
+    conn.prepare_cached("DELETE FROM meta WHERE key = 'sync_daemon_stopped_at'")?
+        .execute([])?;
+    Ok(())
+}
+
+/// The sync daemon stopped in order (SIGTERM/SIGINT).
+pub fn record_daemon_stopped(conn: &Connection, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('sync_daemon_stopped_at', ?1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([now])?;
+    Ok(())
+}
+
+/// Whether the sync daemon runs, from its heartbeat.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonStatus {
+    /// A heartbeat came within [`HEARTBEAT_STALE_SECS`] and no stop since.
+    pub running: bool,
+    /// Unix time of its last heartbeat (null: never ran on this database).
+    pub last_seen_at: Option<i64>,
+    pub last_seen_age_secs: Option<i64>,
+    /// When it last stopped in order, if that was after its last heartbeat.
+    pub stopped_at: Option<i64>,
+}
+
+impl DaemonStatus {
+    /// One line for store IT.
+    pub fn describe(&self) -> String {
+        let ago = |s: i64| {
+            if s < 120 {
+                format!("{s} s ago")
+            } else if s < 7200 {
+                format!("{} min ago", s / 60)
+            } else {
+                format!("{} h ago", s / 3600)
+            }
+        };
+        match (self.running, self.last_seen_age_secs, self.stopped_at) {
+            (true, Some(a), _) => format!("running (last seen {})", ago(a)),
+            (_, None, _) => "NOT RUNNING: never seen on this database (is sync-daemon installed and started? systemctl status sync-daemon)".to_owned(),
+            (_, Some(a), Some(_)) => format!("NOT RUNNING: stopped {} (systemctl start sync-daemon)", ago(a)),
+            (_, Some(a), None) => format!("NOT RUNNING? last seen {} (no heartbeat for more than {HEARTBEAT_STALE_SECS} s; systemctl status sync-daemon, journalctl -u sync-daemon)", ago(a)),
+        }
+    }
+}
+
+/// The sync daemon's liveness at `now`.
+pub fn daemon_status(conn: &Connection, now: i64) -> Result<DaemonStatus> {
+    let get = |key: &str| -> Result<Option<i64>> {
+        conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()
+    };
+    let seen = get("sync_daemon_seen_at")?;
+    let stopped = get("sync_daemon_stopped_at")?.filter(|t| seen.is_none_or(|s| *t >= s));
+    let age = seen.map(|s| (now - s).max(0));
+    Ok(DaemonStatus {
+        running: stopped.is_none() && age.is_some_and(|a| a <= HEARTBEAT_STALE_SECS),
+        last_seen_at: seen,
+        last_seen_age_secs: age,
+        stopped_at: stopped,
+    })
 }
 
 /// Status of every provider that is listed in `providers`, has sync state, or has outbox
@@ -449,6 +601,73 @@ mod tests {
         assert_eq!(rows, want);
         assert_eq!(changes.written, 2, "{changes:?}");
         assert_eq!(changes.kept_local, 1, "{changes:?}");
+    }
+
+    #[test]
+    fn the_daemon_is_running_while_its_heartbeat_is_fresh_and_not_after_a_stop() {
+        let (_dir, c) = crate::db::scratch_db();
+        let d = daemon_status(&c, 100).unwrap();
+        assert!(!d.running && d.last_seen_at.is_none(), "{d:?}");
+        assert!(d.describe().contains("never seen"), "{}", d.describe());
+        record_heartbeat(&c, 100).unwrap();
+        let d = daemon_status(&c, 100 + HEARTBEAT_STALE_SECS).unwrap();
+        assert!(d.running, "{d:?}");
+        assert!(d.describe().starts_with("running"), "{}", d.describe());
+        // kill -9: no stop noted, the heartbeat goes stale.
+        let d = daemon_status(&c, 101 + HEARTBEAT_STALE_SECS).unwrap();
+        assert!(!d.running && d.stopped_at.is_none(), "{d:?}");
+        assert!(
+            d.describe().contains("NOT RUNNING? last seen"),
+            "{}",
+            d.describe()
+        );
+        record_daemon_stopped(&c, 105).unwrap();
+        let d = daemon_status(&c, 106).unwrap();
+        assert_eq!(d.stopped_at, Some(105));
+        assert!(!d.running && d.describe().contains("stopped"), "{d:?}");
+        // Started again: running.
+        record_heartbeat(&c, 110).unwrap();
+        let d = daemon_status(&c, 111).unwrap();
+        assert!(d.running && d.stopped_at.is_none(), "{d:?}");
+    }
+
+    #[test]
+    fn an_error_older_than_the_last_success_is_not_current_and_readiness_lists_enabled_ones() {
+        let (_dir, c) = crate::db::scratch_db();
+        record_error(&c, "convercus", 10, "credentials refused").unwrap();
+        let s = sync_states(&c).unwrap();
+        assert_eq!(s[0].current_error.as_deref(), Some("credentials refused"));
+        record_success(&c, "convercus", 20, "ok").unwrap();
+        let s = sync_states(&c).unwrap();
+        assert_eq!(s[0].current_error, None);
+        assert_eq!(s[0].last_error.as_deref(), Some("credentials refused"));
+        record_error(&c, "convercus", 30, "timeout").unwrap();
+        assert_eq!(
+            sync_states(&c).unwrap()[0].current_error.as_deref(),
+            Some("timeout")
+        );
+        for i in 0..3 {
+            let item = crate::outbox::NewItem {
+                provider: "koupon",
+                operation: "redemption",
+                idempotency_key: format!("k{i}"),
+                ordering_key: format!("o{i}"),
+                payload: serde_json::json!({}),
+            };
+            crate::outbox::enqueue(&c, &item, 100).unwrap();
+        }
+        c.execute(
+            "UPDATE outbox SET state = 'dead' WHERE idempotency_key = 'k2'",
+            [],
+        )
+        .unwrap();
+        let r = readiness(&c, &["coupontools", "koupon"], 130).unwrap();
+        let names: Vec<&str> = r.iter().map(|p| p.provider.as_str()).collect();
+        assert_eq!(names, ["convercus", "coupontools", "koupon"]);
+        assert_eq!(r[1].last_success_at, None);
+        assert_eq!(r[2].queue.get("pending"), Some(&2));
+        assert_eq!(r[2].queue.get("dead"), Some(&1));
+        assert_eq!(r[2].oldest_pending_age_secs, Some(30));
     }
 
     #[test]

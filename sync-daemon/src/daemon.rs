@@ -126,6 +126,14 @@ pub async fn run(
             config.database.path.display()
         )
     })?;
+    // Seen running from now on (edge-ctl status, /readyz, the status page, /metrics).
+    if let Err(e) = db
+        .writer
+        .write(|conn| shared::sync::record_heartbeat(conn, now_secs()))
+        .await
+    {
+        log::error!("cannot note the daemon's heartbeat in the database: {e}");
+    }
     let clients = Clients::build(&config, None);
     let enabled: Vec<&str> = PROVIDERS
         .into_iter()
@@ -167,6 +175,7 @@ pub async fn run(
         ));
     }
     tasks.spawn(requests(db.clone(), Arc::clone(&kicks), stop_rx.clone()));
+    tasks.spawn(heartbeat(db.clone(), stop_rx.clone()));
     crate::reload::watch(&config_path, snap_tx)?;
     shared::service::ready(&format!(
         "delivering the outbox; providers enabled: {}",
@@ -182,6 +191,13 @@ pub async fn run(
     log::info!("stopping: finishing in-flight deliveries");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    if let Err(e) = db
+        .writer
+        .write(|conn| shared::sync::record_daemon_stopped(conn, now_secs()))
+        .await
+    {
+        log::warn!("cannot note the stop in the database ({e}); status shows the daemon as not running once its heartbeat is stale");
+    }
     log::info!("sync daemon stopped");
     Ok(())
 }
@@ -276,6 +292,31 @@ async fn pull_once(provider: &'static str, db: &Db, snap: &Snapshot, breakers: &
                 .writer
                 .write(move |conn| shared::sync::record_error(conn, provider, now_secs(), &text))
                 .await;
+        }
+    }
+}
+
+/// Notes every `HEARTBEAT_SECS` that the daemon runs (`edge-ctl status`, `/readyz`, the
+/// status page and `/metrics` show its age; `edge-ctl sync now` warns when it is stale).
+async fn heartbeat(db: Db, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(shared::sync::HEARTBEAT_SECS.unsigned_abs());
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let r = db
+            .writer
+            .write(|conn| shared::sync::record_heartbeat(conn, now_secs()))
+            .await;
+        match r {
+            Err(e) if !failing => {
+                failing = true;
+                log::error!("cannot note the daemon's heartbeat in the database: {e}");
+            }
+            Err(_) => {}
+            Ok(()) => failing = false,
         }
     }
 }

@@ -172,6 +172,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Status => {
             let rows = shared::sync::status(&conn, &sync_daemon::worker::PROVIDERS, now)?;
+            let daemon = shared::sync::daemon_status(&conn, now)?;
             let (conflicts, recent) =
                 shared::repo::conflicts_since(&conn, now - shared::repo::CONFLICT_WINDOW_SECS, 10)?;
             if cli.json {
@@ -185,10 +186,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     .collect();
                 out!(
                     "{}",
-                    json!({"now": now, "providers": out,
+                    json!({"now": now, "syncDaemon": daemon, "providers": out,
                            "conflicts": {"last30Days": conflicts, "recent": recent}})
                 );
             } else {
+                out!("sync daemon      {}", daemon.describe());
                 for r in rows {
                     let q = |s: &str| r.queue.get(s).copied().unwrap_or(0);
                     out!("{}", r.provider);
@@ -196,7 +198,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     if let Some(res) = &r.last_result {
                         out!("  last result    {res}");
                     }
-                    if let Some(e) = &r.last_error {
+                    // An error a later successful pull superseded is history, not news.
+                    if let Some(e) = &r.current_error {
                         out!("  last error     {} ({e})", ago(now, r.last_error_at));
                     }
                     out!(
@@ -286,15 +289,39 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             shared::sync::request_sync(&conn, provider, now)?;
+            let mut daemon = shared::sync::daemon_status(&conn, now)?;
+            // A daemon starting right now notes its first heartbeat within moments.
+            for _ in 0..30 {
+                if daemon.running {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                daemon = shared::sync::daemon_status(&conn, now_secs())?;
+            }
             if cli.json {
-                out!("{}", json!({"requested": provider, "at": now}));
-            } else {
+                out!(
+                    "{}",
+                    json!({"requested": provider, "at": now, "syncDaemon": daemon})
+                );
+            } else if daemon.running {
                 out!("sync of {provider} requested; the sync daemon starts it within a second (see `edge-ctl status`)");
+            } else {
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "edge-ctl: sync of {provider} requested, but the sync daemon is {}; it pulls when it runs again",
+                    daemon.describe()
+                );
+            }
+            if !daemon.running {
+                return Ok(ExitCode::from(SYNC_DAEMON_NOT_RUNNING));
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `sync now`'s exit status when the request is recorded but no sync daemon runs to take it.
+const SYNC_DAEMON_NOT_RUNNING: u8 = 4;
 
 fn report(json_out: bool, ok: bool, id: i64, what: &str) -> anyhow::Result<ExitCode> {
     if json_out {
