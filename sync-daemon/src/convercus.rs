@@ -153,13 +153,16 @@ impl Client {
     ) -> Result<Token, CallError> {
         self.pacer.ready().await;
         let started = Instant::now();
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| CallError::from_reqwest(&e))?;
+        let resp = request.send().await.map_err(|e| {
+            CallError::from_reqwest(&e)
+                .at_key("providers.convercus.base_url (token_url with OAuth)")
+        })?;
         let status = resp.status();
         self.pacer.note(status.as_u16(), resp.headers());
-        let body = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
+        let body = resp.text().await.map_err(|e| {
+            CallError::from_reqwest(&e)
+                .at_key("providers.convercus.base_url (token_url with OAuth)")
+        })?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(CallError::Auth(format!(
                 "Convercus login refused (HTTP {status}); check providers.convercus credentials"
@@ -295,10 +298,16 @@ impl Client {
                 req = req.body(b.to_string());
             }
             self.pacer.ready().await;
-            let resp = req.send().await.map_err(|e| CallError::from_reqwest(&e))?;
+            let resp = req.send().await.map_err(|e| {
+                CallError::from_reqwest(&e)
+                    .at_key("providers.convercus.base_url (token_url with OAuth)")
+            })?;
             let status = resp.status().as_u16();
             self.pacer.note(status, resp.headers());
-            let text = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
+            let text = resp.text().await.map_err(|e| {
+                CallError::from_reqwest(&e)
+                    .at_key("providers.convercus.base_url (token_url with OAuth)")
+            })?;
             if status == 401 {
                 if attempt == 0 {
                     log::info!(provider = NAME; "Convercus answered 401; logging in again");

@@ -154,10 +154,13 @@ impl Client {
             .json(&params)
             .send()
             .await
-            .map_err(|e| CallError::from_reqwest(&e))?;
+            .map_err(|e| CallError::from_reqwest(&e).at_key("providers.coupontools.base_url"))?;
         let status = resp.status().as_u16();
         self.pacer.note(status, resp.headers());
-        let text = resp.text().await.map_err(|e| CallError::from_reqwest(&e))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| CallError::from_reqwest(&e).at_key("providers.coupontools.base_url"))?;
         if status == 429 || status >= 500 {
             return Err(CallError::Status {
                 status,

@@ -73,13 +73,66 @@ impl CallError {
     }
 }
 
-/// reqwest's messages include the URL, which for Koupon carries the signature: leave it out.
-fn without_url(e: &reqwest::Error) -> String {
-    let mut e = e.to_string();
-    if let Some(i) = e.find(" for url (") {
-        e.truncate(i);
+impl CallError {
+    /// Names the configuration key to check in a network failure's text (the others
+    /// already say what was refused).
+    pub fn at_key(self, key: &str) -> CallError {
+        match self {
+            CallError::Transport {
+                message,
+                maybe_sent,
+            } => CallError::Transport {
+                message: format!("{message}; check {key}"),
+                maybe_sent,
+            },
+            other => other,
+        }
     }
-    e
+}
+
+/// What failed and why, for store IT: the kind (cannot connect, timed out, …), the
+/// provider's scheme, host and port (never the path or query: Koupon's carries the
+/// signature, Convercus paths card numbers), and the causes from the error's `source()`
+/// chain (connection refused, DNS failure, TLS, …). reqwest's own text ("error sending
+/// request for url (…)") said none of that and carried the whole URL.
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "answer cut off"
+    } else if e.is_redirect() {
+        "redirect refused"
+    } else {
+        "request failed"
+    };
+    let place = e
+        .url()
+        .map(|u| {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!(" to {}://{}{port}", u.scheme(), u.host_str().unwrap_or("?"))
+        })
+        .unwrap_or_default();
+    let mut causes: Vec<String> = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(c) = source {
+        let mut text = c.to_string();
+        if let Some(i) = text.find(" for url (") {
+            text.truncate(i);
+        }
+        // Each level often repeats the one below it; keep what is new.
+        if !text.is_empty() && !causes.iter().any(|k| k.contains(&text)) {
+            causes.retain(|k| !text.contains(k.as_str()));
+            causes.push(text);
+        }
+        source = c.source();
+    }
+    if causes.is_empty() {
+        format!("{kind}{place}")
+    } else {
+        format!("{kind}{place}: {}", causes.join(": "))
+    }
 }
 
 /// What a delivery attempt came to; the worker turns it into the item's next state.
@@ -143,6 +196,34 @@ pub fn decimal_to_cents(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// D9: an unreachable provider was reported as `network: error sending request`; the
+    /// text now says the cause, where (scheme, host, port; no path or query) and the key.
+    #[tokio::test]
+    async fn a_closed_port_is_reported_as_refused_with_the_host_and_the_key() {
+        let port = match std::net::TcpListener::bind("127.0.0.1:0") {
+            Ok(l) => l.local_addr().map(|a| a.port()).unwrap_or(9),
+            Err(_) => 9,
+        };
+        let url = format!("http://127.0.0.1:{port}/v1/offers?authSignature=SECRETSIG");
+        let Err(e) = client(2000).get(&url).send().await else {
+            panic!("port {port} answered");
+        };
+        let text = CallError::from_reqwest(&e)
+            .at_key("providers.koupon.storeconnect_url")
+            .to_string();
+        assert!(text.contains("cannot connect"), "{text}");
+        assert!(text.to_lowercase().contains("connection refused"), "{text}");
+        assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
+        assert!(
+            text.contains("check providers.koupon.storeconnect_url"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("SECRETSIG") && !text.contains("/v1/offers"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn money_is_formatted_exactly() {

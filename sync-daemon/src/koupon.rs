@@ -171,7 +171,10 @@ impl Client {
             .header("Accept", "application/json")
             .send()
             .await
-            .map_err(|e| CallError::from_reqwest(&e))?;
+            .map_err(|e| {
+                CallError::from_reqwest(&e)
+                    .at_key("providers.koupon.storeconnect_url and management_url")
+            })?;
         let status = resp.status().as_u16();
         self.pacer.note(status, resp.headers());
         let text = match resp.text().await {
@@ -184,7 +187,10 @@ impl Client {
                     CallError::from_reqwest(&e)
                 )))
             }
-            Err(e) => return Err(CallError::from_reqwest(&e)),
+            Err(e) => {
+                return Err(CallError::from_reqwest(&e)
+                    .at_key("providers.koupon.storeconnect_url and management_url"))
+            }
         };
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
         if status == 401 {
