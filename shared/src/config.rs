@@ -276,6 +276,10 @@ pub struct ConvercusConfig {
     pub language: String,
     /// Cron schedule (sec min hour day month weekday) of the customer coupon list pull.
     pub schedule: String,
+    /// Pull at the daemon's start when the last successful pull is older than the
+    /// schedule's period, or there was none (a new store, or the daemon was down), rather
+    /// than wait for the next scheduled time.
+    pub pull_at_start: bool,
     /// Customer ids (card codes) to pull besides every customer seen at this store.
     pub customers: Vec<String>,
     /// Accounts fetched at the same time during a pull.
@@ -301,6 +305,10 @@ pub struct CoupontoolsConfig {
     pub campaigns: Vec<String>,
     /// Cron schedule of the catalog and claimed-session pull.
     pub schedule: String,
+    /// Pull at the daemon's start when the last successful pull is older than the
+    /// schedule's period, or there was none (a new store, or the daemon was down), rather
+    /// than wait for the next scheduled time.
+    pub pull_at_start: bool,
     /// Records per page of `campaign/claims` (Coupontools pages by 5000).
     pub page_size: usize,
     /// Session pulls are incremental (`start_date` = the last successful pull's start less
@@ -351,6 +359,10 @@ pub struct KouponConfig {
     pub store_id: String,
     /// Cron schedule of the offer list pull.
     pub schedule: String,
+    /// Pull at the daemon's start when the last successful pull is older than the
+    /// schedule's period, or there was none (a new store, or the daemon was down), rather
+    /// than wait for the next scheduled time.
+    pub pull_at_start: bool,
     pub timeout_ms: u64,
     /// What a redemption of a customer's coupon names as `discountAsset` (koupon.md §3.2).
     pub redeem_as: KouponRedeemAs,
@@ -567,6 +579,18 @@ pub enum CommitErrors {
     None,
 }
 
+impl ProvidersConfig {
+    /// `providers.<provider>.pull_at_start`.
+    pub fn pull_at_start(&self, provider: &str) -> bool {
+        match provider {
+            "convercus" => self.convercus.pull_at_start,
+            "coupontools" => self.coupontools.pull_at_start,
+            "koupon" => self.koupon.pull_at_start,
+            _ => false,
+        }
+    }
+}
+
 /// Whether validation insists on provider secrets (the services) or not (`edge-ctl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Secrets {
@@ -684,6 +708,7 @@ impl Default for ConvercusConfig {
             ],
             language: "en".to_owned(),
             schedule: "0 */15 * * * *".to_owned(),
+            pull_at_start: true,
             customers: Vec::new(),
             pull_concurrency: 4,
             timeout_ms: 10_000,
@@ -702,6 +727,7 @@ impl Default for CoupontoolsConfig {
             client_secret: Secret::default(),
             campaigns: Vec::new(),
             schedule: "0 */5 * * * *".to_owned(),
+            pull_at_start: true,
             page_size: 5000,
             full_pull_hours: 24,
             pull_overlap_secs: 900,
@@ -733,6 +759,7 @@ impl Default for KouponConfig {
             secret: Secret::default(),
             store_id: String::new(),
             schedule: "0 0 * * * *".to_owned(),
+            pull_at_start: true,
             timeout_ms: 10_000,
             redeem_as: KouponRedeemAs::LoyaltyId,
             signature: KouponSignature::HmacSha1,

@@ -213,6 +213,7 @@ async fn scheduler(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_schedule = String::new();
+    let mut starting = true;
     loop {
         if *stop.borrow() {
             return;
@@ -224,6 +225,22 @@ async fn scheduler(
                 log::info!(provider = provider; "{provider} pull schedule is now `{expr}`");
             }
             last_schedule = expr.clone();
+        }
+        // At start, a provider never pulled (a new store) or not pulled for longer than its
+        // schedule's period (the daemon was down) is pulled at once, not at the next cron
+        // time, which may be an hour away.
+        if std::mem::take(&mut starting)
+            && snap.clients.enabled(provider)
+            && snap.config.providers.pull_at_start(provider)
+        {
+            if let Some(why) = overdue(&db, provider, &expr).await {
+                log::info!(provider = provider; "{provider} pulled at start: {why}");
+                tokio::select! {
+                    _ = pull_once(provider, &db, &snap, &breakers) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
         }
         let next = shared::config::parse_schedule(&expr)
             .ok()
@@ -257,6 +274,37 @@ async fn scheduler(
                 return;
             }
         }
+    }
+}
+
+/// Why `provider` should be pulled now rather than at its next scheduled time: never pulled
+/// successfully, or its last success is older than the schedule's period (the time between
+/// its next two runs). `None`: it is up to date, or its state cannot be read.
+async fn overdue(db: &Db, provider: &'static str, expr: &str) -> Option<String> {
+    let schedule = shared::config::parse_schedule(expr).ok()?;
+    let mut upcoming = schedule.upcoming(chrono::Utc);
+    let period = match (upcoming.next(), upcoming.next()) {
+        (Some(a), Some(b)) => (b - a).num_seconds(),
+        _ => return None,
+    };
+    let reader = db.clone();
+    let states = tokio::task::spawn_blocking(move || {
+        let conn = reader.read().ok()?;
+        shared::sync::sync_states(&conn).ok()
+    })
+    .await
+    .ok()??;
+    let last = states
+        .iter()
+        .find(|s| s.provider == provider)
+        .and_then(|s| s.last_success_at);
+    let age = last.map(|t| now_secs() - t);
+    match age {
+        None => Some("it never completed a pull at this store".to_owned()),
+        Some(age) if age > period => Some(format!(
+            "its last successful pull was {age} s ago, longer than its schedule's period ({period} s)"
+        )),
+        Some(_) => None,
     }
 }
 

@@ -67,6 +67,7 @@ username = "edge"
 password = "edge-secret"
 interaction_id = "edge"
 schedule = "{schedule}"
+pull_at_start = false
 timeout_ms = 3000
 
 [providers.coupontools]
@@ -76,6 +77,7 @@ client_id = "demo-client-id"
 client_secret = "demo-client-secret"
 campaigns = ["cam_100001"]
 schedule = "{schedule}"
+pull_at_start = false
 timeout_ms = 3000
 
 [providers.koupon]
@@ -86,6 +88,7 @@ api_key = "demo-api-key"
 secret = "demo-secret"
 store_id = "STO1"
 schedule = "{schedule}"
+pull_at_start = false
 timeout_ms = 3000
 "#,
             cv = self.convercus_url,

@@ -1819,3 +1819,51 @@ async fn sigterm_during_a_long_pull_stops_the_daemon_promptly() {
         &log[from..]
     );
 }
+
+/// A new store (or one whose daemon was down for longer than a schedule's period) is pulled
+/// when the daemon starts, not at the next cron time (with a yearly schedule here: never in
+/// this test). A daemon restarted after a recent pull does not pull again. Only Koupon has
+/// `pull_at_start` here; the others keep the test harness's `false`.
+#[tokio::test]
+async fn a_provider_never_pulled_is_pulled_when_the_daemon_starts() {
+    let providers = Providers::start().unwrap();
+    let toml = providers.config_toml("0 0 0 1 1 *");
+    let koupon_at = toml.find("[providers.koupon]").unwrap();
+    let (head, tail) = toml.split_at(koupon_at);
+    let toml = format!(
+        "{head}{}",
+        tail.replacen("pull_at_start = false", "pull_at_start = true", 1)
+    );
+    let store = Store::start(StoreOptions {
+        extra_toml: toml,
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let log = store.dir.join("sync-daemon.log");
+    let mut daemon = Daemon::start(&store.config_path, &log).unwrap();
+    daemon
+        .wait_for_log("koupon pull done", 0, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let text = daemon.log();
+    assert!(
+        text.contains("koupon pulled at start: it never completed a pull"),
+        "{text}"
+    );
+    assert!(!text.contains("convercus pull started"), "{text}");
+    assert!(!text.contains("coupontools pull started"), "{text}");
+
+    // Restarted after that pull: up to date for a yearly schedule, so no pull at start.
+    daemon.terminate(Duration::from_secs(15)).unwrap();
+    let from = daemon.log().len();
+    daemon.restart().unwrap();
+    daemon
+        .wait_for_log("sync daemon started", from, Duration::from_secs(30))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = daemon.log()[from..].to_owned();
+    assert!(!after.contains("koupon pull started"), "{after}");
+    daemon.kill9();
+}
