@@ -133,23 +133,36 @@ pub fn sync_states(conn: &Connection) -> Result<Vec<ProviderStatus>> {
 /// sync state and only the items not delivered (pending, in flight, dead: an index range,
 /// not a count of the whole outbox).
 pub fn readiness(conn: &Connection, providers: &[&str], now: i64) -> Result<Vec<ProviderStatus>> {
-    let mut out: BTreeMap<String, ProviderStatus> = providers
-        .iter()
-        .map(|p| {
-            let s = ProviderStatus {
-                provider: (*p).to_owned(),
-                ..ProviderStatus::default()
-            };
-            ((*p).to_owned(), s)
-        })
-        .collect();
+    with_queues(
+        conn,
+        providers,
+        now,
+        "SELECT provider, state, count(*), min(CASE WHEN state IN ('pending', 'inflight') THEN created_at END) \
+         FROM outbox WHERE state = 'pending' OR state = 'inflight' OR state = 'dead' GROUP BY provider, state",
+    )
+}
+
+/// The sync state of every provider in `providers`, with sync state, or with outbox items,
+/// by name, and the outbox counts `counts` reads: rows of (provider, state, count, oldest
+/// `created_at` of the items not yet delivered, or NULL).
+fn with_queues(
+    conn: &Connection,
+    providers: &[&str],
+    now: i64,
+    counts: &'static str,
+) -> Result<Vec<ProviderStatus>> {
+    let mut out: BTreeMap<String, ProviderStatus> = BTreeMap::new();
+    let blank = |p: &str| ProviderStatus {
+        provider: p.to_owned(),
+        ..ProviderStatus::default()
+    };
+    for p in providers {
+        out.insert((*p).to_owned(), blank(p));
+    }
     for row in sync_states(conn)? {
         out.insert(row.provider.clone(), row);
     }
-    let mut st = conn.prepare_cached(
-        "SELECT provider, state, count(*), min(created_at) FROM outbox \
-         WHERE state = 'pending' OR state = 'inflight' OR state = 'dead' GROUP BY provider, state",
-    )?;
+    let mut st = conn.prepare_cached(counts)?;
     let rows = st.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -162,20 +175,26 @@ pub fn readiness(conn: &Connection, providers: &[&str], now: i64) -> Result<Vec<
         let (provider, state, count, oldest) = row?;
         let s = out
             .entry(provider.clone())
-            .or_insert_with(|| ProviderStatus {
-                provider,
-                ..ProviderStatus::default()
-            });
-        if state != "dead" {
-            if let Some(created) = oldest {
-                let age = (now - created).max(0);
-                s.oldest_pending_age_secs =
-                    Some(s.oldest_pending_age_secs.map_or(age, |a| a.max(age)));
-            }
+            .or_insert_with(|| blank(&provider));
+        if let Some(created) = oldest {
+            let age = (now - created).max(0);
+            s.oldest_pending_age_secs = Some(s.oldest_pending_age_secs.map_or(age, |a| a.max(age)));
         }
         s.queue.insert(state, count);
     }
     Ok(out.into_values().collect())
+}
+
+/// An age for store IT: `42 s ago`, `5 min ago`, `3 h ago`.
+pub fn ago(secs: i64) -> String {
+    let s = secs.max(0);
+    if s < 120 {
+        format!("{s} s ago")
+    } else if s < 7200 {
+        format!("{} min ago", s / 60)
+    } else {
+        format!("{} h ago", s / 3600)
+    }
 }
 
 // ---------------------------------------------------------------- sync daemon liveness
@@ -224,15 +243,6 @@ pub struct DaemonStatus {
 impl DaemonStatus {
     /// One line for store IT.
     pub fn describe(&self) -> String {
-        let ago = |s: i64| {
-            if s < 120 {
-                format!("{s} s ago")
-            } else if s < 7200 {
-                format!("{} min ago", s / 60)
-            } else {
-                format!("{} h ago", s / 3600)
-            }
-        };
         match (self.running, self.last_seen_age_secs, self.stopped_at) {
             (true, Some(a), _) => format!("running (last seen {})", ago(a)),
             (_, None, _) => "NOT RUNNING: never seen on this database (is sync-daemon installed and started? systemctl status sync-daemon)".to_owned(),
@@ -261,57 +271,15 @@ pub fn daemon_status(conn: &Connection, now: i64) -> Result<DaemonStatus> {
 }
 
 /// Status of every provider that is listed in `providers`, has sync state, or has outbox
-/// items, by name.
+/// items, by name, with its items counted by state.
 pub fn status(conn: &Connection, providers: &[&str], now: i64) -> Result<Vec<ProviderStatus>> {
-    let mut out: BTreeMap<String, ProviderStatus> = providers
-        .iter()
-        .map(|p| {
-            (
-                (*p).to_owned(),
-                ProviderStatus {
-                    provider: (*p).to_owned(),
-                    ..ProviderStatus::default()
-                },
-            )
-        })
-        .collect();
-    let entry = |out: &mut BTreeMap<String, ProviderStatus>, p: &str| {
-        out.entry(p.to_owned())
-            .or_insert_with(|| ProviderStatus {
-                provider: p.to_owned(),
-                ..ProviderStatus::default()
-            })
-            .provider
-            .clone()
-    };
-    for row in sync_states(conn)? {
-        out.insert(row.provider.clone(), row);
-    }
-    let mut st = conn.prepare_cached(
+    with_queues(
+        conn,
+        providers,
+        now,
         "SELECT provider, state, count(*), min(CASE WHEN state IN ('pending', 'inflight') THEN created_at END) \
          FROM outbox GROUP BY provider, state",
-    )?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, Option<i64>>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (provider, state, count, oldest) = row?;
-        let key = entry(&mut out, &provider);
-        if let Some(s) = out.get_mut(&key) {
-            s.queue.insert(state, count);
-            if let Some(created) = oldest {
-                let age = (now - created).max(0);
-                s.oldest_pending_age_secs =
-                    Some(s.oldest_pending_age_secs.map_or(age, |a| a.max(age)));
-            }
-        }
-    }
-    Ok(out.into_values().collect())
+    )
 }
 
 // ---------------------------------------------------------------- pulls

@@ -1507,7 +1507,7 @@ async fn store_with_convercus_timeout(providers: &Providers, timeout_ms: u64) ->
         1,
     );
     assert!(toml.contains(&format!(
-        "schedule = \"0 0 0 1 1 *\"\ntimeout_ms = {timeout_ms}\n\n[providers.coupontools]"
+        "schedule = \"0 0 0 1 1 *\"\npull_at_start = false\ntimeout_ms = {timeout_ms}\n\n[providers.coupontools]"
     )));
     Store::start(StoreOptions {
         extra_toml: format!(

@@ -120,19 +120,7 @@ fn closed_stdout(e: &anyhow::Error) -> bool {
 }
 
 fn ago(now: i64, t: Option<i64>) -> String {
-    match t {
-        None => "never".to_owned(),
-        Some(t) => {
-            let s = (now - t).max(0);
-            if s < 120 {
-                format!("{s} s ago")
-            } else if s < 7200 {
-                format!("{} min ago", s / 60)
-            } else {
-                format!("{} h ago", s / 3600)
-            }
-        }
-    }
+    t.map_or_else(|| "never".to_owned(), |t| shared::sync::ago(now - t))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
