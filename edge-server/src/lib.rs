@@ -161,11 +161,13 @@ pub fn check_config(config: &Config, path: &std::path::Path) -> anyhow::Result<(
 
 /// Opens the database and prepares TLS: everything that can fail at start, before binding.
 pub fn prepare(config: &Config) -> anyhow::Result<(Db, Option<rustls::ServerConfig>)> {
-    let db = Db::open(&config.database, true).map_err(|e| {
-        anyhow::anyhow!(
+    let db = Db::open(&config.database, true).map_err(|e| match e {
+        // Already names the file and what to do.
+        shared::db::DbError::Unusable(_) => anyhow::anyhow!("{e}"),
+        e => anyhow::anyhow!(
             "cannot open database {}: {e}",
             config.database.path.display()
-        )
+        ),
     })?;
     let tls = if config.server.plain_http {
         log::warn!(

@@ -196,6 +196,11 @@ fn unusable(path: &std::path::Path, e: rusqlite::Error) -> DbError {
             "{} is not an SQLite database ({e}): restore the store's database from a backup, or move the file away to start with an empty one (and import a snapshot)",
             path.display()
         )),
+        // The file is there: its directory (for the -wal and -shm files) or those files
+        // are not the service's to write.
+        Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) if path.is_file() => {
+            not_writable(path, &e.to_string())
+        }
         Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => DbError::Unusable(format!(
             "cannot open database {} ({e}): it must be a file (not a directory) in an existing directory the service's user may write; check database.path and the permissions",
             path.display()

@@ -120,11 +120,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     crate::http::install_crypto();
-    let db = Db::open(&config.database, false).map_err(|e| {
-        anyhow::anyhow!(
+    let db = Db::open(&config.database, false).map_err(|e| match e {
+        // Already names the file and what to do.
+        shared::db::DbError::Unusable(_) => anyhow::anyhow!("{e}"),
+        e => anyhow::anyhow!(
             "cannot open database {}: {e}",
             config.database.path.display()
-        )
+        ),
     })?;
     // Seen running from now on (edge-ctl status, /readyz, the status page, /metrics).
     if let Err(e) = db

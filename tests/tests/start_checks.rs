@@ -94,20 +94,32 @@ fn serve_without_write_access(config: &Path, not_writable: &Path, dir: &Path) ->
 
 #[test]
 fn a_database_the_service_cannot_write_is_refused_at_start() {
-    let (dir, config) = store("", None);
-    create_database(&config);
-    let db = dir.path().join("edge.db");
-    let out = serve_without_write_access(&config, &db, dir.path());
-    let err = stderr(&out);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("cannot be written") && err.contains("database.path"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("corrupt") && !err.contains("backtrace"),
-        "{err}"
-    );
+    // Whether the -wal and -shm files were left behind by the last writer or not, SQLite
+    // fails differently (read-only open, or cannot open): both are said the same way.
+    for leftovers in [false, true] {
+        let (dir, config) = store("", None);
+        create_database(&config);
+        let db = dir.path().join("edge.db");
+        for suffix in ["-wal", "-shm"] {
+            let side = dir.path().join(format!("edge.db{suffix}"));
+            if !leftovers {
+                let _ = std::fs::remove_file(&side);
+            } else if !side.exists() {
+                std::fs::write(&side, "").unwrap();
+            }
+        }
+        let out = serve_without_write_access(&config, &db, dir.path());
+        let err = stderr(&out);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("cannot be written") && err.contains("database.path"),
+            "leftovers {leftovers}: {err}"
+        );
+        assert!(
+            !err.contains("corrupt") && !err.contains("backtrace"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
