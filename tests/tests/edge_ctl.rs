@@ -263,3 +263,34 @@ fn edge_ctl_works_without_the_provider_secrets() {
         );
     }
 }
+
+/// Retrying or discarding an item that does not exist says so (it said "is not
+/// dead-lettered"), in text and in `--json`, with exit status 3.
+#[test]
+fn retrying_an_unknown_item_says_there_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("edge-coupon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nsites = [\"S\"]\n[[lanes.credentials]]\nusername = \"a\"\npassword = \"b\"\n[database]\npath = \"{}\"\n",
+            dir.path().join("store.db").display()
+        ),
+    )
+    .unwrap();
+    create_database(&config);
+    for verb in ["retry", "discard"] {
+        let out = edge_ctl_with(&config, &["outbox", verb, "999"]);
+        assert_eq!(out.status.code(), Some(3));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("there is no outbox item 999"),
+            "{verb}: {stderr}"
+        );
+        let out = edge_ctl_with(&config, &["--json", "outbox", verb, "999"]);
+        assert_eq!(out.status.code(), Some(3));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error"], "there is no outbox item 999");
+    }
+}

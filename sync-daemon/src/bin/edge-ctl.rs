@@ -259,11 +259,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             }
             OutboxCommand::Retry { id } => {
                 let ok = shared::outbox::retry_dead(&conn, *id, now)?;
-                return report(cli.json, ok, *id, "queued for another attempt");
+                return report(&conn, cli.json, ok, *id, "queued for another attempt");
             }
             OutboxCommand::Discard { id } => {
                 let ok = shared::outbox::discard_dead(&conn, *id, now)?;
-                return report(cli.json, ok, *id, "discarded");
+                return report(&conn, cli.json, ok, *id, "discarded");
             }
         },
         Command::ConfigPackage { .. } => {}
@@ -292,7 +292,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     json!({"requested": provider, "at": now, "syncDaemon": daemon})
                 );
             } else if daemon.running {
-                out!("sync of {provider} requested; the sync daemon starts it within a second (see `edge-ctl status`)");
+                out!("sync of {provider} requested; the sync daemon starts it within a few seconds (see `edge-ctl status`)");
             } else {
                 let _ = writeln!(
                     std::io::stderr().lock(),
@@ -311,15 +311,36 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 /// `sync now`'s exit status when the request is recorded but no sync daemon runs to take it.
 const SYNC_DAEMON_NOT_RUNNING: u8 = 4;
 
-fn report(json_out: bool, ok: bool, id: i64, what: &str) -> anyhow::Result<ExitCode> {
+fn report(
+    conn: &rusqlite::Connection,
+    json_out: bool,
+    ok: bool,
+    id: i64,
+    what: &str,
+) -> anyhow::Result<ExitCode> {
+    // Why not: no such item, or one in another state (named).
+    let state = if ok {
+        None
+    } else {
+        Some(shared::outbox::get(conn, id)?.map(|i| i.state))
+    };
+    let why = match &state {
+        Some(None) => format!("there is no outbox item {id}"),
+        Some(Some(s)) => format!("item {id} is {s}, not dead-lettered"),
+        None => String::new(),
+    };
     if json_out {
-        out!("{}", json!({"id": id, "ok": ok}));
+        let mut v = json!({"id": id, "ok": ok});
+        if !ok {
+            v["error"] = json!(why);
+        }
+        out!("{v}");
     } else if ok {
         out!("item {id} {what}");
     } else {
         let _ = writeln!(
             std::io::stderr().lock(),
-            "item {id} is not dead-lettered (see `edge-ctl outbox list --state dead`)"
+            "{why} (see `edge-ctl outbox list --state dead`)"
         );
     }
     Ok(if ok {
