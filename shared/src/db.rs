@@ -130,7 +130,16 @@ pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
         .write(true)
         .open(&lock_path)
         // Made by another user (root running edge-ctl): a read-only handle locks as well.
-        .or_else(|_| std::fs::File::open(&lock_path))
+        // When there is none to open, the reason is why it could not be created (EACCES).
+        .or_else(|create| {
+            std::fs::File::open(&lock_path).map_err(|open| {
+                if open.kind() == std::io::ErrorKind::NotFound {
+                    create
+                } else {
+                    open
+                }
+            })
+        })
         .and_then(|f| f.lock().map(|()| f))
         .map_err(|e| {
             // The directory could not be made: that, not the lock file, is the cause.

@@ -129,19 +129,23 @@ fn a_database_directory_the_service_cannot_create_says_so() {
     let locked = tmp.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let db = locked.join("store/edge.db");
-    let (dir, config) = store("", Some(&db));
-    let out = serve_without_write_access(&config, &locked, dir.path());
-    let err = stderr(&out);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("Permission denied") && err.contains("database.path"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("corrupt") && !err.contains("No such file"),
-        "{err}"
-    );
+    // A directory to make inside it, or the database straight in it: EACCES either way
+    // (the second said ENOENT, from the fallback open of the lock file it could not create).
+    for db in [locked.join("store/edge.db"), locked.join("edge.db")] {
+        let (dir, config) = store("", Some(&db));
+        let out = serve_without_write_access(&config, &locked, dir.path());
+        let err = stderr(&out);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("Permission denied") && err.contains("database.path"),
+            "{}: {err}",
+            db.display()
+        );
+        assert!(
+            !err.contains("corrupt") && !err.contains("No such file"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
