@@ -216,6 +216,9 @@ async fn scheduler(
 ) {
     let mut last_schedule = String::new();
     let mut starting = true;
+    // A pull (scheduled or asked for) that found the provider paused by its breaker: it
+    // runs as soon as the provider answers again, not at the next scheduled time.
+    let mut owed = false;
     loop {
         if *stop.borrow() {
             return;
@@ -250,22 +253,31 @@ async fn scheduler(
             .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
             .unwrap_or(Duration::from_secs(3600));
         log::debug!(provider = provider; "next {provider} pull in {} s", next.as_secs());
-        let kicked = tokio::select! {
+        let wait = if owed { next.min(OWED_CHECK) } else { next };
+        let (kicked, scheduled) = tokio::select! {
             _ = stop.changed() => return,
             _ = snapshots.changed() => continue,
-            _ = tokio::time::sleep(next) => false,
-            _ = kicks[index].1.notified() => true,
+            _ = tokio::time::sleep(wait) => (false, wait == next),
+            _ = kicks[index].1.notified() => (true, false),
         };
         if !snap.clients.enabled(provider) {
             if kicked {
                 log::warn!(provider = provider; "sync of {provider} requested, but it is disabled in the configuration");
             }
+            owed = false;
             continue;
         }
         if breakers.is_open(provider) {
-            log::info!(provider = provider; "{provider} pull skipped: the provider is unreachable (probing)");
+            if kicked || scheduled {
+                log::info!(provider = provider; "{provider} pull postponed: the provider is unreachable (probing); it runs when {provider} answers again");
+            }
+            owed = true;
             continue;
         }
+        if owed && !kicked && !scheduled {
+            log::info!(provider = provider; "{provider} answers again: running the postponed pull");
+        }
+        owed = false;
         // A stop abandons a running pull (a pull can take minutes; systemd would kill us):
         // its writes are short transactions, each committed whole or not at all, and the
         // next pull reads everything again. Deliveries in flight keep their grace (worker).
@@ -278,6 +290,9 @@ async fn scheduler(
         }
     }
 }
+
+/// How often a postponed pull checks whether its provider answers again.
+const OWED_CHECK: Duration = Duration::from_secs(2);
 
 /// Why `provider` should be pulled now rather than at its next scheduled time: never pulled
 /// successfully, or its last success is older than the schedule's period (the time between

@@ -1867,3 +1867,57 @@ async fn a_provider_never_pulled_is_pulled_when_the_daemon_starts() {
     assert!(!after.contains("koupon pull started"), "{after}");
     daemon.kill9();
 }
+
+/// `edge-ctl sync now` while the provider is paused (its breaker open after a refused
+/// login) is not forgotten: the pull runs as soon as the provider answers again (it was
+/// dropped, and the old error stayed until the next scheduled pull, up to an hour).
+#[tokio::test]
+async fn a_pull_asked_for_while_the_provider_is_paused_runs_when_it_answers_again() {
+    let providers = Providers::start().unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: format!(
+            "{}\n[outbox]\npoll_ms = 50\nbreaker_probe_secs = 1\n",
+            providers.config_toml("0 0 0 1 1 *")
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    daemon
+        .wait_for_log("for configuration changes", 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // Koupon refuses our signature: the pull fails and pauses Koupon.
+    providers
+        .config(&json!({"koupon_secret": "another-secret"}))
+        .await
+        .unwrap();
+    let from = daemon.log().len();
+    store.sync_now("koupon").unwrap();
+    daemon
+        .wait_for_log("koupon pull failed", from, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let from = daemon.log().len();
+    store.sync_now("koupon").unwrap();
+    daemon
+        .wait_for_log("koupon pull postponed", from, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // Koupon takes our signature again: the probe sees it, and the asked-for pull runs.
+    providers
+        .config(&json!({"koupon_secret": "demo-secret"}))
+        .await
+        .unwrap();
+    daemon
+        .wait_for_log("koupon pull done", from, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        daemon.log()[from..].contains("running the postponed pull"),
+        "{}",
+        daemon.log()
+    );
+    daemon.kill9();
+}
