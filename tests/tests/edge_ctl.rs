@@ -120,15 +120,7 @@ fn config_packages_are_validated_then_built_as_debs() {
 #[test]
 fn output_to_a_reader_that_went_away_ends_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("edge-coupon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\nsites = [\"S\"]\n[[lanes.credentials]]\nusername = \"a\"\npassword = \"b\"\n[database]\npath = \"{}\"\n",
-            dir.path().join("store.db").display()
-        ),
-    )
-    .unwrap();
+    let config = minimal_config(dir.path(), &dir.path().join("store.db"), "");
     create_database(&config);
     for args in [&["outbox", "list"][..], &["status"], &["--json", "status"]] {
         // The reading end is closed before edge-ctl writes anything.
@@ -184,16 +176,7 @@ fn edge_ctl_with(config: &std::path::Path, args: &[&str]) -> std::process::Outpu
 #[test]
 fn a_missing_database_is_reported_not_created() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("edge-coupon.toml");
-    let db = dir.path().join("not/yet/store.db");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\nsites = [\"S\"]\n[[lanes.credentials]]\nusername = \"a\"\npassword = \"b\"\n[database]\npath = \"{}\"\n",
-            db.display()
-        ),
-    )
-    .unwrap();
+    let config = minimal_config(dir.path(), &dir.path().join("not/yet/store.db"), "");
     for args in [
         &["status"][..],
         &["sync", "now", "koupon"],
@@ -216,18 +199,13 @@ fn a_missing_database_is_reported_not_created() {
 #[test]
 fn edge_ctl_works_without_the_provider_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("edge-coupon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\nsites = [\"S\"]\n[[lanes.credentials]]\nusername = \"a\"\npassword = \"b\"\n[database]\npath = \"{}\"\n\
-             [providers.coupontools]\nenabled = true\nclient_id = \"id\"\n\
-             [providers.koupon]\nenabled = true\napi_key = \"key\"\nstore_id = \"S1\"\n\
-             [providers.convercus]\nenabled = true\norg = \"o\"\nusername = \"u\"\ninteraction_id = \"i\"\n",
-            dir.path().join("store.db").display()
-        ),
-    )
-    .unwrap();
+    let config = minimal_config(
+        dir.path(),
+        &dir.path().join("store.db"),
+        "[providers.coupontools]\nenabled = true\nclient_id = \"id\"\n\
+         [providers.koupon]\nenabled = true\napi_key = \"key\"\nstore_id = \"S1\"\n\
+         [providers.convercus]\nenabled = true\norg = \"o\"\nusername = \"u\"\ninteraction_id = \"i\"\n",
+    );
     let check = Command::new(e2e::binary("edge-server").unwrap())
         .arg("--config")
         .arg(&config)
@@ -269,15 +247,7 @@ fn edge_ctl_works_without_the_provider_secrets() {
 #[test]
 fn retrying_an_unknown_item_says_there_is_none() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("edge-coupon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\nsites = [\"S\"]\n[[lanes.credentials]]\nusername = \"a\"\npassword = \"b\"\n[database]\npath = \"{}\"\n",
-            dir.path().join("store.db").display()
-        ),
-    )
-    .unwrap();
+    let config = minimal_config(dir.path(), &dir.path().join("store.db"), "");
     create_database(&config);
     for verb in ["retry", "discard"] {
         let out = edge_ctl_with(&config, &["outbox", verb, "999"]);
@@ -293,4 +263,19 @@ fn retrying_an_unknown_item_says_there_is_none() {
         assert_eq!(v["ok"], false);
         assert_eq!(v["error"], "there is no outbox item 999");
     }
+}
+
+/// A configuration of one site and one lane user whose database is `db`, plus `extra`,
+/// written to `dir/edge-coupon.toml`.
+fn minimal_config(dir: &std::path::Path, db: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("edge-coupon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nsites = [\"S\"]\n[[lanes.credentials]]\nusername = \"a\"\npassword = \"b\"\n[database]\npath = \"{}\"\n{extra}",
+            db.display()
+        ),
+    )
+    .unwrap();
+    config
 }
