@@ -30,6 +30,27 @@ pub fn bin_dir() -> Result<PathBuf> {
     bail!("edge-server binary not found next to {}: run `cargo build --workspace --bins` first (the README's test command does)", exe.display())
 }
 
+/// Creates the store database that `config` names, as the services do on their first
+/// start (an empty import migrates a new database).
+pub fn create_database(config: &Path) -> Result<()> {
+    let snapshot = config.with_file_name("empty.json");
+    std::fs::write(&snapshot, "{}")?;
+    let out = Command::new(binary("edge-server")?)
+        .arg("--config")
+        .arg(config)
+        .arg("import")
+        .arg(&snapshot)
+        .env_remove("RUST_BACKTRACE")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "creating the database failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// The path of a workspace binary, refusing one older than the sources it is built from
 /// (a stale binary would test old code).
 pub fn binary(name: &str) -> Result<PathBuf> {
@@ -112,6 +133,27 @@ pub struct Store {
 }
 
 impl Store {
+    /// Two Coupontools outbox items as the sync daemon leaves them: one dead-lettered with
+    /// `reason`, one pending; both created 100 s ago.
+    pub fn outbox_with_a_dead_letter(&self, reason: &str) -> Result<()> {
+        let conn = rusqlite::Connection::open(self.db_path())?;
+        let now = shared::db::now_secs();
+        for (key, ordering) in [("k-dead", "voucher:S1"), ("k-pending", "voucher:S2")] {
+            let item = shared::outbox::NewItem {
+                provider: "coupontools",
+                operation: "validate",
+                idempotency_key: key.into(),
+                ordering_key: ordering.into(),
+                payload: serde_json::json!({"code": ordering}),
+            };
+            shared::outbox::enqueue(&conn, &item, now - 100)?;
+        }
+        let claimed = shared::outbox::claim_next(&conn, None, now, now + 60)?
+            .ok_or_else(|| anyhow!("no outbox item to dead-letter"))?;
+        shared::outbox::dead_letter(&conn, claimed.id, now, reason)?;
+        Ok(())
+    }
+
     /// A fresh store in a temporary directory, loaded with the sample data.
     pub async fn start(opts: StoreOptions) -> Result<Store> {
         let temp = tempfile::tempdir()?;

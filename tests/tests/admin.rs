@@ -24,28 +24,11 @@ async fn store_with_admin() -> (Store, u16) {
 
 /// One dead-lettered item with a reason, one pending, as the sync daemon would leave them.
 fn outbox_with_a_dead_letter(store: &Store) {
-    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
-    for (key, ordering) in [("k-dead", "voucher:S1"), ("k-pending", "voucher:S2")] {
-        let item = shared::outbox::NewItem {
-            provider: "coupontools",
-            operation: "validate",
-            idempotency_key: key.into(),
-            ordering_key: ordering.into(),
-            payload: json!({"code": ordering}),
-        };
-        shared::outbox::enqueue(&conn, &item, shared::db::now_secs() - 100).unwrap();
-    }
-    let now = shared::db::now_secs();
-    let claimed = shared::outbox::claim_next(&conn, None, now, now + 60)
-        .unwrap()
+    store
+        .outbox_with_a_dead_letter("Coupontools error 513: Coupon session not found.")
         .unwrap();
-    shared::outbox::dead_letter(
-        &conn,
-        claimed.id,
-        now,
-        "Coupontools error 513: Coupon session not found.",
-    )
-    .unwrap();
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let now = shared::db::now_secs();
     shared::sync::record_success(&conn, "koupon", now - 30, "12 offers").unwrap();
 }
 

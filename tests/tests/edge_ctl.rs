@@ -121,7 +121,7 @@ fn config_packages_are_validated_then_built_as_debs() {
 fn output_to_a_reader_that_went_away_ends_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let config = minimal_config(dir.path(), &dir.path().join("store.db"), "");
-    create_database(&config);
+    e2e::create_database(&config).unwrap();
     for args in [&["outbox", "list"][..], &["status"], &["--json", "status"]] {
         // The reading end is closed before edge-ctl writes anything.
         let (reader, writer) = std::io::pipe().unwrap();
@@ -138,25 +138,6 @@ fn output_to_a_reader_that_went_away_ends_quietly() {
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
-}
-
-/// The store's database as the services create it on their first start (here: an empty
-/// import, which migrates a new database).
-fn create_database(config: &std::path::Path) {
-    let snapshot = config.with_file_name("empty.json");
-    std::fs::write(&snapshot, "{}").unwrap();
-    let out = Command::new(e2e::binary("edge-server").unwrap())
-        .arg("--config")
-        .arg(config)
-        .arg("import")
-        .arg(&snapshot)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn edge_ctl_with(config: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -248,7 +229,7 @@ fn edge_ctl_works_without_the_provider_secrets() {
 fn retrying_an_unknown_item_says_there_is_none() {
     let dir = tempfile::tempdir().unwrap();
     let config = minimal_config(dir.path(), &dir.path().join("store.db"), "");
-    create_database(&config);
+    e2e::create_database(&config).unwrap();
     for verb in ["retry", "discard"] {
         let out = edge_ctl_with(&config, &["outbox", verb, "999"]);
         assert_eq!(out.status.code(), Some(3));

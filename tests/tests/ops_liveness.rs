@@ -180,22 +180,7 @@ async fn readyz_lists_enabled_providers_their_queues_and_only_a_current_error() 
         assert_eq!(p["enabled"], true, "{p}");
     }
     // Items as the worker leaves them: one pending, one dead-lettered.
-    let conn = rusqlite::Connection::open(o.store.db_path()).unwrap();
-    let now = shared::db::now_secs();
-    for (key, ordering) in [("k-dead", "voucher:S1"), ("k-pending", "voucher:S2")] {
-        let item = shared::outbox::NewItem {
-            provider: "coupontools",
-            operation: "validate",
-            idempotency_key: key.into(),
-            ordering_key: ordering.into(),
-            payload: json!({"code": ordering}),
-        };
-        shared::outbox::enqueue(&conn, &item, now - 100).unwrap();
-    }
-    let claimed = shared::outbox::claim_next(&conn, None, now, now + 60)
-        .unwrap()
-        .unwrap();
-    shared::outbox::dead_letter(&conn, claimed.id, now, "refused").unwrap();
+    o.store.outbox_with_a_dead_letter("refused").unwrap();
     let ready = o.readyz().await;
     let ct = &ready["database"]["providers"][1];
     assert_eq!(

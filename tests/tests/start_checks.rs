@@ -64,13 +64,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn create_database(config: &Path) {
-    let snapshot = config.with_file_name("empty.json");
-    std::fs::write(&snapshot, "{}").unwrap();
-    let out = ends(edge_server(config, &["import", snapshot.to_str().unwrap()]));
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
 /// Whether this test runs as root (then another user is simulated with `nobody`, since
 /// root may write any file).
 fn root(dir: &Path) -> bool {
@@ -98,7 +91,7 @@ fn a_database_the_service_cannot_write_is_refused_at_start() {
     // fails differently (read-only open, or cannot open): both are said the same way.
     for leftovers in [false, true] {
         let (dir, config) = store("", None);
-        create_database(&config);
+        e2e::create_database(&config).unwrap();
         let db = dir.path().join("edge.db");
         for suffix in ["-wal", "-shm"] {
             let side = dir.path().join(format!("edge.db{suffix}"));
