@@ -34,6 +34,34 @@ async fn get_open(store: &Store, path: &str) -> (u16, String, Vec<u8>) {
     (status, ct, r.bytes().await.unwrap().to_vec())
 }
 
+/// A sale updated at `update` (coupons apply) and committed at `commit` (receipt lines).
+async fn sale_applies_and_commits(store: &Store, update: &str, commit: &str, txn: &str) {
+    let (status, v) = store
+        .post(
+            &format!("{update}{}", q(JANE, txn)),
+            &json!({"items": [item()]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["applied"].as_array().is_some_and(|a| !a.is_empty()),
+        "{v}"
+    );
+    let (status, v) = store
+        .post(
+            &format!("{commit}{}", q(JANE, txn)),
+            &json!({"coupons": []}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["receiptLines"].as_array().is_some_and(|l| !l.is_empty()),
+        "{v}"
+    );
+}
+
 #[tokio::test]
 async fn paths_with_repeated_or_trailing_slashes_answer_like_the_plain_path() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
@@ -54,30 +82,7 @@ async fn paths_with_repeated_or_trailing_slashes_answer_like_the_plain_path() {
     assert_eq!(got, meta);
 
     // Writes too: an update and its commit, as a lane with base URL `https://host/` sends them.
-    let (status, v) = store
-        .post(
-            &format!("//transaction{}", q(JANE, "NP-1")),
-            &json!({"items": [item()]}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{v}");
-    assert!(
-        v["applied"].as_array().is_some_and(|a| !a.is_empty()),
-        "{v}"
-    );
-    let (status, v) = store
-        .post(
-            &format!("//transaction/commit/{}", q(JANE, "NP-1")),
-            &json!({"coupons": []}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{v}");
-    assert!(
-        v["receiptLines"].as_array().is_some_and(|l| !l.is_empty()),
-        "{v}"
-    );
+    sale_applies_and_commits(&store, "//transaction", "//transaction/commit/", "NP-1").await;
 
     // Paths open without credentials stay open, others stay closed.
     assert_eq!(get_open(&store, "//healthz").await.0, 200);
@@ -156,30 +161,13 @@ async fn a_base_url_with_a_path_prefix_is_served_below_it() {
     );
 
     // A sale through the prefix: update, then commit.
-    let (status, v) = store
-        .post(
-            &format!("/pos/catapult/transaction{}", q(JANE, "PX-1")),
-            &json!({"items": [item()]}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{v}");
-    assert!(
-        v["applied"].as_array().is_some_and(|a| !a.is_empty()),
-        "{v}"
-    );
-    let (status, v) = store
-        .post(
-            &format!("//pos/catapult/transaction/commit/{}", q(JANE, "PX-1")),
-            &json!({"coupons": []}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{v}");
-    assert!(
-        v["receiptLines"].as_array().is_some_and(|l| !l.is_empty()),
-        "{v}"
-    );
+    sale_applies_and_commits(
+        &store,
+        "/pos/catapult/transaction",
+        "//pos/catapult/transaction/commit/",
+        "PX-1",
+    )
+    .await;
 
     // Only whole segments are a prefix.
     let (status, e) = store
