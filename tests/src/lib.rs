@@ -414,6 +414,11 @@ pub fn lane_client_resolving(
     let mut builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .pool_max_idle_per_host(64)
+        // Shorter than the server's keep-alive (actix's 5 s): a connection idle longer may
+        // be closed by the server just as it is reused, failing the request with
+        // IncompleteMessage (seen in CI when a test waited for the sync daemon between two
+        // calls).
+        .pool_idle_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10));
     if let Some((name, addr)) = resolve {
         builder = builder.resolve(name, addr);
