@@ -20,7 +20,8 @@
 #   SKIP_CONFIG_PACKAGE=1  skip the regional config package (edge-ctl config-package)
 #   (these four test features added with the packaging, issue 4; all pass since a3a2b4b,
 #   637926b, 3c5fe2d and 110d9b3)
-#   DEB_CHECK_OUT=DIR      where the .deb files and logs go (default: a new directory in /tmp)
+#   DEB_CHECK_OUT=DIR      where the .deb files and logs go, kept afterwards (default: a new
+#                          directory in /tmp, removed when every check passed, kept on failure)
 #   DEB_CHECK_RELEASE_XZ=1 build the .deb with cargo-deb's full compression (default --fast:
 #                          same contents, a minute less on 2 cores)
 set -euo pipefail
@@ -46,7 +47,12 @@ SKIP_NOTIFY=${SKIP_NOTIFY:-0}
 SKIP_ADMIN=${SKIP_ADMIN:-0}
 SKIP_CONFIG_PACKAGE=${SKIP_CONFIG_PACKAGE:-0}
 
-OUT=${DEB_CHECK_OUT:-$(mktemp -d /tmp/deb-check.XXXXXX)}
+OUT=${DEB_CHECK_OUT:-}
+REMOVE_OUT=0
+if [ -z "$OUT" ]; then
+    OUT=$(mktemp -d /tmp/deb-check.XXXXXX)
+    REMOVE_OUT=1
+fi
 mkdir -p "$OUT"
 # The service user must reach the notify sockets in here.
 chmod 0755 "$OUT"
@@ -81,6 +87,9 @@ cleanup() {
         if dpkg-query -W -f='${Status}' edge-coupon 2>/dev/null | grep installed >/dev/null; then
             echo "deb-check: edge-coupon is left installed for inspection; the next run purges it" >&2
         fi
+    elif [ "$REMOVE_OUT" -eq 1 ]; then
+        # Passed: the packages and logs (about 70 MB) are not needed (DEB_CHECK_OUT keeps them).
+        rm -rf "$OUT"
     fi
 }
 trap cleanup EXIT
