@@ -338,25 +338,33 @@ async fn pull_once(provider: &'static str, db: &Db, snap: &Snapshot, breakers: &
         Ok(summary) => {
             breakers.record(provider, Ok(()), &snap.config.outbox);
             let text = format!("{summary} in {elapsed:.1} s");
-            log::info!(provider = provider; "{provider} pull done: {text}");
+            // Recorded before it is logged: whoever reads the log, then the sync state
+            // (`/readyz`, `edge-ctl status`), sees the same.
+            let recorded = text.clone();
             let r = db
                 .writer
-                .write(move |conn| shared::sync::record_success(conn, provider, now_secs(), &text))
+                .write(move |conn| {
+                    shared::sync::record_success(conn, provider, now_secs(), &recorded)
+                })
                 .await;
             if let Err(e) = r {
                 log::error!(provider = provider; "cannot record the pull: {e}");
             }
+            log::info!(provider = provider; "{provider} pull done: {text}");
         }
         Err(e) => {
             if let pull::PullError::Call(c) = &e {
                 breakers.record(provider, Err(c), &snap.config.outbox);
             }
             let text = format!("pull failed after {elapsed:.1} s: {e}");
-            log::warn!(provider = provider; "{provider} {text}");
+            let recorded = text.clone();
             let _ = db
                 .writer
-                .write(move |conn| shared::sync::record_error(conn, provider, now_secs(), &text))
+                .write(move |conn| {
+                    shared::sync::record_error(conn, provider, now_secs(), &recorded)
+                })
                 .await;
+            log::warn!(provider = provider; "{provider} {text}");
         }
     }
 }
