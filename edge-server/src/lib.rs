@@ -248,6 +248,10 @@ pub fn run_with_admin(
             .configure(|cfg| routes::configure(cfg, &app_state.config()))
     })
     .workers(workers)
+    .keep_alive(match state.config().server.keep_alive_secs {
+        0 => actix_web::http::KeepAlive::Disabled,
+        secs => actix_web::http::KeepAlive::Timeout(std::time::Duration::from_secs(secs)),
+    })
     // Request/response traffic: send each answer at once rather than letting Nagle's
     // algorithm hold a partial segment for the lane's delayed ACK.
     .tcp_nodelay(true)

@@ -504,6 +504,11 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Largest accepted request body in bytes (larger gets 413).
     pub max_body_bytes: usize,
+    /// Seconds an idle lane connection is kept open for its next request; 0 closes each
+    /// connection after its answer. Longer than the lanes' own idle limit (Java's HTTP client
+    /// drops an idle connection after 5 s), so the lane, not the server, closes it: a server
+    /// that closes first may do so just as the lane sends its next request on it.
+    pub keep_alive_secs: u64,
     /// Serve plain HTTP instead of HTTPS. CATAPULT requires HTTPS: only for tests behind a
     /// TLS-terminating proxy.
     pub plain_http: bool,
@@ -649,6 +654,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             workers: 0,
             max_body_bytes: 256 * 1024,
+            keep_alive_secs: 75,
             plain_http: false,
             tls: TlsConfig::default(),
             image_dir: PathBuf::from("/var/lib/edge-coupon/images"),
@@ -996,6 +1002,12 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.server.keep_alive_secs > 3600 {
+            return Err(invalid(
+                "server.keep_alive_secs",
+                "must be at most 3600 (one hour); 0 closes each connection after its answer",
+            ));
         }
         if self.lanes.credentials.is_empty() {
             return Err(invalid(
@@ -1607,6 +1619,13 @@ mod tests {
         for good in ["", "/", "/catapult", "/pos/catapult/"] {
             assert_eq!(prefix(good).unwrap().lanes.path_prefix, good);
         }
+        let keep_alive = |secs: u64| {
+            Config::from_toml_str(&format!("{MINIMAL}\n[server]\nkeep_alive_secs = {secs}"))
+        };
+        let err = keep_alive(3601).unwrap_err();
+        assert!(err.to_string().contains("server.keep_alive_secs"), "{err}");
+        assert_eq!(keep_alive(0).unwrap().server.keep_alive_secs, 0);
+        assert_eq!(keep_alive(3600).unwrap().server.keep_alive_secs, 3600);
     }
 
     /// Every refusal names the key, and which file or variable set it (a store with several

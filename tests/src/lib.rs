@@ -106,6 +106,8 @@ pub struct StoreOptions {
     pub self_stacking: bool,
     /// More keys of the `[lanes]` table, one `key = value` per line.
     pub lanes_toml: String,
+    /// More keys of the `[server]` table, one `key = value` per line.
+    pub server_toml: String,
     pub extra_toml: String,
     pub port: Option<u16>,
 }
@@ -116,6 +118,7 @@ impl Default for StoreOptions {
             hold_ttl_secs: 1800,
             self_stacking: false,
             lanes_toml: String::new(),
+            server_toml: String::new(),
             extra_toml: String::new(),
             port: None,
         }
@@ -203,6 +206,7 @@ read_pool_size = 2
 listen = "127.0.0.1:{port}"
 workers = 2
 image_dir = "{images}"
+{server}
 
 [server.tls]
 cert = "{cert}"
@@ -229,6 +233,7 @@ level = "info"
             ttl = opts.hold_ttl_secs,
             stacking = opts.self_stacking,
             lanes = opts.lanes_toml,
+            server = opts.server_toml,
             extra = opts.extra_toml,
         );
         std::fs::write(&config_path, config)?;
@@ -394,12 +399,8 @@ pub fn lane_client(cert_pem: &Path) -> Result<reqwest::Client> {
     lane_client_resolving(cert_pem, None)
 }
 
-/// [`lane_client`] that reaches `name` at `addr`, as a lane whose base URL names the store
-/// server by a name the test machine's DNS may not know.
-pub fn lane_client_resolving(
-    cert_pem: &Path,
-    resolve: Option<(&str, std::net::SocketAddr)>,
-) -> Result<reqwest::Client> {
+/// A lane's TLS settings: TLS 1.2 or 1.3, trusting only the store certificate `cert_pem`.
+pub fn lane_tls(cert_pem: &Path) -> Result<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
@@ -407,17 +408,26 @@ pub fn lane_client_resolving(
         roots.add(cert?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// [`lane_client`] that reaches `name` at `addr`, as a lane whose base URL names the store
+/// server by a name the test machine's DNS may not know.
+pub fn lane_client_resolving(
+    cert_pem: &Path,
+    resolve: Option<(&str, std::net::SocketAddr)>,
+) -> Result<reqwest::Client> {
+    let tls = lane_tls(cert_pem)?;
     let mut builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .pool_max_idle_per_host(64)
-        // Shorter than the server's keep-alive (actix's 5 s): a connection idle longer may
-        // be closed by the server just as it is reused, failing the request with
-        // IncompleteMessage (seen in CI when a test waited for the sync daemon between two
-        // calls).
+        // Shorter than any keep-alive the server has had (actix's default of 5 s before
+        // `server.keep_alive_secs`): a connection idle longer may be closed by the server
+        // just as it is reused, failing the request with IncompleteMessage (seen in CI when a
+        // test waited for the sync daemon between two calls).
         .pool_idle_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10));
     if let Some((name, addr)) = resolve {

@@ -541,3 +541,93 @@ async fn upcs_printed_with_a_fraction_or_an_exponent_still_match() {
         );
     }
 }
+
+/// One keep-alive HTTPS connection to the store, driven by hand so that a test sees when the
+/// server closes it: each request is written and its answer read in full (Content-Length).
+struct RawLane {
+    tls: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+}
+
+impl RawLane {
+    fn connect(store: &Store) -> RawLane {
+        let config = e2e::lane_tls(&store.dir.join("tls/cert.pem")).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", store.port)).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        RawLane {
+            tls: rustls::StreamOwned::new(conn, tcp),
+        }
+    }
+
+    /// `GET /healthz` on this connection: its status, or `None` when the server has closed
+    /// the connection.
+    fn healthz(&mut self) -> Option<u16> {
+        use std::io::{Read, Write};
+        let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        self.tls.write_all(request.as_bytes()).ok()?;
+        self.tls.flush().ok()?;
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .expect("a Content-Length");
+                if answer.len() >= end + 4 + length {
+                    return text.get(9..12)?.parse().ok();
+                }
+            }
+            match self.tls.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_lane_connection_outlives_the_lanes_own_idle_limit() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let mut lane = RawLane::connect(&store);
+    assert_eq!(lane.healthz(), Some(200));
+    // Longer than a Java lane keeps an idle connection (5 s), which was also the server's
+    // own limit before `server.keep_alive_secs` (default 75 s): the lane closes first.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(lane.healthz(), Some(200), "the idle connection was closed");
+}
+
+#[tokio::test]
+async fn server_keep_alive_secs_closes_idle_connections_after_that_long() {
+    let store = Store::start(StoreOptions {
+        server_toml: "keep_alive_secs = 1".into(),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut lane = RawLane::connect(&store);
+    assert_eq!(lane.healthz(), Some(200));
+    assert_eq!(lane.healthz(), Some(200), "reused at once");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(lane.healthz(), None, "still open after 3 s idle");
+    // A new connection is served.
+    assert_eq!(RawLane::connect(&store).healthz(), Some(200));
+
+    // 0: every connection is closed after its answer.
+    let store = Store::start(StoreOptions {
+        server_toml: "keep_alive_secs = 0".into(),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut lane = RawLane::connect(&store);
+    assert_eq!(lane.healthz(), Some(200));
+    assert_eq!(lane.healthz(), None, "kept open with keep_alive_secs = 0");
+}
