@@ -394,13 +394,34 @@ pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResp
     let query = Query::of(&req);
     site(&state, param(&query, None, "site"))?;
     let customer = customer(param(&query, None, "customer"))?;
-    let today = state.config().today();
-    let catalog = state.catalog.current();
-    let body = read(&state, |c| {
-        let view = lane::CustomerCoupons::read(c, customer.as_str())?;
-        let m = lane::metadata(c, &catalog, &view, today, now_secs())?;
-        Ok(serde_json::to_vec(&m).unwrap_or_default())
-    })?;
+    let config = state.config();
+    let today = config.today();
+    let answer = |unseen_check: bool| {
+        let catalog = state.catalog.current();
+        read(&state, |c| {
+            let view = lane::CustomerCoupons::read(c, customer.as_str())?;
+            // A card never seen at this store (no coupon, no customer row) may be looked
+            // up at Convercus first (`providers.convercus.read_through_ms`).
+            if unseen_check
+                && view.rows.is_empty()
+                && shared::repo::customer(c, customer.as_str())?.is_none()
+            {
+                return Ok(None);
+            }
+            let m = lane::metadata(c, &catalog, &view, today, now_secs())?;
+            Ok(Some(serde_json::to_vec(&m).unwrap_or_default()))
+        })
+    };
+    let rt = state.card_read_through.as_ref();
+    let body = match answer(rt.is_some())? {
+        Some(body) => body,
+        None => {
+            if let Some(rt) = rt {
+                rt.find(customer.as_str(), &state.db, config.clone()).await;
+            }
+            answer(false)?.unwrap_or_default()
+        }
+    };
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))

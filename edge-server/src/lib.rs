@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: admin::Metrics,
     /// Coupontools look-up of a voucher never seen here (None when off).
     pub read_through: Option<read_through::ReadThrough>,
+    /// Convercus look-up of a card never seen here (None when off).
+    pub card_read_through: Option<read_through::CardReadThrough>,
     /// Names of request fields this server ignores, each logged once.
     pub unknown_fields: catapult::UnknownFieldLog,
 }
@@ -50,8 +52,10 @@ impl AppState {
     pub fn new(config: Config, db: Db, catalog: Arc<CatalogCache>) -> AppState {
         let policy = policy_of(&config);
         let read_through = read_through::ReadThrough::new(&config);
+        let card_read_through = read_through::CardReadThrough::new(&config);
         AppState {
             read_through,
+            card_read_through,
             live: RwLock::new((Arc::new(config), Arc::new(policy))),
             db,
             catalog,

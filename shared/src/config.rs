@@ -285,6 +285,13 @@ pub struct ConvercusConfig {
     /// Accounts fetched at the same time during a pull.
     pub pull_concurrency: usize,
     pub timeout_ms: u64,
+    /// edge-server: when a lane asks for the coupons of a card never seen at this store, the
+    /// card is looked up at Convercus (account, memberships, user, account coupons), and the
+    /// lane waits for it this many milliseconds at most (0 = never looked up). A look-up
+    /// that takes longer still completes and is stored for the lane's next request. After a
+    /// failed look-up none is tried for `read_through_pause_secs`.
+    pub read_through_ms: u64,
+    pub read_through_pause_secs: u64,
     /// Requests a second at most, over pulls, deliveries and probes together (spaced
     /// evenly, no burst). convercus.md §5: "[ASSUME] ≤ 10 req/s per store".
     pub max_requests_per_sec: f64,
@@ -718,6 +725,8 @@ impl Default for ConvercusConfig {
             customers: Vec::new(),
             pull_concurrency: 4,
             timeout_ms: 10_000,
+            read_through_ms: 500,
+            read_through_pause_secs: 30,
             max_requests_per_sec: 10.0,
             max_retry_after_secs: 120,
         }
@@ -1220,6 +1229,12 @@ impl Config {
             return Err(invalid(
                 "providers.coupontools.campaigns",
                 format!("`{bad}` is not a campaign id like cam_100001"),
+            ));
+        }
+        if p.convercus.read_through_ms > 2000 {
+            return Err(invalid(
+                "providers.convercus.read_through_ms",
+                "must be at most 2000: a lane waits this long for a card never seen here",
             ));
         }
         if t.read_through_ms > 2000 {

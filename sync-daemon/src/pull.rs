@@ -378,6 +378,29 @@ async fn write_customers(
         .map_err(db_err)
 }
 
+/// Writes one customer looked up at a lane's request (edge-server's Convercus
+/// read-through) the way a pull writes it: offers when changed (images pointed at this
+/// store's copies), the profile, and the coupon states diffed against local rows, never
+/// over a local change not yet delivered.
+pub async fn write_customer(
+    db: &Db,
+    config: &Config,
+    mut pulled: CustomerPull,
+) -> Result<Changes, PullError> {
+    let mut images = images_for(config);
+    for (o, _) in &mut pulled.coupons {
+        localise(&mut images, o).await;
+    }
+    let configured = pulled
+        .coupons
+        .iter()
+        .filter(|(o, _)| rule_configured(config, o))
+        .map(|(o, _)| o.provider_ref.clone())
+        .collect();
+    let (_, changes, _) = write_customers(db, vec![pulled], HashMap::new(), configured).await?;
+    Ok(changes)
+}
+
 /// Whether regional IT configured a rule for this pulled offer (Convercus by
 /// `externalReference` or `couponId`, Koupon by `offerId`; both kept on the offer).
 fn rule_configured(config: &Config, o: &Offer) -> bool {

@@ -1,6 +1,7 @@
 //! A Coupontools voucher the store has never seen is looked up at Coupontools within a small
 //! budget and only while Coupontools answers; otherwise the lane hears at once that the
-//! provider could not be asked (PROVIDER_UNAVAILABLE).
+//! provider could not be asked (PROVIDER_UNAVAILABLE). A card never seen is looked up at
+//! Convercus the same way when a lane asks for its coupons.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -291,4 +292,131 @@ async fn unknown_codes_scanned_one_after_another_each_get_their_answer_within_bu
     );
     let log = std::fs::read_to_string(store.dir.join("edge-server.log")).unwrap();
     assert!(!log.contains("over its"), "{log}");
+}
+
+/// Requests the Convercus simulator saw for `card`'s account.
+async fn card_requests(providers: &Providers, card: &str) -> usize {
+    providers
+        .requests("convercus")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap_or_default().contains(card))
+        .count()
+}
+
+fn customer_coupons(card: &str) -> String {
+    format!("/coupons/customer?site={SITE}&customer={card}")
+}
+
+/// The brief's first promise: a card never seen at this store may be read through to the
+/// provider within a small budget, and only while it answers. Before, such a card got empty
+/// lists until the next Convercus pull (every 15 minutes by default) fetched it.
+#[tokio::test]
+async fn an_unseen_card_is_read_through_at_convercus_and_never_while_unreachable() {
+    let providers = Providers::start().unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
+            "[providers.convercus]",
+            "[providers.convercus]\nread_through_ms = 1500\nread_through_pause_secs = 30",
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    // The simulator's account, by its app code: not in the store's sample data.
+    let (status, m) = store.get(&customer_coupons("A1B2C3D4E5")).await.unwrap();
+    assert_eq!(status, 200, "{m}");
+    // Its activated coffee coupon, under the id the sample data gave that coupon.
+    assert_eq!(m["clipped"], json!(["CVX1"]), "{m}");
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let (first, account): (String, String) = conn
+        .query_row(
+            "SELECT first_name, provider_ref FROM customers WHERE id = 'A1B2C3D4E5'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (first.as_str(), account.as_str()),
+        ("Jane", "9f1c2e4a-0000-4000-8000-000000000001")
+    );
+    // Stored: answered locally from now on, without asking again.
+    let asked = card_requests(&providers, "A1B2C3D4E5").await;
+    let (_, again) = store.get(&customer_coupons("A1B2C3D4E5")).await.unwrap();
+    assert_eq!(again, m);
+    assert_eq!(card_requests(&providers, "A1B2C3D4E5").await, asked);
+
+    // A card Convercus does not know: empty lists, and noted, so lanes do not ask again
+    // (the pulls do).
+    let stranger = "4000000000777";
+    let (status, m) = store.get(&customer_coupons(stranger)).await.unwrap();
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["clipped"], json!([]), "{m}");
+    let asked = card_requests(&providers, stranger).await;
+    assert!(asked > 0);
+    store.get(&customer_coupons(stranger)).await.unwrap();
+    assert_eq!(card_requests(&providers, stranger).await, asked);
+
+    // Convercus is down: the lane is answered from the store at once, and the failure
+    // pauses read-through, so the next unseen card is not even tried.
+    providers
+        .faults("convercus", json!({"down": true}))
+        .await
+        .unwrap();
+    let (status, m) = store.get(&customer_coupons("4000000000778")).await.unwrap();
+    assert_eq!((status, &m["clipped"]), (200, &json!([])), "{m}");
+    providers
+        .faults("convercus", json!({"down": false}))
+        .await
+        .unwrap();
+    let (status, m) = store.get(&customer_coupons("4000000000779")).await.unwrap();
+    assert_eq!((status, &m["clipped"]), (200, &json!([])), "{m}");
+    assert_eq!(
+        card_requests(&providers, "4000000000779").await,
+        0,
+        "paused"
+    );
+    let log = std::fs::read_to_string(store.dir.join("edge-server.log")).unwrap();
+    assert_eq!(log.matches("card read-through failed").count(), 1, "{log}");
+}
+
+/// A look-up over the budget does not hold the lane longer (its answer comes without the
+/// card), and is stored when it ends, for the lane's next request.
+#[tokio::test]
+async fn a_slow_convercus_costs_the_lane_the_budget_and_the_card_arrives_later() {
+    let providers = Providers::start().unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
+            "[providers.convercus]",
+            "[providers.convercus]\nread_through_ms = 200",
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    // Each of the five calls (login, account, memberships, user, coupons) takes 150 ms.
+    providers
+        .faults("convercus", json!({"slow_ms": 150}))
+        .await
+        .unwrap();
+    // Answered from the store when the budget is over, without the card.
+    let (status, m) = store.get(&customer_coupons("A1B2C3D4E5")).await.unwrap();
+    assert_eq!((status, &m["clipped"]), (200, &json!([])), "{m}");
+    // The look-up goes on and is stored.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, m) = store.get(&customer_coupons("A1B2C3D4E5")).await.unwrap();
+        if m["clipped"] == json!(["CVX1"]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stored: {m}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(store.dir.join("edge-server.log")).unwrap();
+    assert!(
+        log.contains("card read-through over its 200 ms budget"),
+        "{log}"
+    );
+    assert!(!log.contains("card read-through failed"), "{log}");
 }
