@@ -412,7 +412,7 @@ pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResp
             Ok(Some(serde_json::to_vec(&m).unwrap_or_default()))
         })
     };
-    let rt = state.card_read_through.as_ref();
+    let rt = state.card_read_through();
     let body = match answer(rt.is_some())? {
         Some(body) => body,
         None => {

@@ -31,12 +31,19 @@ pub struct AppState {
     pub db: Db,
     pub catalog: Arc<CatalogCache>,
     pub metrics: admin::Metrics,
-    /// Coupontools look-up of a voucher never seen here (None when off).
-    pub read_through: Option<read_through::ReadThrough>,
-    /// Convercus look-up of a card never seen here (None when off).
-    pub card_read_through: Option<read_through::CardReadThrough>,
+    /// Look-ups of what this store has never seen, made anew when their provider's
+    /// configuration changes (see [`AppState::reload`]).
+    read_throughs: RwLock<ReadThroughs>,
     /// Names of request fields this server ignores, each logged once.
     pub unknown_fields: catapult::UnknownFieldLog,
+}
+
+/// The read-throughs in force (None when off).
+struct ReadThroughs {
+    /// Coupontools look-up of a voucher never seen here.
+    voucher: Option<Arc<read_through::ReadThrough>>,
+    /// Convercus look-up of a card never seen here.
+    card: Option<Arc<read_through::CardReadThrough>>,
 }
 
 fn policy_of(config: &Config) -> lane::Policy {
@@ -51,17 +58,36 @@ fn policy_of(config: &Config) -> lane::Policy {
 impl AppState {
     pub fn new(config: Config, db: Db, catalog: Arc<CatalogCache>) -> AppState {
         let policy = policy_of(&config);
-        let read_through = read_through::ReadThrough::new(&config);
-        let card_read_through = read_through::CardReadThrough::new(&config);
+        let read_throughs = ReadThroughs {
+            voucher: read_through::ReadThrough::new(&config).map(Arc::new),
+            card: read_through::CardReadThrough::new(&config).map(Arc::new),
+        };
         AppState {
-            read_through,
-            card_read_through,
+            read_throughs: RwLock::new(read_throughs),
             live: RwLock::new((Arc::new(config), Arc::new(policy))),
             db,
             catalog,
             metrics: admin::Metrics::new(),
             unknown_fields: catapult::UnknownFieldLog::default(),
         }
+    }
+
+    /// The Coupontools look-up of a voucher never seen here, if on.
+    pub fn voucher_read_through(&self) -> Option<Arc<read_through::ReadThrough>> {
+        self.read_throughs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .voucher
+            .clone()
+    }
+
+    /// The Convercus look-up of a card never seen here, if on.
+    pub fn card_read_through(&self) -> Option<Arc<read_through::CardReadThrough>> {
+        self.read_throughs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .card
+            .clone()
     }
 
     /// The configuration in force.
@@ -87,9 +113,9 @@ impl AppState {
     }
 
     /// Applies a new valid configuration: lane credentials, sites, hold TTL, stacking and
-    /// receipt texts, voucher and admin credentials, time zone and log level take effect at
-    /// once; listen addresses, TLS files, the database, route aliases and the path prefix
-    /// need a restart.
+    /// receipt texts, voucher and admin credentials, time zone, log level and the providers'
+    /// read-through settings take effect at once; listen addresses, TLS files, the
+    /// database, route aliases and the path prefix need a restart.
     pub fn reload(&self, new: Config) {
         let old = self.config();
         let mut restart = Vec::new();
@@ -121,6 +147,21 @@ impl AppState {
             );
         }
         log::set_max_level(new.log_level());
+        // A provider's new address, credentials or budget apply to its read-through at
+        // once, as they do to the sync daemon (a new one starts unpaused, with a new login).
+        {
+            let (ct, cv) = (&new.providers.coupontools, &new.providers.convercus);
+            let mut rt = self
+                .read_throughs
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if old.providers.coupontools != *ct {
+                rt.voucher = read_through::ReadThrough::new(&new).map(Arc::new);
+            }
+            if old.providers.convercus != *cv {
+                rt.card = read_through::CardReadThrough::new(&new).map(Arc::new);
+            }
+        }
         let policy = policy_of(&new);
         *self
             .live

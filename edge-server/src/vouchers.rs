@@ -67,7 +67,7 @@ async fn read_through(
     not_found: String,
 ) -> Result<HttpResponse, ApiError> {
     use crate::read_through::Found;
-    let Some(rt) = &state.read_through else {
+    let Some(rt) = state.voucher_read_through() else {
         return Err(ApiError::VoucherNotFound(not_found));
     };
     let config = state.config();

@@ -315,16 +315,32 @@ fn customer_coupons(card: &str) -> String {
 #[tokio::test]
 async fn an_unseen_card_is_read_through_at_convercus_and_never_while_unreachable() {
     let providers = Providers::start().unwrap();
+    // Off at first (0), as a store may run before regional IT turns it on.
     let store = Store::start(StoreOptions {
         extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
             "[providers.convercus]",
-            "[providers.convercus]\nread_through_ms = 1500\nread_through_pause_secs = 30",
+            "[providers.convercus]\nread_through_ms = 0\nread_through_pause_secs = 30",
         ),
         ..StoreOptions::default()
     })
     .await
     .unwrap();
     // The simulator's account, by its app code: not in the store's sample data.
+    let (status, m) = store.get(&customer_coupons("A1B2C3D4E5")).await.unwrap();
+    assert_eq!((status, &m["clipped"]), (200, &json!([])), "{m}");
+    assert_eq!(card_requests(&providers, "A1B2C3D4E5").await, 0);
+    // Turned on by a config edit, without a restart.
+    let config = std::fs::read_to_string(&store.config_path).unwrap();
+    std::fs::write(
+        &store.config_path,
+        config.replace("read_through_ms = 0", "read_through_ms = 1500"),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.log_tail().contains("configuration reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", store.log_tail());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (status, m) = store.get(&customer_coupons("A1B2C3D4E5")).await.unwrap();
     assert_eq!(status, 200, "{m}");
     // Its activated coffee coupon, under the id the sample data gave that coupon.
