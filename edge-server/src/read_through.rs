@@ -171,11 +171,12 @@ impl CardReadThrough {
         if self.gate.paused() {
             return CardFound::Unavailable;
         }
-        let lock = |r: &Mutex<HashSet<String>>| {
-            let mut set = r.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            set.insert(card.to_owned())
-        };
-        if !lock(&self.running) {
+        let first = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(card.to_owned());
+        if !first {
             return CardFound::Late;
         }
         let (client, gate, running) =

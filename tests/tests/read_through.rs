@@ -346,16 +346,12 @@ async fn an_unseen_card_is_read_through_at_convercus_and_never_while_unreachable
     // Its activated coffee coupon, under the id the sample data gave that coupon.
     assert_eq!(m["clipped"], json!(["CVX1"]), "{m}");
     let conn = rusqlite::Connection::open(store.db_path()).unwrap();
-    let (first, account): (String, String) = conn
-        .query_row(
-            "SELECT first_name, provider_ref FROM customers WHERE id = 'A1B2C3D4E5'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+    let jane = shared::repo::customer(&conn, "A1B2C3D4E5")
+        .unwrap()
         .unwrap();
     assert_eq!(
-        (first.as_str(), account.as_str()),
-        ("Jane", "9f1c2e4a-0000-4000-8000-000000000001")
+        (jane.first_name.as_deref(), jane.provider_ref.as_deref()),
+        (Some("Jane"), Some("9f1c2e4a-0000-4000-8000-000000000001"))
     );
     // Stored: answered locally from now on, without asking again.
     let asked = card_requests(&providers, "A1B2C3D4E5").await;
