@@ -4,6 +4,7 @@
 
 use crate::error::ApiError;
 use crate::lane::{self, AppliedCoupon, CommitInput, UpdateInput, UpdateOutcome};
+use crate::read_through::CardFound;
 use crate::{json_money, State};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -693,9 +694,21 @@ pub async fn update(
     // The evaluation runs on this worker's read connection, in parallel with the other
     // worker; the writer then only checks that its basis is unchanged and places the hold.
     let catalog = state.catalog.current();
-    let evaluated = read(&state, |c| {
-        lane::evaluate(c, &catalog, &policy, &input, today, now_secs())
-    })?;
+    let evaluate = || {
+        read(&state, |c| {
+            lane::evaluate(c, &catalog, &policy, &input, today, now_secs())
+        })
+    };
+    let mut evaluated = evaluate()?;
+    // A card never seen here (typically the transient update sent when the card is
+    // scanned) may be looked up at Convercus first, as for its coupon list.
+    if evaluated.unseen {
+        if let Some(rt) = state.card_read_through() {
+            if rt.find(customer.as_str(), &state.db, state.config()).await == CardFound::Stored {
+                evaluated = evaluate()?;
+            }
+        }
+    }
     let outcome = if body.transient_request {
         // Transient updates never create or move holds: the preview is the answer.
         evaluated.outcome

@@ -389,6 +389,9 @@ pub struct Evaluated {
     /// Store-wide limits depend on other customers' holds: such answers are always
     /// recomputed inside the writer.
     uses_global_limits: bool,
+    /// A card never seen at this store: no customer row, no coupon row (a card read-through
+    /// may look it up; see `read_through`).
+    pub unseen: bool,
 }
 
 /// What was stored of the latest non-transient update: used by commit.
@@ -476,7 +479,9 @@ pub fn evaluate(
         })
         .collect();
     let total = applied.iter().map(|a| a.applied.total).sum();
+    let unseen = customer.is_none() && view.rows.is_empty();
     Ok(Evaluated {
+        unseen,
         outcome: UpdateOutcome {
             applied,
             customer,

@@ -432,3 +432,41 @@ async fn a_slow_convercus_costs_the_lane_the_budget_and_the_card_arrives_later()
     );
     assert!(!log.contains("card read-through failed"), "{log}");
 }
+
+/// CATAPULT §7: the first call for a card is often the transient update sent when it is
+/// scanned, not the coupon list: the card is looked up there too, so the sale it is first
+/// scanned in gets its coupons and the lane its name.
+#[tokio::test]
+async fn an_unseen_card_scanned_into_a_sale_is_read_through_by_its_update() {
+    let providers = Providers::start().unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
+            "[providers.convercus]",
+            "[providers.convercus]\nread_through_ms = 1500",
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let sale = |transient: bool| {
+        json!({"site": SITE, "customer": "A1B2C3D4E5", "transaction": "RTC1",
+               "transientRequest": transient,
+               "items": [{"id": 1, "quantity": 1, "upc": "0000099887766", "price": 4.00,
+                          "discountPrice": 4.00, "dept": 7}]})
+    };
+    let (status, r) = store.post("/transaction", &sale(true)).await.unwrap();
+    assert_eq!(status, 200, "{r}");
+    // The activated 15 % coffee coupon (CVX1), and the name Convercus has for the card.
+    assert_eq!(r["applied"][0]["couponId"], "CVX1", "{r}");
+    assert_eq!(r["applied"][0]["totalDiscount"].as_f64(), Some(0.6), "{r}");
+    assert_eq!(r["customer"]["firstName"], "Jane", "{r}");
+    // The sale goes on from the store.
+    let asked = card_requests(&providers, "A1B2C3D4E5").await;
+    let (status, r) = store.post("/transaction", &sale(false)).await.unwrap();
+    assert_eq!(
+        (status, &r["applied"][0]["couponId"]),
+        (200, &json!("CVX1")),
+        "{r}"
+    );
+    assert_eq!(card_requests(&providers, "A1B2C3D4E5").await, asked);
+}
