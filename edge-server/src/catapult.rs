@@ -395,34 +395,27 @@ pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResp
     let query = Query::of(&req);
     site(&state, param(&query, None, "site"))?;
     let customer = customer(param(&query, None, "customer"))?;
-    let config = state.config();
-    let today = config.today();
-    let answer = |unseen_check: bool| {
+    let today = state.config().today();
+    let answer = || {
         let catalog = state.catalog.current();
         read(&state, |c| {
             let view = lane::CustomerCoupons::read(c, customer.as_str())?;
-            // A card never seen at this store (no coupon, no customer row) may be looked
-            // up at Convercus first (`providers.convercus.read_through_ms`).
-            if unseen_check
-                && view.rows.is_empty()
-                && shared::repo::customer(c, customer.as_str())?.is_none()
-            {
-                return Ok(None);
-            }
+            // A card never seen at this store: no coupon, no customer row.
+            let unseen =
+                view.rows.is_empty() && shared::repo::customer(c, customer.as_str())?.is_none();
             let m = lane::metadata(c, &catalog, &view, today, now_secs())?;
-            Ok(Some(serde_json::to_vec(&m).unwrap_or_default()))
+            Ok((serde_json::to_vec(&m).unwrap_or_default(), unseen))
         })
     };
-    let rt = state.card_read_through();
-    let body = match answer(rt.is_some())? {
-        Some(body) => body,
-        None => {
-            if let Some(rt) = rt {
-                rt.find(customer.as_str(), &state.db, config.clone()).await;
+    let (mut body, unseen) = answer()?;
+    // It may be looked up at Convercus first (`providers.convercus.read_through_ms`).
+    if unseen {
+        if let Some(rt) = state.card_read_through() {
+            if rt.find(customer.as_str(), &state.db, state.config()).await == CardFound::Stored {
+                body = answer()?.0;
             }
-            answer(false)?.unwrap_or_default()
         }
-    };
+    }
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
