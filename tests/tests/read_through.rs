@@ -9,18 +9,29 @@ use e2e::stack::Providers;
 use e2e::{Store, StoreOptions, SITE};
 use serde_json::json;
 
-#[tokio::test]
-async fn an_unseen_voucher_is_read_through_within_budget_and_never_while_unreachable() {
-    let providers = Providers::start().unwrap();
-    let store = Store::start(StoreOptions {
-        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
-            "campaigns = [\"cam_100001\"]",
-            "campaigns = [\"cam_100001\"]\nread_through_ms = 500\nread_through_pause_secs = 30",
-        ),
+/// A fresh store using the simulated providers (no scheduled pull), with `keys` (TOML lines)
+/// added to `[providers.<provider>]`.
+async fn store_with(providers: &Providers, provider: &str, keys: &str) -> Store {
+    let table = format!("[providers.{provider}]");
+    Store::start(StoreOptions {
+        extra_toml: providers
+            .config_toml("0 0 0 1 1 *")
+            .replace(&table, &format!("{table}\n{keys}")),
         ..StoreOptions::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_unseen_voucher_is_read_through_within_budget_and_never_while_unreachable() {
+    let providers = Providers::start().unwrap();
+    let store = store_with(
+        &providers,
+        "coupontools",
+        "read_through_ms = 500\nread_through_pause_secs = 30",
+    )
+    .await;
     let config = std::fs::read_to_string(&store.config_path).unwrap();
     assert_eq!(config.matches("read_through_ms").count(), 1, "{config}");
 
@@ -89,15 +100,7 @@ async fn an_unseen_voucher_is_read_through_within_budget_and_never_while_unreach
 #[tokio::test]
 async fn a_slow_coupontools_costs_the_lane_at_most_the_budget() {
     let providers = Providers::start().unwrap();
-    let store = Store::start(StoreOptions {
-        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
-            "campaigns = [\"cam_100001\"]",
-            "campaigns = [\"cam_100001\"]\nread_through_ms = 200",
-        ),
-        ..StoreOptions::default()
-    })
-    .await
-    .unwrap();
+    let store = store_with(&providers, "coupontools", "read_through_ms = 200").await;
     providers
         .faults("coupontools", json!({"slow_ms": 3000}))
         .await
@@ -122,15 +125,7 @@ async fn a_session_locked_at_coupontools_by_another_system_is_refused_at_lookup(
                           "status": {"value": "2.00", "locked": "1"}}]}}))
         .await
         .unwrap();
-    let store = Store::start(StoreOptions {
-        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
-            "campaigns = [\"cam_100001\"]",
-            "campaigns = [\"cam_100001\"]\nread_through_ms = 500",
-        ),
-        ..StoreOptions::default()
-    })
-    .await
-    .unwrap();
+    let store = store_with(&providers, "coupontools", "read_through_ms = 500").await;
     let code = "lockedelsewhere000001";
     let (status, v) = store
         .get(&format!("/vouchers/{code}?site={SITE}"))
@@ -316,15 +311,12 @@ fn customer_coupons(card: &str) -> String {
 async fn an_unseen_card_is_read_through_at_convercus_and_never_while_unreachable() {
     let providers = Providers::start().unwrap();
     // Off at first (0), as a store may run before regional IT turns it on.
-    let store = Store::start(StoreOptions {
-        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
-            "[providers.convercus]",
-            "[providers.convercus]\nread_through_ms = 0\nread_through_pause_secs = 30",
-        ),
-        ..StoreOptions::default()
-    })
-    .await
-    .unwrap();
+    let store = store_with(
+        &providers,
+        "convercus",
+        "read_through_ms = 0\nread_through_pause_secs = 30",
+    )
+    .await;
     // The simulator's account, by its app code: not in the store's sample data.
     let (status, m) = store.get(&customer_coupons("A1B2C3D4E5")).await.unwrap();
     assert_eq!((status, &m["clipped"]), (200, &json!([])), "{m}");
@@ -398,15 +390,7 @@ async fn an_unseen_card_is_read_through_at_convercus_and_never_while_unreachable
 #[tokio::test]
 async fn a_slow_convercus_costs_the_lane_the_budget_and_the_card_arrives_later() {
     let providers = Providers::start().unwrap();
-    let store = Store::start(StoreOptions {
-        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
-            "[providers.convercus]",
-            "[providers.convercus]\nread_through_ms = 200",
-        ),
-        ..StoreOptions::default()
-    })
-    .await
-    .unwrap();
+    let store = store_with(&providers, "convercus", "read_through_ms = 200").await;
     // Each of the five calls (login, account, memberships, user, coupons) takes 150 ms.
     providers
         .faults("convercus", json!({"slow_ms": 150}))
@@ -439,15 +423,7 @@ async fn a_slow_convercus_costs_the_lane_the_budget_and_the_card_arrives_later()
 #[tokio::test]
 async fn an_unseen_card_scanned_into_a_sale_is_read_through_by_its_update() {
     let providers = Providers::start().unwrap();
-    let store = Store::start(StoreOptions {
-        extra_toml: providers.config_toml("0 0 0 1 1 *").replace(
-            "[providers.convercus]",
-            "[providers.convercus]\nread_through_ms = 1500",
-        ),
-        ..StoreOptions::default()
-    })
-    .await
-    .unwrap();
+    let store = store_with(&providers, "convercus", "read_through_ms = 1500").await;
     let sale = |transient: bool| {
         json!({"site": SITE, "customer": "A1B2C3D4E5", "transaction": "RTC1",
                "transientRequest": transient,
