@@ -51,6 +51,14 @@ impl Gate {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + self.pause);
     }
+
+    /// The provider answered: look-ups may be tried again at once.
+    fn resume(&self) {
+        *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
 }
 
 pub struct ReadThrough {
@@ -194,7 +202,10 @@ impl CardReadThrough {
             Ok(Ok(found)) => found,
             Ok(Err(_)) => CardFound::Unavailable,
             Err(_) => {
-                log::info!(provider = "convercus"; "card read-through over its {} ms budget: the lane is answered without it; what Convercus answers is stored for its next request", self.gate.budget.as_millis());
+                // No other card waits for a provider this slow (or unreachable without a
+                // word): look-ups pause until this one ends, or for the pause.
+                self.gate.pause();
+                log::warn!(provider = "convercus"; "card read-through over its {} ms budget: the lane is answered without it, what Convercus answers is stored for its next request, and no other card is looked up until then", self.gate.budget.as_millis());
                 CardFound::Late
             }
         }
@@ -212,6 +223,7 @@ async fn look_up_card(
     match client.pull_customer(card, config).await {
         Ok(Some(pulled)) => match sync_daemon::pull::write_customer(db, config, pulled).await {
             Ok(changes) => {
+                gate.resume();
                 log::info!(provider = "convercus"; "card never seen here found at Convercus in {} ms; {} coupon states stored", started.elapsed().as_millis(), changes.written);
                 CardFound::Stored
             }
@@ -221,6 +233,7 @@ async fn look_up_card(
             }
         },
         Ok(None) => {
+            gate.resume();
             let id = card.to_owned();
             let now = shared::db::now_secs();
             let noted = db

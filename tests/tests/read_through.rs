@@ -399,6 +399,11 @@ async fn a_slow_convercus_costs_the_lane_the_budget_and_the_card_arrives_later()
     // Answered from the store when the budget is over, without the card.
     let (status, m) = store.get(&customer_coupons("A1B2C3D4E5")).await.unwrap();
     assert_eq!((status, &m["clipped"]), (200, &json!([])), "{m}");
+    // Meanwhile no other card waits for Convercus: it is not even asked.
+    let other = "4000000000780";
+    let (status, _) = store.get(&customer_coupons(other)).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(card_requests(&providers, other).await, 0);
     // The look-up goes on and is stored.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -415,6 +420,9 @@ async fn a_slow_convercus_costs_the_lane_the_budget_and_the_card_arrives_later()
         "{log}"
     );
     assert!(!log.contains("card read-through failed"), "{log}");
+    // Convercus answered: the other card is looked up when it is next asked for.
+    store.get(&customer_coupons(other)).await.unwrap();
+    assert!(card_requests(&providers, other).await > 0);
 }
 
 /// CATAPULT §7: the first call for a card is often the transient update sent when it is
