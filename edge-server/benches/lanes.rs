@@ -19,7 +19,8 @@
 //!
 //! Environment: BENCH_RATE (req/s, default 2000), BENCH_SECS (per phase, default 10),
 //! BENCH_SYNC (`full`, the shipped default, or `normal`, to see what fsync costs),
-//! BENCH_CHECKPOINT_MS (database.checkpoint_interval_ms), BENCH_LINGER_US
+//! BENCH_CHECKPOINT_MS (database.checkpoint_interval_ms), BENCH_KEEP_ALIVE_SECS
+//! (server.keep_alive_secs), BENCH_LINGER_US
 //! (database.group_commit_linger_us), BENCH_MMAP_MIB (database.mmap_size_mib),
 //! BENCH_CACHE_KIB (database.cache_size_kib): the shipped defaults unless set,
 //! BENCH_PHASES (comma list of `static`, `metadata`, `update`, `commit`, `saturation`;
@@ -191,6 +192,8 @@ level = "warn"
     db.group_commit_linger_us = env_or("BENCH_LINGER_US", db.group_commit_linger_us);
     db.mmap_size_mib = env_or("BENCH_MMAP_MIB", db.mmap_size_mib);
     db.cache_size_kib = env_or("BENCH_CACHE_KIB", db.cache_size_kib);
+    let server = &mut config.server;
+    server.keep_alive_secs = env_or("BENCH_KEEP_ALIVE_SECS", server.keep_alive_secs);
     config
 }
 
