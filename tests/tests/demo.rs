@@ -4,8 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// One running demo at a time: each takes port 8443 when it looks free.
+static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_demo() -> std::sync::MutexGuard<'static, ()> {
+    ONE_DEMO
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn the_demo_plays_its_lane_and_the_providers_receive_the_sale() {
+    let _one = one_demo();
     let cwd = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(e2e::binary("demo").unwrap())
         .arg("--once")
@@ -65,4 +75,79 @@ fn demo_help_starts_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(!cwd.path().join("demo-data").exists());
+}
+
+/// The processes `pid` started (the edge server, the sync daemon, the provider simulator).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after its ')'.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(pid) {
+            found.extend(
+                entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    found
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        after.split_whitespace().next() != Some("Z")
+    })
+}
+
+/// A demo stopped by SIGTERM (`kill`, `timeout`) stops the stack it started; it left the
+/// edge server, the sync daemon and the simulator running (only Ctrl-C stopped them).
+#[test]
+fn a_demo_stopped_by_sigterm_leaves_nothing_running() {
+    use std::io::{BufRead, BufReader};
+    let _one = one_demo();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut demo = std::process::Command::new(e2e::binary("demo").unwrap())
+        .current_dir(cwd.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let serving = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("press Ctrl-C to stop"));
+    assert!(serving, "the demo never said it was serving");
+    let stack = children_of(demo.id());
+    assert_eq!(
+        stack.len(),
+        3,
+        "edge server, sync daemon, simulator: {stack:?}"
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(demo.wait().unwrap().success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left: Vec<u32> = stack.iter().copied().filter(|p| running(*p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

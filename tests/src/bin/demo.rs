@@ -198,11 +198,24 @@ async fn main() -> Result<()> {
         "\nThe store keeps serving on {}; press Ctrl-C to stop.",
         store.url("/")
     );
-    tokio::signal::ctrl_c().await?;
+    stop_asked().await?;
     let _ = daemon.terminate(std::time::Duration::from_secs(15));
     store.kill9();
     providers.stop();
     Ok(())
+}
+
+/// Ctrl-C, SIGTERM (`kill`, `timeout`) or SIGHUP (the terminal closed): the stack it
+/// started is stopped in each case, not left serving without the demo.
+async fn stop_asked() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+        _ = hangup.recv() => Ok(()),
+    }
 }
 
 fn print_applied(update: &Value) {
