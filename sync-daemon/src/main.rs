@@ -65,6 +65,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(sync_daemon::run(cli.config, config, stop_signal()));
+    // Everything written is committed by now (the writer drained, the stop recorded). A
+    // blocking read still running, such as the hourly clean-up's, must not hold up the exit:
+    // dropping the runtime would wait for it without limit, and systemd for the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
