@@ -174,7 +174,16 @@ stop_process() { # pid name
     local pid=$1 status=0
     kill -TERM "$pid" 2>/dev/null || fail "$2 (pid $pid) was no longer running at the end"
     for _ in $(seq 50); do alive "$pid" || break; sleep 0.2; done
-    alive "$pid" && fail "$2 did not stop within 10 s of SIGTERM"
+    if alive "$pid"; then
+        # Where each thread waits, for whoever reads the failure.
+        for task in /proc/"$pid"/task/*; do
+            printf '    thread %s %s: state %s, waiting in %s\n' "${task##*/}" \
+                "$(cat "$task/comm" 2>/dev/null)" \
+                "$(awk '/^State:/ { print $2 }' "$task/status" 2>/dev/null)" \
+                "$(cat "$task/wchan" 2>/dev/null)"
+        done
+        fail "$2 did not stop within 10 s of SIGTERM"
+    fi
     wait "$pid" || status=$?
     # systemd counts a clean exit and death by SIGTERM as success.
     case $status in
