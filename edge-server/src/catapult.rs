@@ -4,7 +4,6 @@
 
 use crate::error::ApiError;
 use crate::lane::{self, AppliedCoupon, CommitInput, UpdateInput, UpdateOutcome};
-use crate::read_through::CardFound;
 use crate::{json_money, State};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -408,13 +407,8 @@ pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResp
         })
     };
     let (mut body, unseen) = answer()?;
-    // It may be looked up at Convercus first (`providers.convercus.read_through_ms`).
-    if unseen {
-        if let Some(rt) = state.card_read_through() {
-            if rt.find(customer.as_str(), &state.db, state.config()).await == CardFound::Stored {
-                body = answer()?.0;
-            }
-        }
+    if unseen && state.read_through_card(customer.as_str()).await {
+        body = answer()?.0;
     }
     Ok(HttpResponse::Ok()
         .content_type("application/json")
@@ -693,14 +687,9 @@ pub async fn update(
         })
     };
     let mut evaluated = evaluate()?;
-    // A card never seen here (typically the transient update sent when the card is
-    // scanned) may be looked up at Convercus first, as for its coupon list.
-    if evaluated.unseen {
-        if let Some(rt) = state.card_read_through() {
-            if rt.find(customer.as_str(), &state.db, state.config()).await == CardFound::Stored {
-                evaluated = evaluate()?;
-            }
-        }
+    // Typically the transient update sent when the card is scanned.
+    if evaluated.unseen && state.read_through_card(customer.as_str()).await {
+        evaluated = evaluate()?;
     }
     let outcome = if body.transient_request {
         // Transient updates never create or move holds: the preview is the answer.

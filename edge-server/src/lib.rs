@@ -81,13 +81,22 @@ impl AppState {
             .clone()
     }
 
-    /// The Convercus look-up of a card never seen here, if on.
-    pub fn card_read_through(&self) -> Option<Arc<read_through::CardReadThrough>> {
-        self.read_throughs
+    /// Looks a card never seen here up at Convercus, when the read-through is on
+    /// (`providers.convercus.read_through_ms`): whether it is stored now, so that the
+    /// lane's request should read again.
+    pub async fn read_through_card(&self, card: &str) -> bool {
+        let rt = self
+            .read_throughs
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .card
-            .clone()
+            .clone();
+        match rt {
+            Some(rt) => {
+                rt.find(card, &self.db, self.config()).await == read_through::CardFound::Stored
+            }
+            None => false,
+        }
     }
 
     /// The configuration in force.

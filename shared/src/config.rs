@@ -286,10 +286,11 @@ pub struct ConvercusConfig {
     pub pull_concurrency: usize,
     pub timeout_ms: u64,
     /// edge-server: when a lane asks for the coupons of a card never seen at this store, or
-    /// sends an update for it, the card is looked up at Convercus (account, memberships, user, account coupons), and the
-    /// lane waits for it this many milliseconds at most (0 = never looked up). A look-up
-    /// that takes longer still completes and is stored for the lane's next request. After a
-    /// failed look-up none is tried for `read_through_pause_secs`.
+    /// sends an update for it, the card is looked up at Convercus (account, memberships,
+    /// user, account coupons), and the lane waits for it this many milliseconds at most
+    /// (0 = never looked up). A look-up that takes longer still completes and is stored for
+    /// the lane's next request. After a failed look-up none is tried for
+    /// `read_through_pause_secs`.
     pub read_through_ms: u64,
     pub read_through_pause_secs: u64,
     /// Requests a second at most, over pulls, deliveries and probes together (spaced
