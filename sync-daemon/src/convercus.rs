@@ -623,7 +623,8 @@ fn known_code(token: &str) -> bool {
 /// Reads a Convercus error answer. Its layout is a [GAP] (convercus.md §4.9: "[ASSUME] 4xx
 /// JSON whose error code is in a `code`-like field and the list in `detail`; parse
 /// defensively"): the code is the first string of `code`, `errorCode`, `error` (a string,
-/// as Keycloak sends), `error.code`, `errors[0].code`/`errorCode`, else a documented code
+/// as Keycloak sends, taken only when it is a documented or Keycloak code: Spring's default
+/// body has the reason phrase there), `error.code`, `errors[0].code`/`errorCode`, else a documented code
 /// named in `message`/`detail` text; the detail is `detail` (a list or a string), else
 /// `message`, `error.message`, `errors[0].detail`/`message`, `error_description`, else
 /// the raw body (first 200 characters).
@@ -665,9 +666,14 @@ fn error_of(status: u16, body: &str) -> CallError {
                 .map(str::to_owned)
         })
     };
+    // `error` as a string is a code only when it is one of ours or Keycloak's
+    // (`invalid_grant`, ...): Spring's default body puts the reason phrase there
+    // ("Conflict") and the code in `message`.
+    let error_code = string(v.get("error"))
+        .filter(|e| known_code(e) || e.starts_with("invalid_") || e.starts_with("unauthorized"));
     let code = string(v.get("code"))
         .or_else(|| string(v.get("errorCode")))
-        .or_else(|| string(v.get("error")))
+        .or(error_code)
         .or_else(|| string(nested.get("code")))
         .or_else(|| string(first.get("code")))
         .or_else(|| string(first.get("errorCode")))
@@ -1116,6 +1122,22 @@ mod tests {
                 r#"{"title":"Bad Request","detail":"Coupon COUPON_NOT_ASSIGNED_ACCOUNT for this account"}"#
             ),
             "COUPON_NOT_ASSIGNED_ACCOUNT"
+        );
+        // Spring's default body: `error` is the reason phrase, the code is in `message`.
+        assert_eq!(
+            read(
+                r#"{"timestamp":"2026-11-30T10:00:00.000+00:00","status":409,"error":"Conflict","message":"COUPON_REDEMPTION_IN_PROGRESS","path":"/v3/accountcoupons/7"}"#
+            ),
+            (
+                "COUPON_REDEMPTION_IN_PROGRESS".to_owned(),
+                "COUPON_REDEMPTION_IN_PROGRESS".to_owned()
+            )
+        );
+        assert_eq!(
+            code(
+                r#"{"status":400,"error":"Bad Request","message":"CONDITION_NOT_FULFILLED: [NOT_YET_REDEEMABLE]"}"#
+            ),
+            "CONDITION_NOT_FULFILLED"
         );
         // Upper-case words that are not documented codes are not taken for one.
         assert_eq!(code(r#"{"message":"BAD_THING happened"}"#), "");
