@@ -149,6 +149,10 @@ impl Client {
         query: &str,
         body: Option<&Value>,
     ) -> Result<Value, CallError> {
+        // Wait for the pace (which includes a 429/503 Retry-After pause) before signing,
+        // so the timestamp is fresh when the call leaves (koupon.md §6: re-sign every
+        // attempt with a fresh timestamp).
+        self.pacer.ready().await;
         let url = signed_url(
             base,
             path,
@@ -166,7 +170,6 @@ impl Client {
                 .body(b.to_string()),
             None => self.http.get(url),
         };
-        self.pacer.ready().await;
         let resp = req
             .header("Accept", "application/json")
             .send()
