@@ -158,6 +158,8 @@ async fn pull_convercus(
     // A pull abandoned at a stop (its future dropped) takes its writer task with it; a
     // batch already handed to the database's writer commits whole or not at all.
     let _stop_writer = AbortOnDrop(writer.abort_handle());
+    let mut read = 0usize;
+    let mut skipped: Vec<CallError> = Vec::new();
     let fetched: Result<(), PullError> = async {
         loop {
             let reader = db.clone();
@@ -185,18 +187,28 @@ async fn pull_convercus(
             let client: &convercus::Client = client;
             let mut results = futures_util::stream::iter(page)
                 .map(move |id: String| async move {
-                    retried(convercus::NAME, "a customer's read", || {
+                    let r = retried(convercus::NAME, "a customer's read", || {
                         client.pull_customer(&id, config)
                     })
-                    .await
+                    .await;
+                    (id, r)
                 })
                 .buffered(concurrency);
             let mut batch = Vec::with_capacity(CUSTOMER_BATCH);
             let mut ids = 0;
-            while let Some(r) = results.next().await {
+            while let Some((id, r)) = results.next().await {
                 ids += 1;
-                if let Some(p) = r? {
-                    batch.push(p);
+                read += 1;
+                match r {
+                    Ok(Some(p)) => batch.push(p),
+                    Ok(None) => {}
+                    // One account the provider refuses (locked, deleted, forbidden) or
+                    // answers unreadably does not stop the pull for every other customer.
+                    Err(e) if concerns_one_customer(&e) => {
+                        log::warn!(provider = convercus::NAME; "customer …{} skipped in this pull: {e}", tail(&id));
+                        skipped.push(e);
+                    }
+                    Err(e) => return Err(e.into()),
                 }
                 if ids == CUSTOMER_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(CUSTOMER_BATCH));
@@ -218,7 +230,34 @@ async fn pull_convercus(
     drop(tx);
     let written = writer.await.map_err(db_err)?;
     fetched?;
+    if let Some(last) = skipped.last() {
+        // Every customer refused is the provider refusing us, not one account: fail.
+        if skipped.len() == read {
+            return Err(last.clone().into());
+        }
+        log::warn!(provider = convercus::NAME; "{} of {read} customers skipped in this pull (refused or unreadable; see above); the others are current", skipped.len());
+    }
     written
+}
+
+/// A failure of one customer's read that says nothing of the others: the provider refused
+/// that account (4xx other than 401/407/408/429: locked, deleted, forbidden, …) or its
+/// answers stayed unreadable after the retries. Network failures, throttling, 5xx and
+/// refused credentials stop the pull.
+fn concerns_one_customer(e: &CallError) -> bool {
+    match e {
+        CallError::Status { status, .. } => {
+            (400..500).contains(status) && ![401, 407, 408, 429].contains(status)
+        }
+        CallError::Malformed(_) => true,
+        CallError::Transport { .. } | CallError::Auth(_) => false,
+    }
+}
+
+/// The last four characters of a card number, for logs (card numbers are customer data).
+fn tail(id: &str) -> String {
+    let n = id.chars().count();
+    id.chars().skip(n.saturating_sub(4)).collect()
 }
 
 /// Aborts a task when dropped.

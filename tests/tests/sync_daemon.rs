@@ -796,6 +796,47 @@ async fn a_pull_brings_customers_and_coupons_but_never_undoes_an_undelivered_red
     store.kill9();
 }
 
+/// One account Convercus refuses (here `400 ACCOUNT_LOCKED`) is skipped and logged; the
+/// pull goes on for every other customer (before, it stopped the whole pull, every run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_account_convercus_refuses_does_not_stop_the_pull_for_the_others() {
+    let providers = Providers::start().unwrap();
+    providers
+        .faults("convercus", json!({"reject": ["0000LOCKED"]}))
+        .await
+        .unwrap();
+    let config = providers.config_toml("0 0 0 1 1 *").replace(
+        "[providers.convercus]",
+        "[providers.convercus]\ncustomers = [\"0000LOCKED\", \"A1B2C3D4E5\"]",
+    );
+    let store = Store::start(StoreOptions {
+        extra_toml: config,
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    pull_now(&daemon, &store, "convercus").await;
+    let log = daemon.log();
+    assert!(log.contains("customer …CKED skipped in this pull"), "{log}");
+    // The sample data's Convercus customers and the two configured ones: 5 in all.
+    assert!(log.contains("1 of 5 customers skipped"), "{log}");
+    assert!(
+        !log.contains("0000LOCKED"),
+        "card numbers stay out of the log"
+    );
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let first: String = conn
+        .query_row(
+            "SELECT first_name FROM customers WHERE id = 'A1B2C3D4E5'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(first, "Jane");
+    daemon.kill9();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oauth_login_and_an_account_found_by_its_app_code_from_the_import_list() {
     let providers = Providers::start().unwrap();

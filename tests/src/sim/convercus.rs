@@ -580,6 +580,13 @@ async fn get_account(st: web::Data<State>, req: HttpRequest) -> HttpResponse {
             Ok(t) => t,
             Err(r) => return r,
         };
+        if d.rejected(P, &path_id(req)) {
+            return error(
+                400,
+                "ACCOUNT_LOCKED",
+                &["rejected by the simulator's reject switch"],
+            );
+        }
         match d.convercus.account(&path_id(req), &id_type) {
             Some((id, program, status, _)) => {
                 Reply::json(200, json!({"id": id, "program": program, "status": status}))
