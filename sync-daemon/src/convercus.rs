@@ -623,9 +623,9 @@ fn known_code(token: &str) -> bool {
 /// Reads a Convercus error answer. Its layout is a [GAP] (convercus.md §4.9: "[ASSUME] 4xx
 /// JSON whose error code is in a `code`-like field and the list in `detail`; parse
 /// defensively"): the code is the first string of `code`, `errorCode`, `error` (a string,
-/// as Keycloak sends, taken only when it is a documented or Keycloak code: Spring's default
-/// body has the reason phrase there), `error.code`, `errors[0].code`/`errorCode`, else a documented code
-/// named in `message`/`detail` text; the detail is `detail` (a list or a string), else
+/// as Keycloak sends; taken only when it is a documented or Keycloak code, as Spring's
+/// default body has the reason phrase there), `error.code`, `errors[0].code`/`errorCode`,
+/// else a documented code named in `message`/`detail` text; the detail is `detail` (a list or a string), else
 /// `message`, `error.message`, `errors[0].detail`/`message`, `error_description`, else
 /// the raw body (first 200 characters).
 fn error_of(status: u16, body: &str) -> CallError {

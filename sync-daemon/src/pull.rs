@@ -24,6 +24,8 @@ use std::time::Instant;
 const CUSTOMER_BATCH: usize = 10;
 /// Vouchers written per transaction.
 const VOUCHER_BATCH: usize = 500;
+/// A Convercus pull logs at most this many skipped customers one by one, then a count.
+const SKIPS_LOGGED: usize = 10;
 /// A long pull logs its progress this often.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -159,7 +161,9 @@ async fn pull_convercus(
     // batch already handed to the database's writer commits whole or not at all.
     let _stop_writer = AbortOnDrop(writer.abort_handle());
     let mut read = 0usize;
-    let mut skipped: Vec<CallError> = Vec::new();
+    // Customers skipped (see `concerns_one_customer`) and the last reason.
+    let mut skipped = 0usize;
+    let mut last_skip: Option<CallError> = None;
     let fetched: Result<(), PullError> = async {
         loop {
             let reader = db.clone();
@@ -205,8 +209,11 @@ async fn pull_convercus(
                     // One account the provider refuses (locked, deleted, forbidden) or
                     // answers unreadably does not stop the pull for every other customer.
                     Err(e) if concerns_one_customer(&e) => {
-                        log::warn!(provider = convercus::NAME; "customer …{} skipped in this pull: {e}", tail(&id));
-                        skipped.push(e);
+                        skipped += 1;
+                        if skipped <= SKIPS_LOGGED {
+                            log::warn!(provider = convercus::NAME; "customer …{} skipped in this pull: {e}", tail(&id));
+                        }
+                        last_skip = Some(e);
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -230,12 +237,12 @@ async fn pull_convercus(
     drop(tx);
     let written = writer.await.map_err(db_err)?;
     fetched?;
-    if let Some(last) = skipped.last() {
+    if let Some(last) = last_skip {
         // Every customer refused is the provider refusing us, not one account: fail.
-        if skipped.len() == read {
-            return Err(last.clone().into());
+        if skipped == read {
+            return Err(last.into());
         }
-        log::warn!(provider = convercus::NAME; "{} of {read} customers skipped in this pull (refused or unreadable; see above); the others are current", skipped.len());
+        log::warn!(provider = convercus::NAME; "{skipped} of {read} customers skipped in this pull (refused or unreadable; the first {SKIPS_LOGGED} are logged above, the last: {last}); the others are current");
     }
     written
 }
