@@ -693,13 +693,15 @@ fn error_of(status: u16, body: &str) -> CallError {
     }
 }
 
+/// Percent-encodes a path segment: every byte of its UTF-8 but the unreserved characters
+/// (RFC 3986 §2.3).
 fn enc(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-._~".contains(c) {
-                c.to_string()
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
             } else {
-                format!("%{:02X}", c as u32 & 0xff)
+                format!("%{b:02X}")
             }
         })
         .collect()
@@ -1146,6 +1148,15 @@ mod tests {
             read("<html>Bad Gateway</html>"),
             (String::new(), "<html>Bad Gateway</html>".to_owned())
         );
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded_as_utf8() {
+        assert_eq!(enc("A1B2-c3_d.4~"), "A1B2-c3_d.4~");
+        assert_eq!(enc("a b/c"), "a%20b%2Fc");
+        // Each UTF-8 byte, not the code point cut to a byte ("é" was "%E9").
+        assert_eq!(enc("é"), "%C3%A9");
+        assert_eq!(enc("€1"), "%E2%82%AC1");
     }
 
     #[test]
