@@ -826,14 +826,10 @@ async fn an_account_convercus_refuses_does_not_stop_the_pull_for_the_others() {
         "card numbers stay out of the log"
     );
     let conn = rusqlite::Connection::open(store.db_path()).unwrap();
-    let first: String = conn
-        .query_row(
-            "SELECT first_name FROM customers WHERE id = 'A1B2C3D4E5'",
-            [],
-            |r| r.get(0),
-        )
+    let jane = shared::repo::customer(&conn, "A1B2C3D4E5")
+        .unwrap()
         .unwrap();
-    assert_eq!(first, "Jane");
+    assert_eq!(jane.first_name.as_deref(), Some("Jane"));
     daemon.kill9();
 }
 
