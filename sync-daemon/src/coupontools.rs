@@ -115,6 +115,66 @@ pub fn failure_of(body: &Value) -> Option<Failure> {
     Some(Failure { code, message })
 }
 
+/// What one answer means, decided on its body first (coupontools.md §4: "always decide on
+/// the body, not the status"). A failure envelope with a documented code is that failure
+/// whatever the HTTP status: a 500 or 503 carrying `513` is a session that does not exist
+/// (dead-lettered, not retried for ever) and one carrying `1000` is refused credentials.
+/// A 429 or 5xx whose body is not such an envelope (a proxy's page, plain text, an
+/// unknown code, even `OK`) is a transport failure and is retried; a retried `validate`
+/// looks the session up first, so an `OK` under a 5xx is never counted twice.
+fn decide(path: &str, status: u16, text: &str) -> Result<Value, CallError> {
+    let body = serde_json::from_str::<Value>(text);
+    let transport_fault = status == 429 || status >= 500;
+    let documented = body
+        .as_ref()
+        .ok()
+        .and_then(failure_of)
+        .filter(|f| classify(f.code) != CodeClass::Unknown);
+    if transport_fault && documented.is_none() {
+        return Err(CallError::Status {
+            status,
+            code: String::new(),
+            detail: text.chars().take(200).collect(),
+        });
+    }
+    let body = body.map_err(|e| CallError::Malformed(format!("{path}: {e}")))?;
+    match failure_of(&body) {
+        None if body.pointer("/status/status").is_some() => Ok(body),
+        // A bare list (a session list's shape is a [GAP]) carries no failure envelope.
+        None if body.is_array() => Ok(body),
+        None => Err(CallError::Malformed(format!(
+            "{path}: no status in the answer"
+        ))),
+        Some(f) if classify(f.code) == CodeClass::Credentials => Err(CallError::Auth(format!(
+            "Coupontools error {}: {}; check providers.coupontools.client_id/client_secret",
+            f.code, f.message
+        ))),
+        Some(f) if transport_fault => Err(CallError::Status {
+            // Decided on the body: the status its message names (`HTTP/1.0 422 …`), or
+            // 422, so the failure is not taken for a transient one; the real status is
+            // kept in the text.
+            status: stated_status(&f.message).unwrap_or(422),
+            code: f.code.to_string(),
+            detail: format!("{} (answered with HTTP {status})", f.message),
+        }),
+        Some(f) => Err(CallError::Status {
+            status,
+            code: f.code.to_string(),
+            detail: f.message,
+        }),
+    }
+}
+
+/// The 4xx status an error message names in its `HTTP/1.x NNN` line, if any.
+fn stated_status(message: &str) -> Option<u16> {
+    let rest = message.trim_start().strip_prefix("HTTP/")?;
+    let code: u16 = rest.split_whitespace().nth(1)?.parse().ok()?;
+    (400..500)
+        .contains(&code)
+        .then_some(code)
+        .filter(|c| *c != 429)
+}
+
 impl Client {
     /// A client with a pacer of its own (see [`Client::with_pacer`]).
     pub fn new(cfg: &CoupontoolsConfig) -> Client {
@@ -161,32 +221,7 @@ impl Client {
             .text()
             .await
             .map_err(|e| CallError::from_reqwest(&e).at_key("providers.coupontools.base_url"))?;
-        if status == 429 || status >= 500 {
-            return Err(CallError::Status {
-                status,
-                code: String::new(),
-                detail: text.chars().take(200).collect(),
-            });
-        }
-        let body: Value = serde_json::from_str(&text)
-            .map_err(|e| CallError::Malformed(format!("{path}: {e}")))?;
-        match failure_of(&body) {
-            None if body.pointer("/status/status").is_some() => Ok(body),
-            // A bare list (a session list's shape is a [GAP]) carries no failure envelope.
-            None if body.is_array() => Ok(body),
-            None => Err(CallError::Malformed(format!(
-                "{path}: no status in the answer"
-            ))),
-            Some(f) if classify(f.code) == CodeClass::Credentials => Err(CallError::Auth(format!(
-                "Coupontools error {}: {}; check providers.coupontools.client_id/client_secret",
-                f.code, f.message
-            ))),
-            Some(f) => Err(CallError::Status {
-                status,
-                code: f.code.to_string(),
-                detail: f.message,
-            }),
-        }
+        decide(path, status, &text)
     }
 
     pub async fn probe(&self) -> Result<(), CallError> {
@@ -795,5 +830,76 @@ mod tests {
         assert_eq!(v.state, "validated");
         assert_eq!(v.validated_at.as_deref(), Some("2026-11-01T10:00:00Z"));
         assert_eq!(parse_utc("1970-01-01 00:01:00"), Some(60));
+    }
+
+    /// coupontools.md §4: "always decide on the body, not the status". Before, a 429 or
+    /// 5xx was a transient failure whatever its body said, so a validation of a session
+    /// Coupontools answered `513` under a 500 was retried for ever instead of being
+    /// dead-lettered for store IT.
+    #[test]
+    fn an_answer_is_decided_on_its_body_before_its_status() {
+        let envelope = |code: Value, message: &str| {
+            json!({"status": {"status": "failed", "errors": {"error_code": code, "error_message": message}}})
+                .to_string()
+        };
+        // A documented code under a 5xx: that failure, permanent.
+        let not_found = envelope(json!([513]), "HTTP/1.0 422 Unprocessable entity.");
+        let e = decide("couponsession/update", 500, &not_found).unwrap_err();
+        assert!(!e.is_transient(), "{e}");
+        assert!(!e.outcome_unknown(), "{e}");
+        match &e {
+            CallError::Status {
+                status,
+                code,
+                detail,
+            } => {
+                assert_eq!((*status, code.as_str()), (422, "513"));
+                assert!(detail.contains("answered with HTTP 500"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = decide("couponsession/update", 503, &envelope(json!(301), "bad id")).unwrap_err();
+        assert!(matches!(&e, CallError::Status { status: 422, code, .. } if code == "301"));
+        // Refused credentials under a 500 or a 429 pause the queue, as under a 401.
+        let creds = envelope(json!(1000), "HTTP/1.0 401 Unauthorized.");
+        for status in [500, 429] {
+            assert!(matches!(
+                decide("coupon/list", status, &creds),
+                Err(CallError::Auth(_))
+            ));
+        }
+        // No documented failure in the body: the status decides, and the call is retried.
+        for (status, text) in [
+            (503, "HTTP/1.0 503 Service Unavailable".to_owned()),
+            (429, "Too Many Requests".to_owned()),
+            (502, "<html>Bad gateway</html>".to_owned()),
+            (
+                500,
+                envelope(json!(9999), "HTTP/1.0 500 Internal Server Error"),
+            ),
+            (500, json!({"status": {"status": "OK"}}).to_string()),
+        ] {
+            let e = decide("couponsession/update", status, &text).unwrap_err();
+            assert!(e.is_transient(), "{status} {text}: {e}");
+        }
+        // Under a 200 or a 4xx, as before.
+        assert!(decide("coupon/list", 200, r#"{"status":{"status":"OK"}}"#).is_ok());
+        let e = decide(
+            "couponsession/data",
+            200,
+            &envelope(json!(513), "not found"),
+        )
+        .unwrap_err();
+        assert!(matches!(&e, CallError::Status { status: 200, code, .. } if code == "513"));
+        assert!(matches!(
+            decide("coupon/list", 200, "not json"),
+            Err(CallError::Malformed(_))
+        ));
+        assert_eq!(
+            stated_status("HTTP/1.0 401 Unauthorized. Client ID"),
+            Some(401)
+        );
+        assert_eq!(stated_status("HTTP/1.1 503 Busy"), None);
+        assert_eq!(stated_status("failed"), None);
     }
 }
