@@ -735,6 +735,21 @@ fn date_of(s: &str) -> Option<NaiveDate> {
         .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
 }
 
+/// The last day a `validTo` leaves whole or in part (convercus.md §4.5: a local date-time
+/// without zone). Validity windows here are whole days, so `2020-11-30T23:59:00` ends on
+/// the 30th; an end at midnight (`2020-12-01T00:00:00`) leaves nothing of the 1st, so
+/// the coupon ends on the 30th too, not a whole day late.
+fn last_day_of(s: &str) -> Option<NaiveDate> {
+    let day = date_of(s)?;
+    let time = s.get(11..).unwrap_or("").trim_end_matches('Z');
+    let midnight = !time.is_empty() && time.chars().all(|c| c == '0' || c == ':' || c == '.');
+    Some(if midnight {
+        day.pred_opt().unwrap_or(day)
+    } else {
+        day
+    })
+}
+
 /// Maps one AccountCoupon to the offer the lanes see and this customer's state of it.
 /// Rules (convercus.md §4.5–4.8): EXTRAPOINT and MULTIPLIER coupons are applied by
 /// Convercus itself and never offered to the lanes; an activatable coupon is usable only
@@ -826,7 +841,7 @@ pub fn map_coupon(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let start = date_of(&text(c, "validFrom")).unwrap_or(NaiveDate::MIN);
-    let end = date_of(&text(c, "validTo")).unwrap_or(NaiveDate::MAX);
+    let end = last_day_of(&text(c, "validTo")).unwrap_or(NaiveDate::MAX);
     let (start, end) = (
         start.max(NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or(NaiveDate::MIN)),
         end.min(NaiveDate::from_ymd_opt(2099, 12, 31).unwrap_or(NaiveDate::MAX)),
@@ -1001,6 +1016,33 @@ mod tests {
         let config = config();
         let today = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
         map_coupon(c, &config.providers.convercus, &config, today, true)
+    }
+
+    /// convercus.md §4.5: `validTo` is a local date-time. One at midnight ends the day
+    /// before; before, the coupon was honoured for the whole of the day it ended at.
+    #[test]
+    fn a_coupon_valid_to_midnight_ends_the_day_before() {
+        let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        for (valid_to, last_day) in [
+            ("2026-11-22T23:59:00", day(22)),
+            ("2026-11-23T00:00:00", day(22)),
+            ("2026-11-23T00:00:00.000Z", day(22)),
+            ("2026-11-23T00:00", day(22)),
+            ("2026-11-23T00:00:01", day(23)),
+            ("2026-11-23", day(23)),
+        ] {
+            let (offer, pulled) = map(&coupon("DISCOUNT", json!({"validTo": valid_to}))).unwrap();
+            assert_eq!(offer.end_date, last_day, "{valid_to}");
+            assert_eq!(pulled.state, CouponState::Clipped, "{valid_to}");
+        }
+        // Ended at the midnight that began today (2026-11-22): expired today.
+        let (offer, pulled) = map(&coupon(
+            "DISCOUNT",
+            json!({"validTo": "2026-11-22T00:00:00"}),
+        ))
+        .unwrap();
+        assert_eq!(offer.end_date, day(21));
+        assert_eq!(pulled.state, CouponState::Expired);
     }
 
     #[test]
