@@ -45,13 +45,16 @@ pub enum ApiError {
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::InvalidRequest(_) | ApiError::TooLarge(_) => "INVALID_REQUEST",
+            // An unknown path or method is a request this server cannot take: CATAPULT's
+            // vocabulary (§5.15) has no id of its own for it; the 404/405 status tells.
+            ApiError::InvalidRequest(_)
+            | ApiError::TooLarge(_)
+            | ApiError::NotFound { .. }
+            | ApiError::MethodNotAllowed { .. } => "INVALID_REQUEST",
             ApiError::InvalidSite(_) => "INVALID_SITE",
             ApiError::InvalidCustomer(_) => "INVALID_CUSTOMER",
             ApiError::InvalidTransaction(_) => "INVALID_TRANSACTION",
             ApiError::Unauthorized => "UNAUTHORIZED",
-            ApiError::NotFound { .. } => "NOT_FOUND",
-            ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::VoucherNotFound(_) => "VOUCHER_NOT_FOUND",
             ApiError::VoucherUnavailable(_) => "VOUCHER_UNAVAILABLE",
             ApiError::VoucherInvalid(_) => "VOUCHER_INVALID",

@@ -1261,12 +1261,12 @@ async fn health_readiness_and_unmatched_paths() {
     let (status, e) = store.get("/coupons/unknown/path").await.unwrap();
     assert_eq!(
         (status, e["errors"][0]["id"].as_str()),
-        (404, Some("NOT_FOUND"))
+        (404, Some("INVALID_REQUEST"))
     );
     let (status, e) = store.post("/coupons?site=STO1", &json!({})).await.unwrap();
     assert_eq!(
         (status, e["errors"][0]["id"].as_str()),
-        (405, Some("METHOD_NOT_ALLOWED"))
+        (405, Some("INVALID_REQUEST"))
     );
     let r = store
         .client

@@ -94,7 +94,7 @@ async fn paths_with_repeated_or_trailing_slashes_answer_like_the_plain_path() {
 
     // Unmatched paths and methods are still answered, and logged, by their normalised path.
     let (status, e) = store.get("//no//such/path/").await.unwrap();
-    assert_eq!((status, error_id(&e)), (404, "NOT_FOUND"), "{e}");
+    assert_eq!((status, error_id(&e)), (404, "INVALID_REQUEST"), "{e}");
     assert!(
         e["errors"][0]["details"]
             .as_str()
@@ -174,7 +174,7 @@ async fn a_base_url_with_a_path_prefix_is_served_below_it() {
         .get(&format!("/pos/catapultx/coupons?site={SITE}"))
         .await
         .unwrap();
-    assert_eq!((status, error_id(&e)), (404, "NOT_FOUND"), "{e}");
+    assert_eq!((status, error_id(&e)), (404, "INVALID_REQUEST"), "{e}");
 }
 
 #[tokio::test]
