@@ -201,8 +201,6 @@ time_zone = "America/Chicago"
 [database]
 path = "{db}"
 read_pool_size = 2
-# Grown at start as in a store (default 64), but small: many tests start a server.
-wal_preallocate_mib = 4
 
 [server]
 listen = "127.0.0.1:{port}"
