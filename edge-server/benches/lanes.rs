@@ -21,8 +21,7 @@
 //! BENCH_SYNC (`full`, the shipped default, or `normal`, to see what fsync costs),
 //! BENCH_CHECKPOINT_MS (database.checkpoint_interval_ms), BENCH_KEEP_ALIVE_SECS
 //! (server.keep_alive_secs), BENCH_LINGER_US
-//! (database.group_commit_linger_us), BENCH_WAL_PREALLOCATE_MIB
-//! (database.wal_preallocate_mib), BENCH_MMAP_MIB (database.mmap_size_mib),
+//! (database.group_commit_linger_us), BENCH_MMAP_MIB (database.mmap_size_mib),
 //! BENCH_CACHE_KIB (database.cache_size_kib): the shipped defaults unless set,
 //! BENCH_PHASES (comma list of `static`, `metadata`, `update`, `commit`, `saturation`;
 //! default all),
@@ -191,7 +190,6 @@ level = "warn"
     let db = &mut config.database;
     db.checkpoint_interval_ms = env_or("BENCH_CHECKPOINT_MS", db.checkpoint_interval_ms);
     db.group_commit_linger_us = env_or("BENCH_LINGER_US", db.group_commit_linger_us);
-    db.wal_preallocate_mib = env_or("BENCH_WAL_PREALLOCATE_MIB", db.wal_preallocate_mib);
     db.mmap_size_mib = env_or("BENCH_MMAP_MIB", db.mmap_size_mib);
     db.cache_size_kib = env_or("BENCH_CACHE_KIB", db.cache_size_kib);
     let server = &mut config.server;

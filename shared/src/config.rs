@@ -495,16 +495,7 @@ pub struct DatabaseConfig {
     /// that under heavy load more writes share one fsync. 0 = commit at once (writes that
     /// queue during a commit still share the next one).
     pub group_commit_linger_us: u64,
-    /// MiB of zeros the edge server writes at the end of the WAL file when it starts (at
-    /// most [`WAL_LIMIT_MIB`]), so lane commits overwrite space the file already has
-    /// instead of growing it: a sync of a write that grows a file must also commit the
-    /// file system's journal. 0 = off.
-    pub wal_preallocate_mib: u32,
 }
-
-/// The WAL file's size limit (`PRAGMA journal_size_limit`): past it, SQLite trims the
-/// file when the WAL starts over.
-pub const WAL_LIMIT_MIB: u32 = 64;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -661,7 +652,6 @@ impl Default for DatabaseConfig {
             busy_timeout_ms: 5000,
             checkpoint_interval_ms: 50,
             group_commit_linger_us: 0,
-            wal_preallocate_mib: WAL_LIMIT_MIB,
         }
     }
 }
@@ -1018,12 +1008,6 @@ impl Config {
             return Err(invalid(
                 "database.group_commit_linger_us",
                 "must be at most 10000 (10 ms): every lane write waits this long under load",
-            ));
-        }
-        if self.database.wal_preallocate_mib > WAL_LIMIT_MIB {
-            return Err(invalid(
-                "database.wal_preallocate_mib",
-                format!("must be at most {WAL_LIMIT_MIB} (the WAL's size limit; SQLite would trim the rest)"),
             ));
         }
         if self.server.max_body_bytes < 1024 {

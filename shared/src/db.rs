@@ -174,12 +174,8 @@ fn open_writable(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
     init_connection(&conn, cfg).map_err(unusable)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(unusable)?;
-    conn.pragma_update(
-        None,
-        "journal_size_limit",
-        i64::from(crate::config::WAL_LIMIT_MIB) * 1024 * 1024,
-    )
-    .map_err(unusable)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(unusable)?;
     // SQLite opens a file it may not write read-only without a word, and a current schema
     // needs no migration write: without this, the server would start, say it is ready, and
     // answer every sale with 500. An empty write transaction takes the write lock.
@@ -733,47 +729,6 @@ pub fn wal_frames_written() -> u64 {
     WAL_FRAMES.load(Ordering::Relaxed)
 }
 
-/// Grows the WAL file to `bytes` with zeros past its end (never touching a byte it has), so
-/// that commits overwrite space the file already has: a sync of a write that grows a file
-/// must also commit the file system's journal (the file's new size), one that overwrites
-/// need not. Runs under the write lock, so no other connection (the other process
-/// included) appends meanwhile. Safe for recovery: SQLite reads WAL frames from the start
-/// while their salts and checksums chain, and a zero frame ends the chain. (SQLite holds no
-/// POSIX lock on the WAL file, so opening and closing it here releases none.)
-pub fn preallocate_wal(conn: &Connection, bytes: u64) -> Result<u64, DbError> {
-    let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
-        return Ok(0);
-    };
-    let wal = std::path::PathBuf::from(format!("{db}-wal"));
-    control(conn, "BEGIN IMMEDIATE")?;
-    let grown = grow_with_zeros(&wal, bytes);
-    control(conn, "COMMIT")?;
-    let grown = grown.map_err(|e| DbError::Unusable(format!("{}: {e}", wal.display())))?;
-    if grown > 0 {
-        log::info!(wal = wal.display().to_string().as_str(), bytes = grown; "WAL file grown by {} MiB so lane commits overwrite instead of growing it", grown / (1024 * 1024));
-    }
-    Ok(grown)
-}
-
-/// Appends zeros to `path` up to `bytes` and syncs them; how many bytes were added.
-fn grow_with_zeros(path: &std::path::Path, bytes: u64) -> std::io::Result<u64> {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
-    let start = file.metadata()?.len();
-    if start >= bytes {
-        return Ok(0);
-    }
-    let chunk = vec![0u8; 1024 * 1024];
-    let mut len = start;
-    while len < bytes {
-        let n = usize::try_from((bytes - len).min(chunk.len() as u64)).unwrap_or(chunk.len());
-        file.write_all(&chunk[..n])?;
-        len += n as u64;
-    }
-    file.sync_all()?;
-    Ok(len - start)
-}
-
 /// Everything a process needs to use the database.
 #[derive(Clone)]
 pub struct Db {
@@ -793,12 +748,6 @@ impl Db {
             // The WAL hook is also how SQLite checkpoints automatically: only set it here,
             // where automatic checkpoints are off anyway.
             conn.wal_hook(Some(count_wal_frames));
-        }
-        if serves_lanes && cfg.wal_preallocate_mib > 0 {
-            let bytes = u64::from(cfg.wal_preallocate_mib) * 1024 * 1024;
-            if let Err(e) = preallocate_wal(&conn, bytes) {
-                log::warn!("could not make room for the WAL ({e}); lane commits may sync a little slower: check the free space where database.path is");
-            }
         }
         let linger = Duration::from_micros(cfg.group_commit_linger_us);
         let writer = Writer::start(conn, linger, serves_lanes);
@@ -832,67 +781,6 @@ mod tests {
             path: dir.path().join("t.db"),
             ..DatabaseConfig::default()
         }
-    }
-
-    /// The edge server grows the WAL to `wal_preallocate_mib` at start; commits then land
-    /// inside the file instead of growing it, and a copy taken as a crash would leave it
-    /// (frames, then zeros; no -shm) recovers every commit.
-    #[test]
-    fn the_wal_is_grown_at_start_and_commits_overwrite_it_recoverably() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = DatabaseConfig {
-            wal_preallocate_mib: 2,
-            // No background checkpoint copies pages meanwhile: the copy below sees the
-            // commits only in the WAL.
-            checkpoint_interval_ms: 3_600_000,
-            ..cfg(&dir)
-        };
-        let wal = dir.path().join("t.db-wal");
-        let db = Db::open(&config, true).unwrap();
-        let size = || std::fs::metadata(&wal).unwrap().len();
-        assert_eq!(size(), 2 * 1024 * 1024);
-        db.writer
-            .write_blocking(|c| c.execute_batch("CREATE TABLE t (x INTEGER)"))
-            .unwrap();
-        for i in 0..50 {
-            db.writer
-                .write_blocking(move |c| c.execute("INSERT INTO t VALUES (?1)", [i]))
-                .unwrap();
-        }
-        assert_eq!(size(), 2 * 1024 * 1024, "the commits grew the file");
-        // A second start adds nothing to a file already that large.
-        let other = open_writable(&config).unwrap();
-        assert_eq!(preallocate_wal(&other, 2 * 1024 * 1024).unwrap(), 0);
-        drop(other);
-        // A crash now: the database and its WAL as they are on disk.
-        let crashed = tempfile::tempdir().unwrap();
-        std::fs::copy(&config.path, crashed.path().join("t.db")).unwrap();
-        std::fs::copy(&wal, crashed.path().join("t.db-wal")).unwrap();
-        let copy = Connection::open(crashed.path().join("t.db")).unwrap();
-        let (n, sum): (i64, i64) = copy
-            .query_row("SELECT count(*), sum(x) FROM t", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap();
-        assert_eq!((n, sum), (50, (0..50).sum::<i64>()));
-        assert_eq!(
-            copy.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
-                .unwrap(),
-            "ok"
-        );
-        // Off: the WAL is left as SQLite makes it.
-        let dir = tempfile::tempdir().unwrap();
-        let off = DatabaseConfig {
-            wal_preallocate_mib: 0,
-            ..cfg(&dir)
-        };
-        let _db = Db::open(&off, true).unwrap();
-        assert!(
-            std::fs::metadata(dir.path().join("t.db-wal"))
-                .unwrap()
-                .len()
-                < 1024 * 1024
-        );
     }
 
     #[test]
