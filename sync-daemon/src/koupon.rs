@@ -562,13 +562,27 @@ pub fn report_body(payload: &Value, redeem_as: KouponRedeemAs) -> Value {
     let gross = cents_of(basket.get("grossTotal").or_else(|| basket.get("subTotal")));
     let products: Vec<Value> = list(&basket, "items")
         .enumerate()
-        .map(|(position, it)| {
+        .filter_map(|(position, it)| {
+            // koupon.md §3.3: a non-negative number. A return line (negative quantity)
+            // is left out rather than have Koupon refuse the whole report; a quantity
+            // sent as text is sent as the number it writes.
+            let quantity = match it.get("quantity") {
+                None | Some(Value::Null) => json!(1),
+                Some(Value::String(s)) => serde_json::from_str::<serde_json::Number>(s.trim())
+                    .map(Value::Number)
+                    .ok()?,
+                Some(q @ Value::Number(_)) => q.clone(),
+                Some(_) => return None,
+            };
+            if quantity.as_f64().is_none_or(|q| q < 0.0) {
+                return None;
+            }
             let upc = match it.get("upc") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Number(n)) => n.to_string(),
                 _ => String::new(),
             };
-            json!({
+            Some(json!({
                 // The position in the basket (koupon.md §3.3), not the POS line id.
                 "index": position + 1,
                 "description": it.get("description").and_then(Value::as_str).unwrap_or(&upc),
@@ -576,9 +590,9 @@ pub fn report_body(payload: &Value, redeem_as: KouponRedeemAs) -> Value {
                 // "Selling price" (koupon.md §3.3): CATAPULT's `discountPrice`, the price
                 // after POS-side discounts; the regular `price` when none was sent.
                 "price": money(it.get("discountPrice").or_else(|| it.get("price"))),
-                "quantity": it.get("quantity").cloned().unwrap_or(json!(1)),
+                "quantity": quantity,
                 "discounts": [],
-            })
+            }))
         })
         .collect();
     // "Sum of discounts" (koupon.md §3.3): every digital discount the sale was given, of
@@ -876,6 +890,36 @@ mod tests {
         );
         // What was scanned at the POS: the loyalty card, once.
         assert_eq!(r["discountAssets"], json!(["LOY-1"]));
+        // Quantities are non-negative numbers (§3.3): a return line is left out, the others
+        // keep their basket positions, a quantity in text is sent as a number.
+        let mut returned = payload.clone();
+        returned["basket"]["items"] = json!([
+            {"id": 1, "upc": "0001", "price": 2.0, "quantity": -1},
+            {"id": 2, "upc": "0002", "price": 1.0, "quantity": "1.5"},
+            {"id": 3, "upc": "0003", "price": 1.0},
+            {"id": 4, "upc": "0004", "price": 1.0, "quantity": 0}
+        ]);
+        let r = report_body(&returned, KouponRedeemAs::LoyaltyId);
+        let lines: Vec<(Value, Value, String)> = r["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["index"].clone(),
+                    p["scanCode"].clone(),
+                    p["quantity"].to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (json!(2), json!("0002"), "1.5".to_owned()),
+                (json!(3), json!("0003"), "1".to_owned()),
+                (json!(4), json!("0004"), "0".to_owned()),
+            ]
+        );
         let r = report_body(&payload, KouponRedeemAs::OfferBarcode);
         assert_eq!(r["discountAssets"], json!(["asset-1234", "asset-5678"]));
         // The selling price is CATAPULT's discountPrice (the sale price), not the regular one.
