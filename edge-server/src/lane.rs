@@ -818,11 +818,12 @@ fn committed(t: &repo::TxnRow) -> Option<TxnCommitted> {
         .then(|| TxnCommitted(t.commit_response.clone().unwrap_or_else(|| "{}".to_owned())))
 }
 
-/// What a commit answer says about the listed coupons it could not redeem (CATAPULT §5.15):
-/// `COUPON_NOT_FOUND` for each id not in the catalog and, for a sale never seen here (no
-/// update, no cancel), `INVALID_TRANSACTION` first. A coupon used elsewhere since a known
-/// sale's update is acknowledged without error (§4.7: the shopper had the discount) and
-/// only flagged for store IT.
+/// What a commit answer says about the listed coupons it could not redeem (CATAPULT §5.15,
+/// "per-ID, request otherwise succeeds"): `COUPON_NOT_FOUND` for each id not in the
+/// catalog, `COUPON_UNAVAILABLE` for each one already used elsewhere or expired and, for a
+/// sale never seen here (no update, no cancel), `INVALID_TRANSACTION` first. The answer is
+/// still 200 and the sale recorded (§4.7: acknowledge; the shopper had the discount); the
+/// conflict is flagged for store IT.
 fn commit_errors(
     txn: &str,
     never_seen: bool,
@@ -844,6 +845,12 @@ fn commit_errors(
         errors.push((
             "COUPON_NOT_FOUND",
             format!("coupon {id} is not in the catalog; the sale is recorded without it"),
+        ));
+    }
+    for id in unusable {
+        errors.push((
+            "COUPON_UNAVAILABLE",
+            format!("coupon {id} was already used or has expired; the sale is recorded and the conflict flagged for store IT"),
         ));
     }
     errors

@@ -562,7 +562,8 @@ pub struct LanesConfig {
     /// server's own by the scheme and host the lane reached it by plus their path.
     pub use_external_images: bool,
     /// Whether a commit answer names the listed coupons it could not redeem (CATAPULT §5.15:
-    /// `COUPON_NOT_FOUND` per unknown id, `INVALID_TRANSACTION` for a sale never seen here
+    /// `COUPON_NOT_FOUND` per unknown id, `COUPON_UNAVAILABLE` per id used elsewhere or
+    /// expired, `INVALID_TRANSACTION` for a sale never seen here
     /// that lists coupons it cannot redeem). The sale is recorded and answered 200 either
     /// way; `None` leaves `errors` out, for a POS that would retry a commit answered so.
     pub commit_errors: CommitErrors,
@@ -585,7 +586,7 @@ pub struct LanesConfig {
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum CommitErrors {
-    /// `errors` names unknown coupons and unredeemable coupons of a sale never seen here.
+    /// `errors` names unknown and unredeemable coupons, and a sale never seen here.
     #[default]
     Report,
     /// No `errors` in commit answers (the problems are still logged and flagged for IT).

@@ -722,7 +722,8 @@ async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorde
     assert!(list(&meta(&store, JANE).await, "redeemed").contains(&"BOGO1".to_owned()));
 
     // A sale never seen here listing a coupon used already and an unknown one:
-    // INVALID_TRANSACTION first, still 200, recorded (conflict flagged) and replayed alike.
+    // INVALID_TRANSACTION first, then each id (§5.15 per-ID), still 200, recorded
+    // (conflict flagged) and replayed alike.
     let commit =
         json!({"coupons": ["BOGO1", "NOPE2"], "tenders": [{"type": "CASH", "amount": -5.21}]});
     let (status, first) = store
@@ -732,7 +733,11 @@ async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorde
     assert_eq!(status, 200);
     assert_eq!(
         error_ids(&first),
-        ["INVALID_TRANSACTION", "COUPON_NOT_FOUND"],
+        [
+            "INVALID_TRANSACTION",
+            "COUPON_NOT_FOUND",
+            "COUPON_UNAVAILABLE"
+        ],
         "{first}"
     );
     let details = first["errors"][0]["details"].as_str().unwrap();
@@ -769,7 +774,9 @@ async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorde
     assert!(list(&meta(&store, JANE).await, "redeemed").contains(&"PCT10".to_owned()));
 
     // A sale only cancelled here (never updated) was seen: a commit listing a coupon used
-    // already is acknowledged like any known sale's (no INVALID_TRANSACTION).
+    // already is acknowledged like any known sale's: 200, recorded, no INVALID_TRANSACTION,
+    // the coupon named COUPON_UNAVAILABLE (§5.15: "commit of an ... in-use coupon (per-ID,
+    // request otherwise succeeds)").
     let (status, _) = store
         .get(&format!("/transaction/cancel{}", q(JANE, "E5")))
         .await
@@ -783,7 +790,22 @@ async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorde
         .await
         .unwrap();
     assert_eq!(status, 200);
-    assert!(r.get("errors").is_none(), "{r}");
+    assert_eq!(error_ids(&r), ["COUPON_UNAVAILABLE"], "{r}");
+    assert!(
+        r["errors"][0]["details"]
+            .as_str()
+            .unwrap()
+            .contains("BOGO1"),
+        "{r}"
+    );
+    let conflicts: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM redemptions WHERE conflict = 1 AND txn_id = 'E5' AND offer_id = 'BOGO1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(conflicts, 1, "recorded, flagged for store IT");
 }
 
 #[tokio::test]
