@@ -137,6 +137,14 @@ fn decide(path: &str, status: u16, text: &str) -> Result<Value, CallError> {
             detail: text.chars().take(200).collect(),
         });
     }
+    // Refused at the door without Coupontools' envelope (a gateway's 401/403 page): the
+    // credentials or the account, as code 1000 would say; retrying the same call cannot
+    // help, so the queue pauses until the configuration changes.
+    if matches!(status, 401 | 403) && documented.is_none() {
+        return Err(CallError::Auth(format!(
+            "Coupontools answered HTTP {status}; check providers.coupontools.client_id/client_secret and that this store may use the account"
+        )));
+    }
     let body = body.map_err(|e| CallError::Malformed(format!("{path}: {e}")))?;
     match failure_of(&body) {
         None if body.pointer("/status/status").is_some() => Ok(body),
@@ -881,6 +889,13 @@ mod tests {
         ] {
             let e = decide("couponsession/update", status, &text).unwrap_err();
             assert!(e.is_transient(), "{status} {text}: {e}");
+        }
+        // A 401 or 403 without the envelope (a gateway's page): credentials, not a retry.
+        for status in [401, 403] {
+            assert!(matches!(
+                decide("coupon/list", status, "<html>Unauthorized</html>"),
+                Err(CallError::Auth(_))
+            ));
         }
         // Under a 200 or a 4xx, as before.
         assert!(decide("coupon/list", 200, r#"{"status":{"status":"OK"}}"#).is_ok());
