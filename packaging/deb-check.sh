@@ -156,7 +156,14 @@ wait_log() { # file pattern seconds
 }
 
 # Running, not a zombie waiting for `wait`.
-alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+# Whether process $1 runs: its state is read once. (Testing that /proc/$1 exists and then
+# reading its state raced with bash reaping the exited process in between: the read failed
+# and a process already gone counted as running.)
+alive() {
+    local state
+    state=$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
 
 # Starts a UNIX datagram listener standing in for systemd's NOTIFY_SOCKET.
 notify_socket() { # name -> sets NOTIFY_SOCK, NOTIFY_LOG
@@ -171,18 +178,22 @@ notify_socket() { # name -> sets NOTIFY_SOCK, NOTIFY_LOG
 }
 
 stop_process() { # pid name
-    local pid=$1 status=0
+    local pid=$1 status=0 started waited
+    started=$(date +%s%N)
     kill -TERM "$pid" 2>/dev/null || fail "$2 (pid $pid) was no longer running at the end"
-    for _ in $(seq 50); do alive "$pid" || break; sleep 0.2; done
+    # 10 s by the clock, not by a count of sleeps.
+    while alive "$pid" && [ $(($(date +%s%N) - started)) -lt 10000000000 ]; do sleep 0.2; done
     if alive "$pid"; then
+        waited=$((($(date +%s%N) - started) / 1000000))
         # Where each thread waits, for whoever reads the failure.
         for task in /proc/"$pid"/task/*; do
+            [ -e "$task" ] || continue
             printf '    thread %s %s: state %s, waiting in %s\n' "${task##*/}" \
                 "$(cat "$task/comm" 2>/dev/null)" \
                 "$(awk '/^State:/ { print $2 }' "$task/status" 2>/dev/null)" \
                 "$(cat "$task/wchan" 2>/dev/null)"
         done
-        fail "$2 did not stop within 10 s of SIGTERM"
+        alive "$pid" && fail "$2 did not stop within $waited ms of SIGTERM"
     fi
     wait "$pid" || status=$?
     # systemd counts a clean exit and death by SIGTERM as success.
