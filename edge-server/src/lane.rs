@@ -145,10 +145,18 @@ pub fn metadata<'a>(
         let Some(offer) = find_offer(conn, catalog, &row.offer_id)? else {
             continue;
         };
+        let recent = now - row.state_at <= HISTORY_SECS;
         if !offer.enabled {
+            // A disabled offer can no longer be clipped or used, but what the customer did
+            // with it stays true: a redemption of the last 30 days is still listed
+            // (§4.2 "already used"), and a coupon an open sale holds is still pending.
+            if pending.contains(row.offer_id.as_str()) {
+                m.pending.push(&row.offer_id);
+            } else if row.state == CouponState::Redeemed && recent {
+                m.redeemed.push(&row.offer_id);
+            }
             continue;
         }
-        let recent = now - row.state_at <= HISTORY_SECS;
         let live = offer.start_date <= today && today <= offer.end_date;
         let ended = offer.end_date < today;
         // Expired on the day after its end date, and listed for 30 days from then: an

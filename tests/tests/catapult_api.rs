@@ -681,6 +681,59 @@ async fn commit_redeems_listed_returns_the_rest_and_replays() {
     );
 }
 
+/// CATAPULT §4.2: `redeemed` lists what the customer "already used" in the last 30 days.
+/// An offer disabled afterwards (by its provider, or by store IT) can no longer be clipped
+/// or used, but its redemption stays listed; before, it vanished from every list.
+#[tokio::test]
+async fn a_disabled_offer_leaves_the_usable_lists_but_not_the_redeemed_history() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let m = meta(&store, JANE).await;
+    let clipped = list(&m, "clipped");
+    assert!(clipped.contains(&"BOGO1".to_owned()), "{m}");
+    let other = clipped
+        .iter()
+        .find(|id| id.as_str() != "BOGO1")
+        .cloned()
+        .expect("Jane has a second clipped coupon in the sample data");
+    store
+        .post(
+            &format!("/transaction{}", q(JANE, "DIS1")),
+            &update_body(JANE, "DIS1", false, items()),
+        )
+        .await
+        .unwrap();
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "DIS1")),
+            &json!({"coupons": ["BOGO1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    assert!(list(&meta(&store, JANE).await, "redeemed").contains(&"BOGO1".to_owned()));
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    conn.execute(
+        "UPDATE offers SET enabled = 0 WHERE id IN ('BOGO1', ?1)",
+        [&other],
+    )
+    .unwrap();
+    // The server reloads its catalog within a second of the change.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let m = loop {
+        let m = meta(&store, JANE).await;
+        if !list(&m, "clipped").contains(&other) {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(list(&m, "redeemed").contains(&"BOGO1".to_owned()), "{m}");
+    for name in ["available", "clipped", "expired", "pending"] {
+        assert!(!list(&m, name).contains(&other), "{name}: {m}");
+        assert!(!list(&m, name).contains(&"BOGO1".to_owned()), "{name}: {m}");
+    }
+}
+
 #[tokio::test]
 async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorded() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
