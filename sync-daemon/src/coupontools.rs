@@ -125,12 +125,11 @@ pub fn failure_of(body: &Value) -> Option<Failure> {
 fn decide(path: &str, status: u16, text: &str) -> Result<Value, CallError> {
     let body = serde_json::from_str::<Value>(text);
     let transport_fault = status == 429 || status >= 500;
-    let documented = body
+    let failure = body.as_ref().ok().and_then(failure_of);
+    let documented = failure
         .as_ref()
-        .ok()
-        .and_then(failure_of)
-        .filter(|f| classify(f.code) != CodeClass::Unknown);
-    if transport_fault && documented.is_none() {
+        .is_some_and(|f| classify(f.code) != CodeClass::Unknown);
+    if transport_fault && !documented {
         return Err(CallError::Status {
             status,
             code: String::new(),
@@ -140,13 +139,13 @@ fn decide(path: &str, status: u16, text: &str) -> Result<Value, CallError> {
     // Refused at the door without Coupontools' envelope (a gateway's 401/403 page): the
     // credentials or the account, as code 1000 would say; retrying the same call cannot
     // help, so the queue pauses until the configuration changes.
-    if matches!(status, 401 | 403) && documented.is_none() {
+    if matches!(status, 401 | 403) && !documented {
         return Err(CallError::Auth(format!(
             "Coupontools answered HTTP {status}; check providers.coupontools.client_id/client_secret and that this store may use the account"
         )));
     }
     let body = body.map_err(|e| CallError::Malformed(format!("{path}: {e}")))?;
-    match failure_of(&body) {
+    match failure {
         None if body.pointer("/status/status").is_some() => Ok(body),
         // A bare list (a session list's shape is a [GAP]) carries no failure envelope.
         None if body.is_array() => Ok(body),
