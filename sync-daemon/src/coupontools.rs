@@ -144,6 +144,17 @@ fn decide(path: &str, status: u16, text: &str) -> Result<Value, CallError> {
             "Coupontools answered HTTP {status}; check providers.coupontools.client_id/client_secret and that this store may use the account"
         )));
     }
+    // Any other 4xx without Coupontools' envelope (a 404 or 405 page from a proxy or a
+    // wrong `base_url`, a 400 from a gateway): an answer, and a refusal. §4 retries only
+    // 5xx and network failures; sending the same call again gets the same page, so the
+    // item is dead-lettered (with what came back) instead of retried for ever. 408 and 429
+    // are a server asking us to come back: left to the branches above and below.
+    let enveloped = body
+        .as_ref()
+        .is_ok_and(|b| b.pointer("/status/status").is_some());
+    if (400..500).contains(&status) && !matches!(status, 408 | 429) && !enveloped {
+        return Err(refused_without_envelope(status, text));
+    }
     let body = body.map_err(|e| CallError::Malformed(format!("{path}: {e}")))?;
     match failure {
         None if body.pointer("/status/status").is_some() => Ok(body),
@@ -169,6 +180,19 @@ fn decide(path: &str, status: u16, text: &str) -> Result<Value, CallError> {
             code: f.code.to_string(),
             detail: f.message,
         }),
+    }
+}
+
+/// A 4xx answer that is not Coupontools' JSON envelope, as a refusal: what came back (its
+/// first 200 characters) and what store IT can check before retrying the item.
+fn refused_without_envelope(status: u16, text: &str) -> CallError {
+    let answer: String = text.trim().chars().take(200).collect();
+    CallError::Status {
+        status,
+        code: String::new(),
+        detail: format!(
+            "an answer without Coupontools' JSON status envelope (a proxy's page, or a wrong address): {answer:?}; check providers.coupontools.base_url and any proxy between the store and Coupontools, then retry the item (edge-ctl outbox retry ID)"
+        ),
     }
 }
 
@@ -388,9 +412,11 @@ impl Client {
                 code,
                 detail,
                 status,
-            }) if status < 500 && status != 429 => {
-                Delivery::Dead(format!("Coupontools error {code}: {detail}"))
-            }
+            }) if status < 500 && status != 429 => Delivery::Dead(if code.is_empty() {
+                format!("Coupontools call refused with HTTP {status}: {detail}")
+            } else {
+                format!("Coupontools error {code}: {detail}")
+            }),
             Err(e) => Delivery::from_error(&e),
         }
     }
@@ -896,8 +922,47 @@ mod tests {
                 Err(CallError::Auth(_))
             ));
         }
-        // Under a 200 or a 4xx, as before.
+        // Any other 4xx without the envelope (a proxy's 404 page, a gateway's 400, plain
+        // JSON of someone else's): a refusal naming what came back and what to check, not
+        // an unreadable answer retried for ever (§4 retries only 5xx and network failures).
+        for (status, text) in [
+            (404, "<html><body>404 Not Found</body></html>"),
+            (400, "Bad Request"),
+            (405, ""),
+            (422, r#"{"error":"unprocessable"}"#),
+            (410, "[]"),
+        ] {
+            let e = decide("couponsession/update", status, text).unwrap_err();
+            assert!(!e.is_transient(), "{status} {text}: {e}");
+            assert!(!e.outcome_unknown(), "{status} {text}: {e}");
+            match &e {
+                CallError::Status {
+                    status: s, detail, ..
+                } => {
+                    assert_eq!(*s, status);
+                    assert!(detail.contains(&format!("{text:?}")), "{detail}");
+                    assert!(
+                        detail.contains("providers.coupontools.base_url"),
+                        "{detail}"
+                    );
+                }
+                other => panic!("{status} {text}: {other:?}"),
+            }
+            assert!(
+                matches!(Delivery::from_error(&e), Delivery::Dead(_)),
+                "{status}"
+            );
+        }
+        // 408 and 429 without it are still retried, and an unreadable 2xx is still an
+        // unreadable answer (its effect unknown).
+        for status in [408, 429, 500, 503] {
+            let e = decide("couponsession/update", status, "<html>busy</html>").unwrap_err();
+            assert!(e.is_transient(), "{status}: {e}");
+        }
+        // Under a 200 or a 4xx with the envelope, as before.
         assert!(decide("coupon/list", 200, r#"{"status":{"status":"OK"}}"#).is_ok());
+        let e = decide("couponsession/update", 422, &envelope(json!([300]), "bad")).unwrap_err();
+        assert!(matches!(&e, CallError::Status { status: 422, code, .. } if code == "300"));
         let e = decide(
             "couponsession/data",
             200,
