@@ -446,7 +446,7 @@ impl Judge {
         };
         let done = r
             .get("redeemedQty")
-            .and_then(|q| q.as_i64().or_else(|| q.as_str()?.trim().parse().ok()))
+            .and_then(whole_count)
             .unwrap_or(0)
             .clamp(0, e.qty);
         let exception = text_of(r, "exceptionCode");
@@ -459,6 +459,37 @@ impl Judge {
         }
         (if done < e.qty { done } else { 0 }, exception)
     }
+}
+
+/// A count as Koupon may write it (koupon.md §3.2 says only "positive number"): a JSON
+/// number in any form (`1`, `1.0`, `1e0`, `2.5`) or text holding one, floored to a whole
+/// count (2.5 recorded is 2 whole redemptions, never 3). serde_json keeps a number's text
+/// here (`arbitrary_precision`), so `as_i64` alone read `1.0` as no number, and a fully
+/// recorded entry was dead-lettered as a shortfall. `None` when it is no number.
+fn whole_count(v: &Value) -> Option<i64> {
+    let text = match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        _ => return None,
+    };
+    // Digits, sign, point and exponent only: no `inf` or `NaN`, which Rust would read.
+    let numeric = |c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '.' | 'e' | 'E');
+    if !text.chars().any(|c| c.is_ascii_digit()) || !text.chars().all(numeric) {
+        return None;
+    }
+    // Exact first (a decimal text floors without binary rounding); a number too large
+    // for a decimal, or one Decimal does not read, as a float.
+    let exact = text
+        .parse::<rust_decimal::Decimal>()
+        .or_else(|_| rust_decimal::Decimal::from_scientific(&text))
+        .ok()
+        .and_then(|d| i64::try_from(d.floor()).ok());
+    exact.or_else(|| {
+        let f = text.parse::<f64>().ok()?;
+        // Saturating (`1e400` is infinite): a count beyond i64 is clamped to the quantity
+        // asked anyway.
+        Some(f.floor() as i64)
+    })
 }
 
 /// The result entry for `e` (the `i`th entry sent): matched by asset and code, else by
@@ -861,6 +892,73 @@ mod tests {
             retry_code: Some("ALREADY_REDEEMED".into()),
         };
         assert!(ok(single_result(&one(1), &already, &configured)));
+    }
+
+    /// koupon.md §3.2: `redeemedQty` is a "positive number", which Koupon may write `1.0`.
+    /// serde_json keeps a number's text in this workspace (`arbitrary_precision`), and
+    /// `as_i64` read `1.0` as no number: 0 recorded, and a fully redeemed entry was
+    /// dead-lettered as a shortfall.
+    #[test]
+    fn a_redeemed_quantity_is_read_in_any_number_form() {
+        let first = Judge::default();
+        let result = |qty: &str| -> Value {
+            serde_json::from_str(&format!(
+                r#"{{"results": [{{"discountAsset": "bar-1", "redeemedQty": {qty}}}]}}"#
+            ))
+            .unwrap()
+        };
+        for (qty, asked) in [
+            ("1.0", 1),
+            ("2.00", 2),
+            ("1e0", 1),
+            ("2E0", 2),
+            ("0.2e1", 2),
+            ("\"2.0\"", 2),
+            ("\" 1 \"", 1),
+            ("1", 1),
+        ] {
+            assert_eq!(
+                single_result(&one(asked), &result(qty), &first),
+                Delivery::delivered(),
+                "redeemedQty {qty}"
+            );
+        }
+        // A fraction is floored: 1.5 of 2 is one recorded, the other dead-lettered.
+        let d = single_result(&one(2), &result("1.5"), &first);
+        assert!(
+            matches!(&d, Delivery::Dead(r) if r.contains("1 of 2 redeemed")),
+            "{d:?}"
+        );
+        let d = single_result(&one(1), &result("0.999"), &first);
+        assert!(
+            matches!(&d, Delivery::Dead(r) if r.contains("0 of 1 redeemed")),
+            "{d:?}"
+        );
+        // Missing or unreadable: nothing recorded, as before.
+        for qty in [
+            "null", "true", "\"one\"", "\"\"", "\"inf\"", "\"NaN\"", "\"-\"", "\"1 2\"", "[1]",
+        ] {
+            let d = single_result(&one(1), &result(qty), &first);
+            assert!(
+                matches!(&d, Delivery::Dead(r) if r.contains("0 of 1 redeemed")),
+                "{qty}: {d:?}"
+            );
+        }
+        // More than asked, however written, is all of it.
+        for qty in ["3.0", "1e30", "1e400"] {
+            let done = first.recorded(&one(2), result(qty)["results"].get(0)).0;
+            assert_eq!(done, 2, "{qty}");
+        }
+        // A sale's entries too.
+        let p = sale();
+        let e = sale_entries(&p, KouponRedeemAs::LoyaltyId);
+        let full: Value = serde_json::from_str(
+            r#"{"results": [
+                {"discountAsset": "LOY-1", "couponCode": "K1", "redeemedQty": 2.0},
+                {"discountAsset": "LOY-1", "couponCode": "K2", "redeemedQty": 1.0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(sale_result(&p, &e, &full, &first), Delivery::delivered());
     }
 
     #[test]
