@@ -112,10 +112,7 @@ fn offer(n: usize) -> Offer {
         requires_clip: true,
         rule: Rule {
             mechanic,
-            requirement: ItemSet {
-                upcs: vec![Upc::normalise(&upc(n).to_string())],
-                depts: vec![],
-            },
+            requirement: ItemSet::new(vec![Upc::normalise(&upc(n).to_string())], vec![]),
             reward: None,
             min_qty: 1,
             min_basket: None,
@@ -219,7 +216,9 @@ fn prepare(dir: &Path) -> PathBuf {
         cfg.synchronous = shared::config::Synchronous::Normal;
         let db = shared::db::Db::open(&cfg, false).unwrap();
         let started = Instant::now();
-        println!("building the benchmark database (once): {OFFERS} offers, {CUSTOMERS} customers × {PER_CUSTOMER} coupons");
+        println!(
+            "building the benchmark database (once): {OFFERS} offers, {CUSTOMERS} customers × {PER_CUSTOMER} coupons"
+        );
         let counts = shared::import::import(&db.writer, snapshot(), |what, done, total| {
             if done == total || done % 20_000 == 0 {
                 println!("  import {what}: {done}/{total}");

@@ -368,7 +368,7 @@ fn coupon_json(o: &shared::domain::Offer, origin: Option<&str>) -> Value {
         .rule
         .reward
         .as_ref()
-        .map(|r| r.upcs.iter().map(upc_json).collect::<Vec<_>>())
+        .map(|r| r.upcs().iter().map(upc_json).collect::<Vec<_>>())
         .unwrap_or_default();
     json!({
         "id": o.id,
@@ -383,7 +383,7 @@ fn coupon_json(o: &shared::domain::Offer, origin: Option<&str>) -> Value {
         "targeted": o.targeted,
         "enabled": o.enabled,
         "featured": o.featured,
-        "requirementUpcs": o.rule.requirement.upcs.iter().map(upc_json).collect::<Vec<_>>(),
+        "requirementUpcs": o.rule.requirement.upcs().iter().map(upc_json).collect::<Vec<_>>(),
         "rewardUpcs": reward,
     })
 }

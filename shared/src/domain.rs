@@ -219,16 +219,64 @@ impl Upc {
 }
 
 /// A set of items a rule refers to. Both lists empty means "every item in the basket".
+///
+/// The lists keep the order they were written in (the catalog shows them so), and a sorted
+/// copy without duplicates (UPCs compare by their normalised digits) makes `contains` a
+/// binary search: a brand coupon may list hundreds of UPCs, and an update checks every line
+/// of the sale against every candidate coupon. Build one with [`ItemSet::new`] or from JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "ItemSetFields")]
 pub struct ItemSet {
+    upcs: Vec<Upc>,
+    depts: Vec<i64>,
+    #[serde(skip_serializing)]
+    sorted_upcs: Vec<Upc>,
+    #[serde(skip_serializing)]
+    sorted_depts: Vec<i64>,
+}
+
+/// The JSON form of an [`ItemSet`], as written (any order, duplicates allowed).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemSetFields {
     #[serde(default)]
-    pub upcs: Vec<Upc>,
+    upcs: Vec<Upc>,
     #[serde(default)]
-    pub depts: Vec<i64>,
+    depts: Vec<i64>,
+}
+
+impl From<ItemSetFields> for ItemSet {
+    fn from(f: ItemSetFields) -> ItemSet {
+        ItemSet::new(f.upcs, f.depts)
+    }
 }
 
 impl ItemSet {
+    pub fn new(upcs: Vec<Upc>, depts: Vec<i64>) -> ItemSet {
+        let mut sorted_upcs = upcs.clone();
+        sorted_upcs.sort();
+        sorted_upcs.dedup();
+        let mut sorted_depts = depts.clone();
+        sorted_depts.sort_unstable();
+        sorted_depts.dedup();
+        ItemSet {
+            upcs,
+            depts,
+            sorted_upcs,
+            sorted_depts,
+        }
+    }
+
+    /// The UPCs, as written.
+    pub fn upcs(&self) -> &[Upc] {
+        &self.upcs
+    }
+
+    /// The departments, as written.
+    pub fn depts(&self) -> &[i64] {
+        &self.depts
+    }
+
     pub fn is_everything(&self) -> bool {
         self.upcs.is_empty() && self.depts.is_empty()
     }
@@ -237,8 +285,8 @@ impl ItemSet {
         if self.is_everything() {
             return true;
         }
-        (!upc.is_empty() && self.upcs.contains(upc))
-            || dept.is_some_and(|d| self.depts.contains(&d))
+        (!upc.is_empty() && self.sorted_upcs.binary_search(upc).is_ok())
+            || dept.is_some_and(|d| self.sorted_depts.binary_search(&d).is_ok())
     }
 }
 
@@ -393,8 +441,42 @@ impl CouponState {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_item_set_finds_every_listed_item_whatever_order_it_was_written_in() {
+        // Written unsorted, with a duplicate (once zero-padded) and numbers and strings mixed.
+        let set: ItemSet = serde_json::from_value(serde_json::json!({
+            "upcs": ["900", 30, "0000000000700", "100", "700", 500, "20"],
+            "depts": [9, 3, 3, 1],
+        }))
+        .unwrap();
+        for upc in ["20", "30", "100", "500", "700", "900"] {
+            assert!(set.contains(&Upc::normalise(upc), None), "{upc}");
+        }
+        for upc in ["10", "200", "701", "9000"] {
+            assert!(!set.contains(&Upc::normalise(upc), None), "{upc}");
+        }
+        for dept in [1, 3, 9] {
+            assert!(set.contains(&Upc::normalise("1"), Some(dept)), "{dept}");
+        }
+        assert!(!set.contains(&Upc::normalise("1"), Some(2)));
+        // Listed as written.
+        let written: Vec<&str> = set.upcs().iter().map(Upc::as_str).collect();
+        assert_eq!(written, ["900", "30", "700", "100", "700", "500", "20"]);
+        assert_eq!(set.depts(), [9, 3, 3, 1]);
+        assert_eq!(
+            serde_json::to_value(&set).unwrap(),
+            serde_json::json!({"upcs": ["900", "30", "0000000000700", "100", "700", "500", "20"], "depts": [9, 3, 3, 1]})
+        );
+        let listed = ItemSet::new(vec![Upc::normalise("5"), Upc::normalise("4")], vec![2, 1]);
+        assert!(listed.contains(&Upc::normalise("4"), None));
+        assert!(listed.contains(&Upc::normalise("x"), Some(1)));
+        // Unknown fields are still refused.
+        assert!(serde_json::from_value::<ItemSet>(serde_json::json!({"upc": ["1"]})).is_err());
+    }
 
     #[test]
     fn upc_normalisation_matches_numbers_and_padded_strings() {

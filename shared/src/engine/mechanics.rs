@@ -100,11 +100,14 @@ pub(super) fn discount(
 
 /// The view's units that the rule refers to, as requirement units, reward units or both.
 fn lots(rule: &Rule, view: &[Line<'_>]) -> Vec<Lot> {
-    let reward_set = rule.reward.as_ref().unwrap_or(&rule.requirement);
     let mut lots = Vec::new();
     for line in view {
         let requirement = rule.requirement.contains(line.upc, line.dept);
-        let reward = reward_set.contains(line.upc, line.dept);
+        // Without a reward set the requirement set rewards: one look-up, not two.
+        let reward = match &rule.reward {
+            Some(set) => set.contains(line.upc, line.dept),
+            None => requirement,
+        };
         if !requirement && !reward {
             continue;
         }

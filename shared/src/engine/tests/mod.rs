@@ -14,10 +14,7 @@ fn day(d: u32) -> NaiveDate {
 }
 
 pub(crate) fn items(upcs: &[&str]) -> ItemSet {
-    ItemSet {
-        upcs: upcs.iter().map(|u| Upc::normalise(u)).collect(),
-        depts: vec![],
-    }
+    ItemSet::new(upcs.iter().map(|u| Upc::normalise(u)).collect(), vec![])
 }
 
 pub(crate) fn rule(mechanic: Mechanic, requirement: ItemSet) -> Rule {
@@ -431,13 +428,7 @@ fn buy_x_get_y_with_a_different_reward_set() {
 #[test]
 fn buy_x_get_y_never_counts_one_unit_as_both_bought_and_given() {
     // Buy anything in department 1, get item 11 (also in department 1) free.
-    let mut coupon = rule(
-        bxgy(1, 1, 10_000),
-        ItemSet {
-            upcs: vec![],
-            depts: vec![1],
-        },
-    );
+    let mut coupon = rule(bxgy(1, 1, 10_000), ItemSet::new(vec![], vec![1]));
     coupon.reward = Some(items(&["11"]));
     let alone = [line(1, "11", 1000, 500)];
     assert_eq!(

@@ -60,9 +60,8 @@ fn arb_item_set() -> impl Strategy<Value = ItemSet> {
         subsequence(UPCS.to_vec(), 0..=3),
         subsequence(DEPTS.to_vec(), 0..=1),
     )
-        .prop_map(|(upcs, depts)| ItemSet {
-            upcs: upcs.into_iter().map(Upc::normalise).collect(),
-            depts,
+        .prop_map(|(upcs, depts)| {
+            ItemSet::new(upcs.into_iter().map(Upc::normalise).collect(), depts)
         })
 }
 
