@@ -334,7 +334,7 @@ fn set_clipped(
     let items = outbox::for_activation(
         event(offer, coupon_ref.as_deref(), customer, customer_ref),
         clipped,
-        now,
+        outbox::next_event_seq(conn)?,
     );
     Ok(enqueue_all(conn, items, now)?)
 }
@@ -1056,7 +1056,7 @@ fn queue_voucher(
         site,
         txn,
         money_spent_cents,
-        now,
+        outbox::next_event_seq(conn)?,
     );
     if operation == "validate" {
         let dropped = outbox::drop_unsent_unlocks(conn, &v.code, now)?;

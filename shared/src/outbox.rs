@@ -351,8 +351,17 @@ pub struct CouponEvent<'a> {
     pub customer_ref: Option<&'a str>,
 }
 
-/// Rows implied by clipping (`active = true`) or unclipping a coupon. `seq` makes each
-/// clip/unclip of the same coupon a distinct event (its state_at timestamp suffices).
+/// A number that makes an event's idempotency key unique among the stored rows: the id the
+/// next row gets (the caller holds the write lock). A clock is not enough: a lane that
+/// clips, unclips and clips a coupon again within one second would have queued the last
+/// activation under the first one's key, and it was dropped as a duplicate.
+pub fn next_event_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM outbox")?
+        .query_row([], |r| r.get(0))
+}
+
+/// Rows implied by clipping (`active = true`) or unclipping a coupon. `seq` (see
+/// [`next_event_seq`]) makes each clip/unclip of the same coupon a distinct event.
 pub fn for_activation(ev: CouponEvent<'_>, active: bool, seq: i64) -> Vec<NewItem> {
     match ev.provider {
         provider::CONVERCUS => vec![NewItem {

@@ -392,6 +392,44 @@ async fn clip_and_unclip_with_per_id_errors() {
 }
 
 #[tokio::test]
+async fn clip_unclip_and_clip_again_within_a_second_each_reach_the_outbox() {
+    // convercus.md §5: activations are "last write wins per coupon, in order". A key built
+    // from the clock in seconds dropped the third change as a duplicate of the first.
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let path = format!("/coupons/customer?site={SITE}&customer={JOHN}");
+    for body in [
+        json!({"add": ["CVX1"]}),
+        json!({"remove": ["CVX1"]}),
+        json!({"add": ["CVX1"]}),
+    ] {
+        let (status, r) = store.post(&path, &body).await.unwrap();
+        assert_eq!(status, 200, "{r}");
+        assert!(r.get("errors").is_none(), "{r}");
+    }
+    let changes: Vec<String> = outbox_rows(&store)
+        .into_iter()
+        .filter(|i| i.payload["offerId"] == "CVX1" && i.payload["customer"] == JOHN)
+        .map(|i| i.operation)
+        .collect();
+    assert_eq!(changes, ["activate", "deactivate", "activate"]);
+    // A voucher locked, unlocked and locked again by one sale: three operations queued.
+    let body = json!({"site": SITE, "transaction": "RELOCK1", "moneySpent": 0.0});
+    for op in ["lock", "unlock", "lock"] {
+        let (status, v) = store
+            .post(&format!("/vouchers/CT-SESSION-0001/{op}"), &body)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{op}: {v}");
+    }
+    let ops: Vec<String> = outbox_rows(&store)
+        .into_iter()
+        .filter(|i| i.payload["code"] == "CT-SESSION-0001")
+        .map(|i| i.operation)
+        .collect();
+    assert_eq!(ops, ["lock", "unlock", "lock"]);
+}
+
+#[tokio::test]
 async fn a_permanent_convercus_coupon_is_never_activated_or_deactivated_upstream() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
     // Convercus `activation.activatable = false`: a permanent coupon, imported as
