@@ -252,6 +252,13 @@ pub fn clip(
                 "COUPON_UNAVAILABLE",
                 format!("coupon {id} was already redeemed"),
             )),
+            // The customer's copy expired (a provider said so) even if the offer still
+            // runs: CATAPULT §6 has no way out of expired.
+            Some(CouponState::Expired) => out.refused.push((
+                id.clone(),
+                "COUPON_UNAVAILABLE",
+                format!("coupon {id} has expired for this customer"),
+            )),
             _ if !live => out.refused.push((
                 id.clone(),
                 "COUPON_UNAVAILABLE",

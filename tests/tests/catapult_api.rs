@@ -268,7 +268,13 @@ async fn expired_lists_coupons_for_thirty_days_after_their_end_date() {
     assert!(list(&m, "clipped").is_empty(), "{m}");
     // An expired coupon can be neither unclipped nor clipped again (§4.3: `added` and
     // `removed` list the ids actually changed; §5.15 COUPON_UNAVAILABLE), and stays listed.
-    for body in [json!({"remove": ["ENDED10"]}), json!({"add": ["ENDED10"]})] {
+    // WITHDRAWN's offer still runs, but the customer's copy expired (a provider said so).
+    for body in [
+        json!({"remove": ["ENDED10"]}),
+        json!({"add": ["ENDED10"]}),
+        json!({"remove": ["WITHDRAWN"]}),
+        json!({"add": ["WITHDRAWN"]}),
+    ] {
         let (status, r) = store
             .post(
                 &format!("/coupons/customer?site={SITE}&customer={customer}"),
