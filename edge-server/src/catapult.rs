@@ -948,6 +948,7 @@ pub async fn commit(
         coupons: coupon_ids(&body.coupons, true)?,
         request: String::from_utf8_lossy(&bytes).into_owned(),
         report_errors: state.config().lanes.commit_errors == CommitErrors::Report,
+        today: state.config().today(),
     };
     let stamp = rfc3339_now();
     let catalog = state.catalog.current();

@@ -628,6 +628,9 @@ pub struct CommitInput {
     pub request: String,
     /// Whether the answer names listed coupons it could not redeem (`lanes.commit_errors`).
     pub report_errors: bool,
+    /// The store's date: a listed coupon past its end date is expired, unless this sale was
+    /// given it before (a late commit).
+    pub today: NaiveDate,
 }
 
 /// Commits the sale once; a repeat replays the stored answer and changes nothing.
@@ -709,18 +712,29 @@ pub fn commit(
             continue;
         };
         let holding = view.holding(id, &input.site, &input.txn, now);
+        // This sale was given the coupon: it holds it, or its last update applied it (a late
+        // commit whose hold lapsed). The shopper had the discount.
+        let given_here = holding == Holding::PendingHere || stored.applied.contains_key(id);
+        let live =
+            offer.enabled && offer.start_date <= input.today && input.today <= offer.end_date;
         let usable = match holding {
-            // Held by another open sale (this one's hold lapsed, or the lane applied it
-            // without holding it): not used there yet, so this finished sale redeems it
-            // (CATAPULT §4.7: "still redeems the listed coupons if they are not redeemed
-            // elsewhere") and the open sale loses it below. Otherwise the open sale could
-            // drop it at its commit and the coupon would be clipped again after this
-            // shopper already had it.
-            Holding::PendingHere | Holding::Clipped | Holding::PendingElsewhere => true,
-            Holding::None | Holding::Available => !offer.requires_clip,
             Holding::Redeemed | Holding::Expired => false,
+            // Given here but held by another open sale since (this one's hold lapsed): not
+            // used there yet, so this finished sale redeems it (CATAPULT §4.7: "still
+            // redeems the listed coupons if they are not redeemed elsewhere") and the open
+            // sale loses it below. Otherwise the open sale could drop it at its commit and
+            // the coupon would be clipped again after this shopper already had it. The same
+            // for a coupon that ended (or was disabled) after the sale was given it.
+            _ if given_here => true,
+            // In use on another open sale and never given here: it "cannot be used on any
+            // other transaction" (§4.5), so COUPON_UNAVAILABLE (§5.15), and that sale keeps it.
+            Holding::PendingElsewhere => false,
+            // Ended, not started yet or disabled, and never given here (§5.15 "expired").
+            _ if !live => false,
+            Holding::PendingHere | Holding::Clipped => true,
+            Holding::None | Holding::Available => !offer.requires_clip,
         };
-        if holding == Holding::PendingElsewhere {
+        if usable && holding == Holding::PendingElsewhere {
             if let Some(h) = view.live_hold(id, now) {
                 let other = taken
                     .entry((h.site.clone(), h.txn.clone()))
@@ -745,7 +759,7 @@ pub fn commit(
         )?;
         if !usable {
             // The sale is done and the shopper had the discount: acknowledge, and flag it.
-            log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "commit lists a coupon already used or held elsewhere; recorded as a conflict for store IT");
+            log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "commit lists a coupon already used, held by another open sale, or expired; recorded as a conflict for store IT");
             unusable.push(id.as_str());
             continue;
         }
@@ -835,7 +849,8 @@ fn committed(t: &repo::TxnRow) -> Option<TxnCommitted> {
 
 /// What a commit answer says about the listed coupons it could not redeem (CATAPULT §5.15,
 /// "per-ID, request otherwise succeeds"): `COUPON_NOT_FOUND` for each id not in the
-/// catalog, `COUPON_UNAVAILABLE` for each one already used elsewhere or expired and, for a
+/// catalog, `COUPON_UNAVAILABLE` for each one already used, in use on another open sale or
+/// expired (and not given to this sale by its own update) and, for a
 /// sale never seen here (no update, no cancel), `INVALID_TRANSACTION` first. The answer is
 /// still 200 and the sale recorded (§4.7: acknowledge; the shopper had the discount); the
 /// conflict is flagged for store IT.
@@ -865,7 +880,7 @@ fn commit_errors(
     for id in unusable {
         errors.push((
             "COUPON_UNAVAILABLE",
-            format!("coupon {id} was already used or has expired; the sale is recorded and the conflict flagged for store IT"),
+            format!("coupon {id} is already used, in use on another open sale, or expired; the sale is recorded and the conflict flagged for store IT"),
         ));
     }
     errors

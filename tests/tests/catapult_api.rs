@@ -778,6 +778,113 @@ async fn a_disabled_offer_leaves_the_usable_lists_but_not_the_redeemed_history()
     }
 }
 
+/// CATAPULT §4.5: a pending coupon "cannot be used on any other transaction until this one
+/// is cancelled or a later update no longer uses them"; §5.15: COUPON_UNAVAILABLE for the
+/// "commit of an unknown, expired, or in-use coupon (per-ID, request otherwise succeeds)".
+/// Before, such a commit redeemed the coupon silently and took it off the open sale.
+#[tokio::test]
+async fn a_commit_cannot_take_a_coupon_another_open_sale_holds_or_one_that_ended() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let error_ids = |r: &Value| -> Vec<String> {
+        r["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["id"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Lane 1 holds BOGO1 on its open sale.
+    let (status, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "HOLD1")),
+            &update_body(JANE, "HOLD1", false, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    assert!(list(&meta(&store, JANE).await, "pending").contains(&"BOGO1".to_owned()));
+    // Lane 2 totals another sale without it, then commits listing it.
+    let other_items = json!([{"id": 1, "quantity": 1, "upc": 4400000001u64, "price": 15.00, "discountPrice": 15.00, "dept": 8}]);
+    let (status, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "TAKE1")),
+            &update_body(JANE, "TAKE1", false, other_items.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "TAKE1")),
+            &json!({"coupons": ["BOGO1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(error_ids(&r), ["COUPON_UNAVAILABLE"], "{r}");
+    assert!(
+        r["errors"][0]["details"]
+            .as_str()
+            .unwrap()
+            .contains("BOGO1"),
+        "{r}"
+    );
+    let m = meta(&store, JANE).await;
+    assert!(
+        list(&m, "pending").contains(&"BOGO1".to_owned()),
+        "lane 1 keeps it: {m}"
+    );
+    // Lane 1's commit redeems it as usual.
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "HOLD1")),
+            &json!({"coupons": ["BOGO1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    assert!(r.get("errors").is_none(), "{r}");
+    assert!(list(&meta(&store, JANE).await, "redeemed").contains(&"BOGO1".to_owned()));
+
+    // A clipped coupon whose offer ended is expired: a commit listing it names it.
+    let today = chrono::Utc::now().date_naive();
+    let snapshot = store.dir.join("ended.json");
+    std::fs::write(
+        &snapshot,
+        json!({
+            "offers": [{"id": "ENDED3", "provider": "local", "providerRef": "ENDED3",
+                        "shortDescription": "Ended", "startDate": (today - chrono::Duration::days(60)).to_string(),
+                        "endDate": (today - chrono::Duration::days(3)).to_string(),
+                        "rule": {"mechanic": {"type": "amountOff", "cents": 100}}}],
+            "customers": [{"id": JANE, "coupons": [{"offerId": "ENDED3", "state": "clipped"}]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    store.import(&snapshot).unwrap();
+    store
+        .post(
+            &format!("/transaction{}", q(JANE, "LATE1")),
+            &update_body(JANE, "LATE1", false, other_items),
+        )
+        .await
+        .unwrap();
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "LATE1")),
+            &json!({"coupons": ["ENDED3"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(error_ids(&r), ["COUPON_UNAVAILABLE"], "{r}");
+    let m = meta(&store, JANE).await;
+    assert!(list(&m, "expired").contains(&"ENDED3".to_owned()), "{m}");
+    assert!(!list(&m, "redeemed").contains(&"ENDED3".to_owned()), "{m}");
+}
+
 #[tokio::test]
 async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorded() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
