@@ -332,9 +332,11 @@ pub async fn catalog(req: HttpRequest, state: State) -> Result<HttpResponse, Api
         let prefix = if prefix == "/" { "" } else { prefix.as_str() };
         format!("{}://{}{prefix}", info.scheme(), info.host())
     });
+    let image_dir = &config.server.image_dir;
+    let served = |u: &str| state.image_files.served(image_dir, u);
     let coupons: Vec<Value> = catalog
         .not_ended(today)
-        .map(|o| coupon_json(o, origin.as_deref()))
+        .map(|o| coupon_json(o, origin.as_deref(), &served))
         .collect();
     Ok(json_ok(&json!({ "coupons": coupons })))
 }
@@ -354,8 +356,14 @@ fn upc_json(u: &Upc) -> Value {
 /// the URL as it is: a provider's absolute URL, or a path of this server prefixed with
 /// `origin` (the scheme and host the lane reached this server by). An image that cannot be
 /// fetched is not advertised (`""`).
-fn image_url(o: &shared::domain::Offer, origin: Option<&str>) -> String {
+/// A path of this server is advertised only while its file is there (`served`).
+fn image_url(
+    o: &shared::domain::Offer,
+    origin: Option<&str>,
+    served: &dyn Fn(&str) -> bool,
+) -> String {
     match (o.image_url.as_deref(), origin) {
+        (Some(u), _) if u.starts_with('/') && !served(u) => String::new(),
         (Some(u), None) if u.starts_with('/') => u.to_owned(),
         (Some(u), Some(origin)) if u.starts_with('/') => format!("{origin}{u}"),
         (Some(u), Some(_)) if u.starts_with("https://") || u.starts_with("http://") => u.to_owned(),
@@ -363,7 +371,45 @@ fn image_url(o: &shared::domain::Offer, origin: Option<&str>) -> String {
     }
 }
 
-fn coupon_json(o: &shared::domain::Offer, origin: Option<&str>) -> Value {
+/// Which image paths have a file in `server.image_dir`, each looked at again after
+/// [`IMAGE_RECHECK`]: the catalog advertises only the images this server can serve
+/// (CATAPULT §4.8), without a file-system look-up per offer per request. An image put
+/// there later (or removed) is advertised (or not) within that time.
+#[derive(Default)]
+pub struct ImageFiles {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
+}
+
+const IMAGE_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+/// Paths remembered at most (one per offer image); past it the memory starts over.
+const IMAGE_PATHS_KEPT: usize = 200_000;
+
+impl ImageFiles {
+    /// Whether `url_path` (an offer's relative `imageUrl`) is a file this server serves.
+    pub fn served(&self, image_dir: &std::path::Path, url_path: &str) -> bool {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((present, at)) = seen.get(url_path) {
+            if at.elapsed() < IMAGE_RECHECK {
+                return *present;
+            }
+        }
+        let present = image_path(image_dir, url_path).is_some_and(|f| f.is_file());
+        if seen.len() >= IMAGE_PATHS_KEPT {
+            seen.clear();
+        }
+        seen.insert(url_path.to_owned(), (present, std::time::Instant::now()));
+        present
+    }
+}
+
+fn coupon_json(
+    o: &shared::domain::Offer,
+    origin: Option<&str>,
+    served: &dyn Fn(&str) -> bool,
+) -> Value {
     let reward = o
         .rule
         .reward
@@ -379,7 +425,7 @@ fn coupon_json(o: &shared::domain::Offer, origin: Option<&str>) -> Value {
         "brand": o.brand,
         "startDate": o.start_date.format("%Y-%m-%d").to_string(),
         "endDate": o.end_date.format("%Y-%m-%d").to_string(),
-        "imageUrl": image_url(o, origin),
+        "imageUrl": image_url(o, origin, served),
         "targeted": o.targeted,
         "enabled": o.enabled,
         "featured": o.featured,

@@ -36,6 +36,8 @@ pub struct AppState {
     read_throughs: RwLock<ReadThroughs>,
     /// Names of request fields this server ignores, each logged once.
     pub unknown_fields: catapult::UnknownFieldLog,
+    /// Which advertised images have their file in `server.image_dir`.
+    pub image_files: catapult::ImageFiles,
 }
 
 /// The read-throughs in force (None when off).
@@ -69,6 +71,7 @@ impl AppState {
             catalog,
             metrics: admin::Metrics::new(),
             unknown_fields: catapult::UnknownFieldLog::default(),
+            image_files: catapult::ImageFiles::default(),
         }
     }
 
@@ -463,7 +466,7 @@ pub fn tls_init(config: &Config) -> anyhow::Result<()> {
 
 /// CATAPULT §4.8: the server serves every image it advertises. An offer's relative
 /// `imageUrl` is served from `server.image_dir`; the import says which of them have no file
-/// there yet (they are advertised all the same, and served once the file is put there).
+/// there yet (they are not advertised until the file is put there).
 fn warn_of_missing_images(config: &Config, snapshot: &shared::import::Snapshot) {
     let dir = &config.server.image_dir;
     let missing: Vec<&str> = snapshot

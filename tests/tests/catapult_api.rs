@@ -435,6 +435,68 @@ async fn clip_unclip_and_clip_again_within_a_second_each_reach_the_outbox() {
     assert_eq!(ops, ["lock", "unlock", "lock"]);
 }
 
+/// CATAPULT §4.8: "Our server serves every image it advertises in `imageUrl`." An offer
+/// whose image file is not in `server.image_dir` is listed with `imageUrl` "" until the
+/// file is put there (before, it was advertised and the lane's fetch got 404).
+#[tokio::test]
+async fn an_image_is_advertised_only_while_its_file_is_there() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let snapshot = store.dir.join("later-image.json");
+    std::fs::write(
+        &snapshot,
+        json!({"offers": [{"id": "LATERIMG", "provider": "local", "providerRef": "LATERIMG",
+            "shortDescription": "Image later", "startDate": "2026-01-01", "endDate": "2099-12-31",
+            "imageUrl": "/images/later.gif",
+            "rule": {"mechanic": {"type": "amountOff", "cents": 100}}}]})
+        .to_string(),
+    )
+    .unwrap();
+    store.import(&snapshot).unwrap();
+    let image_of = |body: &Value| {
+        body["coupons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "LATERIMG")
+            .map(|c| c["imageUrl"].as_str().unwrap().to_owned())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+        if let Some(url) = image_of(&body) {
+            assert_eq!(url, "", "no file yet: not advertised");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the offer never reached the catalog"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, _) = store.get("/images/later.gif").await.unwrap();
+    assert_eq!(status, 404);
+    std::fs::copy(
+        store.dir.join("images/coupon-bogo.gif"),
+        store.dir.join("images/later.gif"),
+    )
+    .unwrap();
+    loop {
+        let (_, body) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+        if image_of(&body).as_deref() == Some("/images/later.gif") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let r = store
+        .client
+        .get(store.url("/images/later.gif"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
 #[tokio::test]
 async fn a_permanent_convercus_coupon_is_never_activated_or_deactivated_upstream() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
