@@ -174,8 +174,10 @@ pub fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<Vec<Item
 /// Claims the next item that may be delivered now, atomically, with a lease until
 /// `lease_until`: the oldest due `pending` item of `provider` (or of any provider) whose
 /// ordering key has no older undelivered item (pending, in flight or dead), so items of
-/// one coupon, voucher or sale go out strictly in order while other keys go on. Its
-/// attempt count is raised when it is claimed, so a crash mid-delivery still counts.
+/// one coupon, voucher or sale go out strictly in order while other keys go on. A voucher's
+/// dead-lettered lock or unlock holds nothing back: the sale's validation still goes out
+/// (coupontools.md §6 "Deliver anyway (the sale already happened)"). Its attempt count is
+/// raised when it is claimed, so a crash mid-delivery still counts.
 pub fn claim_next(
     conn: &Connection,
     provider: Option<&str>,
@@ -187,7 +189,8 @@ pub fn claim_next(
          WHERE id = (SELECT o.id FROM outbox o \
                       WHERE o.state = 'pending' AND o.next_attempt_at <= ?2 AND (?1 IS NULL OR o.provider = ?1) \
                         AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.ordering_key = o.ordering_key AND e.id < o.id \
-                                          AND {undelivered}) \
+                                          AND {undelivered} \
+                                          AND NOT (e.state = 'dead' AND e.operation IN ('lock', 'unlock'))) \
                       ORDER BY o.next_attempt_at, o.id LIMIT 1) \
          RETURNING {ITEM_COLUMNS}",
         undelivered = undelivered!()
@@ -630,6 +633,29 @@ mod tests {
                 .idempotency_key,
             "a2"
         );
+    }
+
+    #[test]
+    fn a_dead_voucher_lock_does_not_hold_back_the_validation() {
+        let (_d, c) = db();
+        let op = |operation: &'static str, key: &str| NewItem {
+            provider: provider::COUPONTOOLS,
+            operation,
+            idempotency_key: key.to_owned(),
+            ordering_key: voucher_ordering_key("S1"),
+            payload: json!({"code": "S1"}),
+        };
+        enqueue(&c, &op("lock", "l1"), 0).unwrap();
+        enqueue(&c, &op("validate", "v1"), 0).unwrap();
+        let lock = claim_next(&c, None, 1, 60).unwrap().unwrap();
+        assert_eq!(lock.operation, "lock");
+        assert!(
+            claim_next(&c, None, 2, 60).unwrap().is_none(),
+            "in flight, the lock goes first"
+        );
+        dead_letter(&c, lock.id, 3, "HTTP 422 session already locked").unwrap();
+        let next = claim_next(&c, None, 4, 60).unwrap().unwrap();
+        assert_eq!(next.operation, "validate");
     }
 
     #[test]
