@@ -68,6 +68,19 @@ fn find_offer(
     }
 }
 
+/// A coupon the customer redeemed here that may be used again: its per-customer limit
+/// (none, or more than one) is not reached. A commit marks every coupon it redeems
+/// `redeemed` (CATAPULT §4.7 rule 1, §6), and such a coupon stays usable, as clipped, without
+/// a new clip. A row that came `redeemed` from an import or a provider counts no local
+/// redemption and is used up.
+fn reusable(row: &CouponRow, offer: &Offer) -> bool {
+    row.state == CouponState::Redeemed
+        && row.redemptions > 0
+        && offer
+            .per_customer_limit
+            .is_none_or(|limit| row.redemptions < limit)
+}
+
 /// A customer's coupon rows and holds, read together: the state of each coupon.
 pub struct CustomerCoupons {
     pub rows: Vec<CouponRow>,
@@ -104,20 +117,23 @@ impl CustomerCoupons {
         }
     }
 
-    fn holding(&self, offer_id: &str, site: &str, txn: &str, now: i64) -> Holding {
-        if let Some(h) = self.live_hold(offer_id, now) {
+    fn holding(&self, offer: &Offer, site: &str, txn: &str, now: i64) -> Holding {
+        if let Some(h) = self.live_hold(&offer.id, now) {
             return if h.is_for(site, txn) {
                 Holding::PendingHere
             } else {
                 Holding::PendingElsewhere
             };
         }
-        match self.row(offer_id).map(|r| r.state) {
+        match self.row(&offer.id) {
             None => Holding::None,
-            Some(CouponState::Clipped | CouponState::Pending) => Holding::Clipped,
-            Some(CouponState::Available) => Holding::Available,
-            Some(CouponState::Redeemed) => Holding::Redeemed,
-            Some(CouponState::Expired) => Holding::Expired,
+            Some(r) if reusable(r, offer) => Holding::Clipped,
+            Some(r) => match r.state {
+                CouponState::Clipped | CouponState::Pending => Holding::Clipped,
+                CouponState::Available => Holding::Available,
+                CouponState::Redeemed => Holding::Redeemed,
+                CouponState::Expired => Holding::Expired,
+            },
         }
     }
 
@@ -168,6 +184,11 @@ pub fn metadata<'a>(
             CouponState::Clipped if live => Some(&mut m.clipped),
             CouponState::Available if live => Some(&mut m.available),
             CouponState::Redeemed if recent => Some(&mut m.redeemed),
+            // Used more than 30 days ago and usable again: clipped (a clip-free one is not
+            // listed, as before its first use).
+            CouponState::Redeemed if live && reusable(row, &offer) => {
+                offer.requires_clip.then_some(&mut m.clipped)
+            }
             CouponState::Expired if recent && ended_lately => Some(&mut m.expired),
             _ => None,
         };
@@ -247,6 +268,12 @@ pub fn clip(
                     .push((id.clone(), "COUPON_UNAVAILABLE", expired(id, &offer)));
             }
             Some(CouponState::Clipped | CouponState::Pending) => out.added.push(id.clone()),
+            // Redeemed and usable again: it keeps its clip.
+            Some(CouponState::Redeemed)
+                if live && view.row(id).is_some_and(|r| reusable(r, &offer)) =>
+            {
+                out.added.push(id.clone());
+            }
             Some(CouponState::Redeemed) => out.refused.push((
                 id.clone(),
                 "COUPON_UNAVAILABLE",
@@ -448,7 +475,7 @@ pub fn evaluate(
         };
         candidates.push(Candidate {
             offer,
-            holding: view.holding(&offer.id, &input.site, &input.txn, now),
+            holding: view.holding(offer, &input.site, &input.txn, now),
             customer_redemptions: view.row(&offer.id).map_or(0, |r| r.redemptions),
             global_redemptions,
         });
@@ -711,7 +738,7 @@ pub fn commit(
             not_found.push(id.as_str());
             continue;
         };
-        let holding = view.holding(id, &input.site, &input.txn, now);
+        let holding = view.holding(&offer, &input.site, &input.txn, now);
         // This sale was given the coupon: it holds it, or its last update applied it (a late
         // commit whose hold lapsed). The shopper had the discount.
         let given_here = holding == Holding::PendingHere || stored.applied.contains_key(id);
@@ -763,7 +790,7 @@ pub fn commit(
             unusable.push(id.as_str());
             continue;
         }
-        repo::redeem_coupon(conn, &input.customer, id, offer.per_customer_limit, now)?;
+        repo::redeem_coupon(conn, &input.customer, id, now)?;
         if offer.global_limit.is_some() {
             repo::bump_offer_redeemed(conn, id)?;
         }

@@ -356,23 +356,17 @@ pub fn set_coupon_state(
     Ok(())
 }
 
-/// Records one redemption on the coupon row: the state becomes `redeemed` when the
-/// per-customer limit is reached, `clipped` otherwise.
-pub fn redeem_coupon(
-    conn: &Connection,
-    customer_id: &str,
-    offer_id: &str,
-    limit: Option<u32>,
-    now: i64,
-) -> Result<()> {
+/// Records one redemption on the coupon row: the state becomes `redeemed` (CATAPULT §4.7
+/// rule 1), and `redemptions` counts it. Whether the coupon may be used again is the
+/// offer's per-customer limit against that count (the lanes' `reusable`).
+pub fn redeem_coupon(conn: &Connection, customer_id: &str, offer_id: &str, now: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO customer_coupons (customer_id, offer_id, state, redemptions, state_at, local_dirty) \
-         VALUES (?1, ?2, CASE WHEN ?3 IS NOT NULL AND ?3 <= 1 THEN 'redeemed' ELSE 'clipped' END, 1, ?4, 1) \
+         VALUES (?1, ?2, 'redeemed', 1, ?3, 1) \
          ON CONFLICT (customer_id, offer_id) DO UPDATE SET redemptions = redemptions + 1, \
-           state = CASE WHEN ?3 IS NOT NULL AND redemptions + 1 >= ?3 THEN 'redeemed' ELSE 'clipped' END, \
-           state_at = ?4, local_dirty = 1",
+           state = 'redeemed', state_at = ?3, local_dirty = 1",
     )?
-    .execute(params![customer_id, offer_id, limit, now])?;
+    .execute(params![customer_id, offer_id, now])?;
     Ok(())
 }
 

@@ -947,6 +947,100 @@ async fn a_commit_cannot_take_a_coupon_another_open_sale_holds_or_one_that_ended
     assert!(!list(&m, "redeemed").contains(&"ENDED3".to_owned()), "{m}");
 }
 
+/// CATAPULT §4.7 rule 1: "Every coupon in `coupons` becomes **redeemed**" (§6: pending →
+/// commit → redeemed), also a coupon the customer may use more than once. Before, such a
+/// coupon went back to `clipped`, and a clip-free one was listed as clipped though never
+/// clipped. It stays usable until its per-customer limit is reached.
+#[tokio::test]
+async fn a_coupon_usable_more_than_once_is_listed_redeemed_and_still_applies() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let customer = "4000000000088";
+    let snapshot = store.dir.join("multi.json");
+    let offer = |id: &str, upc: &str, clip: bool, limit: Value| {
+        json!({"id": id, "provider": "local", "providerRef": id, "shortDescription": id,
+               "startDate": "2026-01-01", "endDate": "2099-12-31", "requiresClip": clip,
+               "perCustomerLimit": limit,
+               "rule": {"mechanic": {"type": "amountOff", "cents": 100},
+                        "requirement": {"upcs": [upc]}}})
+    };
+    std::fs::write(
+        &snapshot,
+        json!({
+            "offers": [offer("TWICE", "555000111", true, json!(2)),
+                       offer("ALWAYS", "555000222", false, Value::Null)],
+            "customers": [{"id": customer, "coupons": [{"offerId": "TWICE", "state": "clipped"}]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    store.import(&snapshot).unwrap();
+    // The server reloads its catalog (where clip-free offers are found) within a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+        if body["coupons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == "ALWAYS")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let basket = json!([
+        {"id": 1, "quantity": 1, "upc": 555000111u64, "price": 3.00, "discountPrice": 3.00, "dept": 1},
+        {"id": 2, "quantity": 1, "upc": 555000222u64, "price": 3.00, "discountPrice": 3.00, "dept": 1}
+    ]);
+    let sale = |txn: &'static str| {
+        let (store, basket) = (&store, basket.clone());
+        async move {
+            let (status, r) = store
+                .post(
+                    &format!("/transaction{}", q(customer, txn)),
+                    &update_body(customer, txn, false, basket),
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{r}");
+            let given: Vec<String> = r["applied"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["couponId"].as_str().unwrap().to_owned())
+                .collect();
+            let (status, c) = store
+                .post(
+                    &format!("/transaction/commit{}", q(customer, txn)),
+                    &json!({"coupons": []}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{c}");
+            given
+        }
+    };
+    assert_eq!(sale("MULTI1").await, ["ALWAYS", "TWICE"]);
+    let m = meta(&store, customer).await;
+    assert_eq!(list(&m, "redeemed"), ["ALWAYS", "TWICE"], "{m}");
+    assert!(list(&m, "clipped").is_empty(), "{m}");
+    // Used once of twice: it applies again, without a new clip; ALWAYS has no limit.
+    assert_eq!(sale("MULTI2").await, ["ALWAYS", "TWICE"]);
+    assert_eq!(sale("MULTI3").await, ["ALWAYS"], "TWICE is used up");
+    // Clipping a coupon usable again is accepted; one used up is refused.
+    let (_, r) = store
+        .post(
+            &format!("/coupons/customer?site={SITE}&customer={customer}"),
+            &json!({"add": ["TWICE"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["errors"][0]["id"], "COUPON_UNAVAILABLE", "{r}");
+    let m = meta(&store, customer).await;
+    assert_eq!(list(&m, "redeemed"), ["ALWAYS", "TWICE"], "{m}");
+}
+
 #[tokio::test]
 async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorded() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
