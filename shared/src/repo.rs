@@ -370,6 +370,33 @@ pub fn redeem_coupon(conn: &Connection, customer_id: &str, offer_id: &str, now: 
     Ok(())
 }
 
+/// The redemption count a provider pull stored for the customer's copy `provider_ref` of
+/// the coupon (`upstream_redemptions`), when no other sale at this store (than `site`,
+/// `txn`) redeemed that coupon for the customer since the sales were last pruned: such a
+/// redemption may have reached the provider after the pull read the count. `None` when
+/// there is no such count.
+pub fn upstream_redemptions_before(
+    conn: &Connection,
+    customer_id: &str,
+    offer_id: &str,
+    provider_ref: &str,
+    site: &str,
+    txn: &str,
+) -> Result<Option<i64>> {
+    conn.prepare_cached(
+        "SELECT c.upstream_redemptions FROM customer_coupons c \
+         WHERE c.customer_id = ?1 AND c.offer_id = ?2 AND c.provider_ref = ?3 \
+           AND NOT EXISTS (SELECT 1 FROM redemptions r WHERE r.customer_id = ?1 AND r.offer_id = ?2 \
+                             AND NOT (r.site = ?4 AND r.txn_id = ?5))",
+    )?
+    .query_row(
+        params![customer_id, offer_id, provider_ref, site, txn],
+        |r| r.get::<_, Option<i64>>(0),
+    )
+    .optional()
+    .map(Option::flatten)
+}
+
 // ---------------------------------------------------------------- holds
 
 /// The coupons one open sale holds.

@@ -2,8 +2,9 @@
 //! of the store's customers, and delivery of activations and redemptions.
 //!
 //! Redemption has no idempotency key and answers with no body, so before the first attempt
-//! the worker durably records the coupon's `redeemCount`; a retry reads it again first and
-//! counts the item delivered when it has grown (never applied twice).
+//! the worker durably records the coupon's `redeemCount` (the one the last pull stored, read
+//! live only when the store has none it can trust); a retry reads it again first and counts
+//! the item delivered when it has grown (never applied twice).
 
 use crate::http::{self, CallError, Delivery};
 use crate::pace::Pacer;
@@ -12,6 +13,7 @@ use chrono::NaiveDate;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use shared::config::{Config, ConvercusAuth, ConvercusConfig};
+use shared::db::Db;
 use shared::domain::{CouponState, ItemSet, Mechanic, Offer, Rule};
 use shared::outbox::Item;
 use shared::repo::Customer;
@@ -38,6 +40,12 @@ pub struct Client {
 
 /// The progress note of a redemption: the coupon's redeemCount before our first attempt.
 const BASELINE: &str = "redeemCountBefore";
+/// ... and where that count came from: [`FROM_SYNCED`] or [`FROM_READ`].
+const BASELINE_FROM: &str = "redeemCountFrom";
+/// The store's database, as the last pull (or read-through) stored it: no GET was sent.
+const FROM_SYNCED: &str = "synced";
+/// A GET (convercus.md §4.6) before the first PATCH.
+const FROM_READ: &str = "read";
 /// ... and whether `COUPON_NOT_ACTIVATABLE` was already answered once (and retried).
 const NOT_ACTIVATABLE_SEEN: &str = "notActivatableSeen";
 
@@ -339,8 +347,9 @@ impl Client {
 
     // ------------------------------------------------------------ delivery
 
-    /// Delivers one outbox item. `record` stores a progress note durably before a send.
-    pub async fn deliver<F, Fut>(&self, item: &Item, record: F) -> Delivery
+    /// Delivers one outbox item. `db` is the store's database (a redemption's first attempt
+    /// takes its baseline from it); `record` stores a progress note durably before a send.
+    pub async fn deliver<F, Fut>(&self, item: &Item, db: &Db, record: F) -> Delivery
     where
         F: Fn(Value) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
@@ -388,7 +397,14 @@ impl Client {
                     Err(e) => Delivery::from_error(&e),
                 }
             }
-            "redeem" | "validate" => self.redeem(item, id, record).await,
+            "redeem" | "validate" => {
+                let synced = if baseline_of(item).is_none() {
+                    synced_baseline(db, item).await
+                } else {
+                    None
+                };
+                self.redeem(item, id, synced, record).await
+            }
             other => Delivery::Dead(format!("unknown Convercus operation {other}")),
         }
     }
@@ -400,49 +416,77 @@ impl Client {
         Ok(c.get("redeemCount").and_then(Value::as_i64).unwrap_or(0))
     }
 
-    async fn redeem<F, Fut>(&self, item: &Item, id: &str, record: F) -> Delivery
+    /// Redeems an account coupon (convercus.md §5). The first attempt (no baseline noted
+    /// yet) notes the coupon's `redeemCount` durably before its PATCH: `synced`, the count
+    /// the last pull stored, when there is one to trust (no GET at all), else the count a
+    /// GET reads. Every later attempt follows one that may have reached Convercus, so it
+    /// reads the count first: grown past the baseline, the earlier PATCH was applied.
+    async fn redeem<F, Fut>(
+        &self,
+        item: &Item,
+        id: &str,
+        synced: Option<i64>,
+        record: F,
+    ) -> Delivery
     where
         F: Fn(Value) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         // Noted by an earlier attempt, before it sent the PATCH: so when there is one, that
         // attempt's outcome may be unknown to us.
-        let baseline = item
-            .progress
-            .as_ref()
-            .and_then(|p| p.get(BASELINE))
-            .and_then(Value::as_i64);
+        let baseline = baseline_of(item);
         let not_activatable_seen = item
             .progress
             .as_ref()
             .and_then(|p| p.get(NOT_ACTIVATABLE_SEEN))
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let count = match self.redeem_count(id).await {
-            Ok(c) => c,
-            Err(CallError::Status { status: 404, .. }) => {
-                return Delivery::Dead(
-                    "COUPON_NOT_FOUND: the account coupon no longer exists".into(),
-                )
-            }
-            Err(e) => return Delivery::from_error(&e),
-        };
-        match baseline {
-            // An earlier attempt may have been applied: its count tells.
-            Some(b) if count > b => {
-                return Delivery::Delivered {
-                    note: Some(format!(
-                        "verified: redeemCount {count} > {b} before our first attempt"
-                    )),
-                }
-            }
-            Some(_) => {}
-            None => {
-                if let Err(e) = record(json!({BASELINE: count})).await {
+        // Where the noted baseline came from (items noted before this was kept read it).
+        let noted_from = item
+            .progress
+            .as_ref()
+            .and_then(|p| p.get(BASELINE_FROM))
+            .and_then(Value::as_str)
+            .unwrap_or(FROM_READ);
+        // The baseline this attempt goes by: the first attempt's, noted before its PATCH.
+        let (count, from) = match (baseline, synced) {
+            (None, Some(c)) => {
+                if let Err(e) = record(json!({BASELINE: c, BASELINE_FROM: FROM_SYNCED})).await {
                     return Delivery::Retry(format!("cannot record progress: {e}"));
                 }
+                (c, FROM_SYNCED)
             }
-        }
+            (b, _) => {
+                let count = match self.redeem_count(id).await {
+                    Ok(c) => c,
+                    Err(CallError::Status { status: 404, .. }) => {
+                        return Delivery::Dead(
+                            "COUPON_NOT_FOUND: the account coupon no longer exists".into(),
+                        )
+                    }
+                    Err(e) => return Delivery::from_error(&e),
+                };
+                match b {
+                    // An earlier attempt may have been applied: its count tells.
+                    Some(b) if count > b => {
+                        return Delivery::Delivered {
+                            note: Some(format!(
+                                "verified: redeemCount {count} > {b} before our first attempt"
+                            )),
+                        }
+                    }
+                    Some(b) => (b, noted_from),
+                    None => {
+                        if let Err(e) =
+                            record(json!({BASELINE: count, BASELINE_FROM: FROM_READ})).await
+                        {
+                            return Delivery::Retry(format!("cannot record progress: {e}"));
+                        }
+                        (count, FROM_READ)
+                    }
+                }
+            }
+        };
         let path = format!("/v2/accountcoupons/{}", enc(id));
         let e = match self.call(Method::PATCH, &path, Some("ID"), None).await {
             Ok(_) => return Delivery::delivered(),
@@ -477,7 +521,7 @@ impl Client {
         // retry once" — the first time it is answered, whatever failed before; noted
         // durably so the second time is final.
         if refusal_is(&e, "COUPON_NOT_ACTIVATABLE") && !not_activatable_seen {
-            let note = json!({BASELINE: baseline.unwrap_or(count), NOT_ACTIVATABLE_SEEN: true});
+            let note = json!({BASELINE: count, BASELINE_FROM: from, NOT_ACTIVATABLE_SEEN: true});
             if let Err(r) = record(note).await {
                 return Delivery::Retry(format!("{e}; cannot record progress: {r}"));
             }
@@ -560,6 +604,65 @@ impl Client {
             coupons: out,
         }))
     }
+}
+
+/// The baseline an earlier attempt of a redemption noted before its PATCH, if any.
+fn baseline_of(item: &Item) -> Option<i64> {
+    item.progress
+        .as_ref()
+        .and_then(|p| p.get(BASELINE))
+        .and_then(Value::as_i64)
+}
+
+/// [`synced_redeem_count`] read from the store's database off the async threads; `None`
+/// (a GET reads the count instead) when the database cannot be read.
+async fn synced_baseline(db: &Db, item: &Item) -> Option<i64> {
+    if item.operation != "redeem" {
+        return None;
+    }
+    let reads = db.clone();
+    let it = item.clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<Option<i64>, String> {
+        let conn = reads.read().map_err(|e| e.to_string())?;
+        synced_redeem_count(&conn, &it).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    read.unwrap_or_else(|e| {
+        log::warn!(provider = NAME; "cannot read the synced redeemCount of outbox item {} ({e}); reading it from Convercus", item.id);
+        None
+    })
+}
+
+/// The `redeemCount` the last pull (or read-through) stored for a redemption item's
+/// account coupon (`customer_coupons.upstream_redemptions`), the baseline convercus.md §5
+/// asks for ("Before the first attempt record `redeemCount` (from the synced
+/// AccountCoupon)"). `None`, so that a GET reads it, when the store has none, when the row
+/// now names another account coupon, or when it may not count an earlier redemption of
+/// that coupon by this store: any other redemption of it by the customer at this store
+/// (kept `lanes.sales_retention_days`) may have been delivered after the pull read the
+/// count, and a baseline short of it would take our own unapplied PATCH for applied.
+pub fn synced_redeem_count(
+    conn: &rusqlite::Connection,
+    item: &Item,
+) -> rusqlite::Result<Option<i64>> {
+    let field = |k: &str| {
+        item.payload
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let (Some(customer), Some(offer), Some(account_coupon), Some(site), Some(txn)) = (
+        field("customer"),
+        field("offerId"),
+        field("accountCouponId"),
+        field("site"),
+        field("transaction"),
+    ) else {
+        return Ok(None);
+    };
+    shared::repo::upstream_redemptions_before(conn, customer, offer, account_coupon, site, txn)
 }
 
 /// Whether a refusal is `code`, as its code or (CONDITION_NOT_FULFILLED) in its detail.
@@ -951,6 +1054,82 @@ fn legacy_lifetime(token: &str, refresh_secs: u64, now: i64) -> Duration {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    /// convercus.md §5: "Before the first attempt record `redeemCount` (from the synced
+    /// AccountCoupon)". The count the last pull stored is the baseline only when it can
+    /// count every earlier redemption of the coupon by this store; else `None` (a GET).
+    #[test]
+    fn a_redemption_s_baseline_is_the_synced_count_when_nothing_since_may_be_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = shared::config::DatabaseConfig {
+            path: dir.path().join("store.db"),
+            ..shared::config::DatabaseConfig::default()
+        };
+        let conn = shared::db::open_and_migrate(&cfg).unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        let row = |provider_ref: &str, count: Option<i64>| {
+            conn.execute(
+                "INSERT OR REPLACE INTO customer_coupons (customer_id, offer_id, state, state_at, provider_ref, upstream_redemptions) \
+                 VALUES ('C1', 'CVX1', 'clipped', 1, ?1, ?2)",
+                rusqlite::params![provider_ref, count],
+            )
+            .unwrap();
+        };
+        let sale = |txn: &str| {
+            conn.execute(
+                "INSERT INTO redemptions (site, txn_id, customer_id, offer_id, discount, redeemed_at) \
+                 VALUES ('S1', ?1, 'C1', 'CVX1', 100, 1)",
+                [txn],
+            )
+            .unwrap();
+        };
+        let item = |payload: Value| Item {
+            id: 7,
+            provider: NAME.into(),
+            operation: "redeem".into(),
+            idempotency_key: "convercus:redeem:S1:T2:CVX1".into(),
+            ordering_key: "coupon:C1:CVX1".into(),
+            payload,
+            state: "inflight".into(),
+            attempts: 1,
+            last_error: None,
+            progress: None,
+            next_attempt_at: 0,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let ours = json!({"customer": "C1", "offerId": "CVX1", "accountCouponId": "AC1",
+                          "site": "S1", "transaction": "T2"});
+        let synced = |payload: &Value| synced_redeem_count(&conn, &item(payload.clone())).unwrap();
+        // Never pulled: no row, or a row without a count.
+        assert_eq!(synced(&ours), None);
+        row("AC1", None);
+        sale("T2");
+        assert_eq!(synced(&ours), None);
+        // Pulled, and this sale is the store's only redemption of it: the pulled count.
+        row("AC1", Some(2));
+        assert_eq!(synced(&ours), Some(2));
+        // The row names another account coupon now: its count is not this one's.
+        row("AC9", Some(2));
+        assert_eq!(synced(&ours), None);
+        row("AC1", Some(2));
+        // An item that does not name its coupon, customer or sale.
+        for k in [
+            "customer",
+            "offerId",
+            "accountCouponId",
+            "site",
+            "transaction",
+        ] {
+            let mut p = ours.clone();
+            p.as_object_mut().unwrap().remove(k);
+            assert_eq!(synced(&p), None, "{k}");
+        }
+        // Another redemption of the coupon at this store (a multi-use coupon): it may have
+        // been delivered after the pull read the count, which may then be one short.
+        sale("T1");
+        assert_eq!(synced(&ours), None);
+    }
 
     fn config() -> Config {
         Config::from_toml_str(

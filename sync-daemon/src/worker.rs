@@ -118,7 +118,7 @@ async fn deliver(clients: &Clients, db: &Db, item: &Item) -> Delivery {
     };
     match item.provider.as_str() {
         convercus::NAME => match &clients.convercus {
-            Some(c) => c.deliver(item, record).await,
+            Some(c) => c.deliver(item, db, record).await,
             None => Delivery::Retry("convercus is disabled".into()),
         },
         coupontools::NAME => match &clients.coupontools {

@@ -1721,6 +1721,116 @@ async fn coupon_not_activatable_is_retried_once_even_after_an_earlier_transient_
     daemon.kill9();
 }
 
+/// The calls the simulated Convercus received on Jane's coffee account coupon itself
+/// (`/v2/accountcoupons/{id}`: the §4.6 GET and the §4.8 redeem PATCH), by method, in order.
+async fn calls_on_jane_coffee(providers: &Providers) -> Vec<String> {
+    let path = format!("/v2/accountcoupons/{JANE_COFFEE}");
+    providers
+        .requests("convercus")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"] == path.as_str())
+        .map(|r| r["method"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The progress note of the one Convercus redeem item.
+fn redeem_progress(store: &Store) -> Value {
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let progress: Option<String> = conn
+        .query_row(
+            "SELECT progress FROM outbox WHERE provider = 'convercus' AND operation = 'redeem'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    serde_json::from_str(&progress.unwrap_or_default()).unwrap_or(Value::Null)
+}
+
+/// convercus.md §5: "Before the first attempt record `redeemCount` (from the synced
+/// AccountCoupon)". After a pull stored Jane's coffee coupon's count, her redemption's first
+/// attempt notes that count and sends the redeem PATCH alone: no GET (before, every first
+/// attempt read the account coupon first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_redemption_goes_by_the_pulled_count_and_sends_only_the_patch() {
+    let providers = Providers::start().unwrap();
+    let store = store_pulling_by_hand(&providers).await;
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    pull_now(&daemon, &store, "convercus").await;
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let (account_coupon, count): (String, Option<i64>) = conn
+        .query_row(
+            "SELECT provider_ref, upstream_redemptions FROM customer_coupons \
+             WHERE customer_id = ?1 AND offer_id = 'CVX1'",
+            [JANE],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((account_coupon.as_str(), count), (JANE_COFFEE, Some(0)));
+    assert!(calls_on_jane_coffee(&providers).await.is_empty());
+    jane_redeems_coffee(&store, "SB1").await;
+    let (state, error) = outcome(&store, &daemon, "convercus", "redeem").await;
+    assert_eq!(state, "delivered", "{error}\n{}", daemon.log());
+    assert_eq!(calls_on_jane_coffee(&providers).await, ["PATCH"]);
+    assert_eq!(convercus_redemptions(&providers, JANE_COFFEE).await, [true]);
+    assert_eq!(
+        redeem_progress(&store),
+        json!({"redeemCountBefore": 0, "redeemCountFrom": "synced"})
+    );
+    daemon.kill9();
+}
+
+/// convercus.md §5: "On retry after an unknown outcome, GET §4.6 first: if `redeemCount`
+/// already increased by our count, mark delivered". The first PATCH (its baseline the
+/// pulled count) times out at the daemon and Convercus applies it afterwards; the retry
+/// reads the count, finds it past the pulled one, and sends nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_answer_to_a_first_redemption_is_verified_against_the_pulled_count() {
+    let providers = Providers::start().unwrap();
+    let store = store_with_convercus_timeout(&providers, 1000).await;
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    pull_now(&daemon, &store, "convercus").await;
+    providers
+        .faults("convercus", json!({"hold_writes": true}))
+        .await
+        .unwrap();
+    jane_redeems_coffee(&store, "SB2").await;
+    // The first attempt gives up waiting (its outcome unknown) ...
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let failed: Option<String> = conn
+            .query_row(
+                "SELECT last_error FROM outbox WHERE provider = 'convercus' AND operation = 'redeem'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(None);
+        if failed.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... and Convercus applies it before the retry (1 s or more later).
+    providers
+        .faults("convercus", json!({"hold_writes": false}))
+        .await
+        .unwrap();
+    let (state, error) = outcome(&store, &daemon, "convercus", "redeem").await;
+    assert_eq!(state, "delivered", "{error}\n{}", daemon.log());
+    assert_eq!(calls_on_jane_coffee(&providers).await, ["PATCH", "GET"]);
+    assert_eq!(convercus_redemptions(&providers, JANE_COFFEE).await, [true]);
+    assert_eq!(redeem_progress(&store)["redeemCountFrom"], "synced");
+    let log = daemon.log();
+    assert!(
+        log.contains("verified: redeemCount 1 > 0 before our first attempt"),
+        "{log}"
+    );
+    daemon.kill9();
+}
+
 /// An exact JSON money number (two decimals) in cents.
 fn cents(v: &Value) -> i64 {
     let t = v.to_string();
