@@ -413,7 +413,9 @@ impl Client {
         let c = self
             .get_json(&format!("/v2/accountcoupons/{}", enc(id)), Some("ID"))
             .await?;
-        Ok(c.get("redeemCount").and_then(Value::as_i64).unwrap_or(0))
+        Ok(c.get("redeemCount")
+            .and_then(http::whole_count)
+            .unwrap_or(0))
     }
 
     /// Redeems an account coupon (convercus.md §5). The first attempt (no baseline noted
@@ -922,16 +924,19 @@ pub fn map_coupon(
         .chars()
         .take(100)
         .collect::<String>();
-    let max = c.get("maxRedeemCount").and_then(Value::as_i64);
-    let count = c.get("redeemCount").and_then(Value::as_i64).unwrap_or(0);
+    let max = c.get("maxRedeemCount").and_then(http::whole_count);
+    let count = c
+        .get("redeemCount")
+        .and_then(http::whole_count)
+        .unwrap_or(0);
     // Used up over all accounts of the program (`maxRedeemCountGlobal`): no lane may
     // apply it any more, for anyone (a redemption would be refused NO_MORE_REDEEM_BY_PROGRAM).
     let used_up_globally = c
         .get("maxRedeemCountGlobal")
-        .and_then(Value::as_i64)
+        .and_then(http::whole_count)
         .is_some_and(|m| {
             c.get("redeemCountGlobal")
-                .and_then(Value::as_i64)
+                .and_then(http::whole_count)
                 .unwrap_or(0)
                 >= m
         });
@@ -1264,6 +1269,14 @@ mod tests {
         .unwrap();
         assert_eq!(p.state, CouponState::Clipped);
         let (_, p) = map(&coupon("DISCOUNT", json!({"redeemCount": 1}))).unwrap();
+        assert_eq!(p.state, CouponState::Redeemed);
+        assert_eq!(p.upstream_redemptions, Some(1));
+        // A count written `1.0` is one (as_i64 alone read it as none: 0, still usable).
+        let (_, p) = map(&coupon(
+            "DISCOUNT",
+            json!({"redeemCount": 1.0, "maxRedeemCount": 1.0}),
+        ))
+        .unwrap();
         assert_eq!(p.state, CouponState::Redeemed);
         assert_eq!(p.upstream_redemptions, Some(1));
         // Used up over the whole program: offered to nobody.

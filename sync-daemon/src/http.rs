@@ -193,6 +193,38 @@ pub fn decimal_to_cents(text: &str) -> Option<i64> {
     i64::try_from(cents).ok()
 }
 
+/// A count as a provider may write it (koupon.md §3.2 says only "positive number";
+/// Convercus' `redeemCount` is an integer in its examples): a JSON number in any form (`1`, `1.0`, `1e0`, `2.5`) or text holding one, floored to a whole
+/// count (2.5 recorded is 2 whole redemptions, never 3). serde_json keeps a number's text
+/// here (`arbitrary_precision`), so `as_i64` alone read `1.0` as no number: a fully
+/// recorded Koupon entry was dead-lettered as a shortfall, and a Convercus redeemCount of
+/// `1.0` read as 0. `None` when it is no number.
+pub fn whole_count(v: &serde_json::Value) -> Option<i64> {
+    let text = match v {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.trim().to_owned(),
+        _ => return None,
+    };
+    // Digits, sign, point and exponent only: no `inf` or `NaN`, which Rust would read.
+    let numeric = |c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '.' | 'e' | 'E');
+    if !text.chars().any(|c| c.is_ascii_digit()) || !text.chars().all(numeric) {
+        return None;
+    }
+    // Exact first (a decimal text floors without binary rounding); a number too large
+    // for a decimal, or one Decimal does not read, as a float.
+    let exact = text
+        .parse::<rust_decimal::Decimal>()
+        .or_else(|_| rust_decimal::Decimal::from_scientific(&text))
+        .ok()
+        .and_then(|d| i64::try_from(d.floor()).ok());
+    exact.or_else(|| {
+        let f = text.parse::<f64>().ok()?;
+        // Saturating (`1e400` is infinite): a count beyond i64 is clamped to the quantity
+        // asked anyway.
+        Some(f.floor() as i64)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
