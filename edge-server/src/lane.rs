@@ -680,6 +680,11 @@ pub fn commit(
         .unwrap_or_default();
     let hold =
         repo::hold_of(conn, &input.site, &input.txn)?.filter(|h| h.customer_id == input.customer);
+    // The sale's last update was for the customer this commit names (what it applied was
+    // given to this shopper).
+    let updated_for_customer = existing
+        .as_ref()
+        .is_some_and(|t| t.customer_id == input.customer);
     let empty_list = input.coupons.is_empty();
 
     // Which coupons this commit redeems: the listed ones, or every non-optional one this
@@ -741,7 +746,8 @@ pub fn commit(
         let holding = view.holding(&offer, &input.site, &input.txn, now);
         // This sale was given the coupon: it holds it, or its last update applied it (a late
         // commit whose hold lapsed). The shopper had the discount.
-        let given_here = holding == Holding::PendingHere || stored.applied.contains_key(id);
+        let given_here = holding == Holding::PendingHere
+            || (updated_for_customer && stored.applied.contains_key(id));
         let live =
             offer.enabled && offer.start_date <= input.today && input.today <= offer.end_date;
         let usable = match holding {

@@ -1041,6 +1041,35 @@ async fn a_coupon_usable_more_than_once_is_listed_redeemed_and_still_applies() {
     assert_eq!(list(&m, "redeemed"), ["ALWAYS", "TWICE"], "{m}");
 }
 
+/// What a sale's update gave one customer is not given to another customer the commit
+/// names: John's coupon held by his own open sale stays his.
+#[tokio::test]
+async fn a_commit_for_another_customer_does_not_take_what_the_update_gave() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    for (customer, txn) in [(JOHN, "JOHN1"), (JANE, "SWAP1")] {
+        let (status, r) = store
+            .post(
+                &format!("/transaction{}", q(customer, txn)),
+                &update_body(customer, txn, false, items()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{r}");
+        assert!(applied(&r, "BOGO1").is_some(), "{customer}: {r}");
+    }
+    let (status, r) = store
+        .post(
+            &format!("/transaction/commit{}", q(JOHN, "SWAP1")),
+            &json!({"coupons": ["BOGO1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["errors"][0]["id"], "COUPON_UNAVAILABLE", "{r}");
+    let m = meta(&store, JOHN).await;
+    assert!(list(&m, "pending").contains(&"BOGO1".to_owned()), "{m}");
+}
+
 #[tokio::test]
 async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorded() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
