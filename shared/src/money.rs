@@ -20,12 +20,21 @@ pub struct Cents(pub i64);
 impl Cents {
     pub const ZERO: Cents = Cents(0);
 
+    /// Largest amount read from outside, in cents (a trillion currency units): far beyond
+    /// any sale, and small enough that no product or sum of lane amounts overflows.
+    pub const MAX_READ: i64 = 100_000_000_000_000;
+
     /// Rounds a decimal amount of currency units (e.g. `1.995`) to cents, half away from zero.
-    /// Returns `None` when the value does not fit in an `i64` of cents.
+    /// Returns `None` beyond ±[`Cents::MAX_READ`] (`rust_decimal`'s `*` would panic on a
+    /// number such as `1e28`, which is valid JSON).
     pub fn from_decimal(value: Decimal) -> Option<Cents> {
-        let cents = (value * Decimal::ONE_HUNDRED)
+        let cents = value
+            .checked_mul(Decimal::ONE_HUNDRED)?
             .round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero);
-        cents.to_i64().map(Cents)
+        cents
+            .to_i64()
+            .filter(|c| c.abs() <= Cents::MAX_READ)
+            .map(Cents)
     }
 
     /// The amount as an exact decimal with two places (`150` → `1.50`).
@@ -88,11 +97,19 @@ pub struct MilliQty(pub i64);
 impl MilliQty {
     pub const ONE: MilliQty = MilliQty(1000);
 
-    /// Rounds a decimal quantity to thousandths, half away from zero.
+    /// Largest quantity read from outside, in thousandths (a billion units).
+    pub const MAX_READ: i64 = 1_000_000_000_000;
+
+    /// Rounds a decimal quantity to thousandths, half away from zero. `None` beyond
+    /// ±[`MilliQty::MAX_READ`].
     pub fn from_decimal(value: Decimal) -> Option<MilliQty> {
-        let milli = (value * Decimal::ONE_THOUSAND)
+        let milli = value
+            .checked_mul(Decimal::ONE_THOUSAND)?
             .round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero);
-        milli.to_i64().map(MilliQty)
+        milli
+            .to_i64()
+            .filter(|m| m.abs() <= MilliQty::MAX_READ)
+            .map(MilliQty)
     }
 
     /// Whole units contained in this quantity (a weighed 1.5 lb line is 1 whole unit).

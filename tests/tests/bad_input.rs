@@ -137,6 +137,48 @@ async fn bad_requests_get_4xx_error_objects() {
             400,
             "INVALID_REQUEST",
         ),
+        // Valid JSON numbers too large for an amount: rust_decimal's `*` panicked on them
+        // (the lane's connection dropped) before amounts were bounded.
+        case(
+            "price of 1e27",
+            "POST",
+            format!("/transaction{txn_q}"),
+            r#"{"items":[{"id":1,"price":1e27}]}"#,
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
+            "quantity of 1e26",
+            "POST",
+            format!("/transaction{txn_q}"),
+            r#"{"items":[{"id":1,"price":1.0,"quantity":1e26}]}"#,
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
+            "price near the largest 64-bit cents on a weighed line",
+            "POST",
+            format!("/transaction{txn_q}"),
+            r#"{"items":[{"id":1,"price":92233720368547758,"quantity":0.5}]}"#,
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
+            "tender amount of 1e28",
+            "POST",
+            format!("/transaction/commit{txn_q}"),
+            r#"{"coupons":[],"tenders":[{"type":"CASH","amount":1e28}]}"#,
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
+            "voucher money spent of 1e28",
+            "POST",
+            "/vouchers/CT-SESSION-0001/validate".to_owned(),
+            r#"{"site":"STO1","transaction":"X","moneySpent":1e28}"#,
+            400,
+            "INVALID_REQUEST",
+        ),
         case(
             "an update without a body",
             "POST",

@@ -48,7 +48,7 @@ impl<'b> Line<'b> {
         let each = self.amount.0 / self.units;
         let left_over = self.amount.0 % self.units;
         [
-            (left_over, Cents(each + 1)),
+            (left_over, Cents(each.saturating_add(1))),
             (self.units - left_over, Cents(each)),
         ]
         .into_iter()
