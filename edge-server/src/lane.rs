@@ -71,14 +71,15 @@ fn find_offer(
 /// A coupon the customer redeemed here that may be used again: its per-customer limit
 /// (none, or more than one) is not reached. A commit marks every coupon it redeems
 /// `redeemed` (CATAPULT §4.7 rule 1, §6), and such a coupon stays usable, as clipped, without
-/// a new clip. A row that came `redeemed` from an import or a provider counts no local
-/// redemption and is used up.
+/// a new clip. Uses are this store's or the provider's count, whichever is higher
+/// ([`CouponRow::used`]: a pull learns of uses at other stores). A row that came
+/// `redeemed` from an import or a provider counts no local redemption and is used up.
 fn reusable(row: &CouponRow, offer: &Offer) -> bool {
     row.state == CouponState::Redeemed
         && row.redemptions > 0
         && offer
             .per_customer_limit
-            .is_none_or(|limit| row.redemptions < limit)
+            .is_none_or(|limit| row.used() < limit)
 }
 
 /// A customer's coupon rows and holds, read together: the state of each coupon.
@@ -476,7 +477,7 @@ pub fn evaluate(
         candidates.push(Candidate {
             offer,
             holding: view.holding(offer, &input.site, &input.txn, now),
-            customer_redemptions: view.row(&offer.id).map_or(0, |r| r.redemptions),
+            customer_redemptions: view.row(&offer.id).map_or(0, CouponRow::used),
             global_redemptions,
         });
     }

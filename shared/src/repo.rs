@@ -299,9 +299,24 @@ pub struct CouponRow {
     pub state: CouponState,
     pub redemptions: u32,
     pub state_at: i64,
+    /// The provider's count of the customer's redemptions, as its last pull saw it
+    /// (Convercus `redeemCount`): uses at other stores or in the provider's own channels.
+    pub upstream_redemptions: Option<i64>,
 }
 
-const COUPON_COLUMNS: &str = "offer_id, state, redemptions, state_at";
+impl CouponRow {
+    /// Redemptions that count against the per-customer limit: this store's, or the
+    /// provider's count when that is higher (it includes ours once they are delivered).
+    pub fn used(&self) -> u32 {
+        let upstream = self
+            .upstream_redemptions
+            .and_then(|u| u32::try_from(u).ok())
+            .unwrap_or(0);
+        self.redemptions.max(upstream)
+    }
+}
+
+const COUPON_COLUMNS: &str = "offer_id, state, redemptions, state_at, upstream_redemptions";
 
 fn coupon_from_row(r: &Row<'_>) -> Result<CouponRow> {
     let state: String = r.get(1)?;
@@ -310,6 +325,7 @@ fn coupon_from_row(r: &Row<'_>) -> Result<CouponRow> {
         state: CouponState::parse(&state).ok_or_else(|| corrupt(1, "coupon state", &state))?,
         redemptions: r.get(2)?,
         state_at: r.get(3)?,
+        upstream_redemptions: r.get(4)?,
     })
 }
 

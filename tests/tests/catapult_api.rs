@@ -1070,6 +1070,72 @@ async fn a_commit_for_another_customer_does_not_take_what_the_update_gave() {
     assert!(list(&m, "pending").contains(&"BOGO1".to_owned()), "{m}");
 }
 
+/// The per-customer limit counts uses the provider knows of (a pull's `redeemCount`: other
+/// stores, the provider's app) as well as this store's.
+#[tokio::test]
+async fn uses_the_provider_counted_elsewhere_count_against_the_limit() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let customer = "4000000000087";
+    let snapshot = store.dir.join("elsewhere.json");
+    std::fs::write(
+        &snapshot,
+        json!({
+            "offers": [{"id": "TWICE2", "provider": "local", "providerRef": "TWICE2",
+                        "shortDescription": "Twice", "startDate": "2026-01-01", "endDate": "2099-12-31",
+                        "perCustomerLimit": 2,
+                        "rule": {"mechanic": {"type": "amountOff", "cents": 100},
+                                 "requirement": {"upcs": ["555000333"]}}}],
+            "customers": [{"id": customer, "coupons": [{"offerId": "TWICE2", "state": "clipped"}]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    store.import(&snapshot).unwrap();
+    let basket = json!([{"id": 1, "quantity": 1, "upc": 555000333u64, "price": 3.00, "discountPrice": 3.00, "dept": 1}]);
+    let update = |txn: &'static str| {
+        let (store, basket) = (&store, basket.clone());
+        async move {
+            let (status, r) = store
+                .post(
+                    &format!("/transaction{}", q(customer, txn)),
+                    &update_body(customer, txn, false, basket),
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{r}");
+            r
+        }
+    };
+    let r = update("ELSE1").await;
+    assert!(applied(&r, "TWICE2").is_some(), "{r}");
+    let (status, _) = store
+        .post(
+            &format!("/transaction/commit{}", q(customer, "ELSE1")),
+            &json!({"coupons": ["TWICE2"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    // Once of twice here: it applies again...
+    let r = update("ELSE2").await;
+    assert!(applied(&r, "TWICE2").is_some(), "{r}");
+    store
+        .get(&format!("/transaction/cancel{}", q(customer, "ELSE2")))
+        .await
+        .unwrap();
+    // ...until a pull learns the customer used it at another store as well.
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    conn.execute(
+        "UPDATE customer_coupons SET upstream_redemptions = 2 WHERE customer_id = ?1 AND offer_id = 'TWICE2'",
+        [customer],
+    )
+    .unwrap();
+    let r = update("ELSE3").await;
+    assert!(applied(&r, "TWICE2").is_none(), "{r}");
+    let m = meta(&store, customer).await;
+    assert_eq!(list(&m, "redeemed"), ["TWICE2"], "{m}");
+}
+
 #[tokio::test]
 async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorded() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
