@@ -641,6 +641,13 @@ pub fn cancel(
         }
         None => 0,
     };
+    // The sale's voucher locks go too, their unlock queued upstream (coupontools.md §5: "on
+    // cancel enqueue unlock"), so another lane may use the voucher at once. A resumed sale
+    // locks it again.
+    for v in repo::vouchers_locked_by(conn, site, txn)? {
+        release_voucher_lock(conn, &v, now)?;
+        log::info!(site = site, transaction = txn; "cancel released a voucher lock");
+    }
     repo::cancel_transaction(conn, site, txn, customer, now)?;
     Ok(released)
 }

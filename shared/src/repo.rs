@@ -841,6 +841,21 @@ pub fn lapsed_voucher_locks(conn: &Connection, now: i64, limit: i64) -> Result<V
     rows.collect()
 }
 
+const VOUCHERS_LOCKED_BY: &str = concat!(
+    "SELECT ",
+    voucher_columns!(),
+    " FROM vouchers INDEXED BY vouchers_lapsing WHERE lock_site = ?1 AND lock_txn = ?2 AND state = 'locked' \
+     ORDER BY code"
+);
+
+/// Vouchers the sale (`site`, `txn`) holds locked, lapsed or not: a cancel releases them.
+/// Read through the partial index `vouchers_lapsing`, which holds only lane-locked rows.
+pub fn vouchers_locked_by(conn: &Connection, site: &str, txn: &str) -> Result<Vec<Voucher>> {
+    let mut st = conn.prepare_cached(VOUCHERS_LOCKED_BY)?;
+    let rows = st.query_map(params![site, txn], voucher_from_row)?;
+    rows.collect()
+}
+
 /// Inserts or refreshes a voucher from a provider or an import. A voucher with local changes
 /// not yet acknowledged upstream keeps its local state (local wins until acknowledged).
 pub fn upsert_voucher(conn: &Connection, v: &Voucher, now: i64) -> Result<()> {

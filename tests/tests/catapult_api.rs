@@ -1616,6 +1616,50 @@ async fn a_late_commit_takes_its_coupons_back_from_a_sale_that_holds_them_since(
     assert_eq!(rows, want);
 }
 
+/// A voided sale's voucher lock is released with its coupons (coupontools.md §5: "on cancel
+/// enqueue unlock"): another lane can use the voucher at once, and Coupontools is told.
+#[tokio::test]
+async fn cancel_releases_the_sales_voucher_locks_and_queues_their_unlock() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let body = |txn: &str| json!({"site": SITE, "transaction": txn, "moneySpent": 0.0});
+    let (status, v) = store
+        .post("/vouchers/CT-SESSION-0001/lock", &body("VOID1"))
+        .await
+        .unwrap();
+    assert_eq!((status, v["state"].as_str()), (200, Some("locked")), "{v}");
+    let (status, _) = store
+        .post("/vouchers/CT-SESSION-0001/lock", &body("OTHER1"))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "locked by the open sale");
+    let (status, r) = store
+        .get(&format!("/transaction/cancel{}", q(JANE, "VOID1")))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    let (status, v) = store
+        .post("/vouchers/CT-SESSION-0001/lock", &body("OTHER1"))
+        .await
+        .unwrap();
+    assert_eq!((status, v["state"].as_str()), (200, Some("locked")), "{v}");
+    let ops: Vec<(String, String)> = outbox_rows(&store)
+        .into_iter()
+        .filter(|i| i.payload["code"] == "CT-SESSION-0001")
+        .map(|i| {
+            (
+                i.operation,
+                i.payload["transaction"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> =
+        [("lock", "VOID1"), ("unlock", "VOID1"), ("lock", "OTHER1")]
+            .iter()
+            .map(|(o, t)| ((*o).to_owned(), (*t).to_owned()))
+            .collect();
+    assert_eq!(ops, expected);
+}
+
 #[tokio::test]
 async fn vouchers_lock_validate_and_say_when_they_were_used() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
