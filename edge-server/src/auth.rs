@@ -69,14 +69,23 @@ fn matches(value: Option<&header::HeaderValue>, pairs: &[(&str, &str)]) -> bool 
         return false;
     };
     let (user, pass) = (&decoded[..split], &decoded[split + 1..]);
-    // Check every pair without stopping early so timing reveals nothing.
+    // Check every pair without stopping early so timing reveals nothing. SHA-256 digests
+    // are compared, not the bytes: `ct_eq` on slices answers at once when the lengths
+    // differ, which would tell a prober how long the user name and password are.
+    let (user, pass) = (sha256(user), sha256(pass));
     let mut any = subtle::Choice::from(0u8);
     for (u, p) in pairs {
-        let u = u.as_bytes().ct_eq(user);
-        let p = p.as_bytes().ct_eq(pass);
+        let u = sha256(u.as_bytes()).ct_eq(&user);
+        let p = sha256(p.as_bytes()).ct_eq(&pass);
         any |= u & p;
     }
     bool::from(any)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
 }
 
 #[cfg(test)]
