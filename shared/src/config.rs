@@ -868,7 +868,7 @@ impl Config {
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax {
                 path: PathBuf::from("<fragment>"),
-                message: e.to_string(),
+                message: syntax_message(&e, text),
             })?;
         let mut base: toml::Table =
             DEFAULT_CONFIG_TOML
@@ -914,6 +914,11 @@ impl Config {
                         format!("{key}.{field}")
                     };
                 }
+                let message = if is_secret_key(&key) {
+                    without_value(&message)
+                } else {
+                    message
+                };
                 ConfigError::Shape {
                     key,
                     origin: None,
@@ -1457,8 +1462,49 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>()
         .map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: syntax_message(&e, &text),
         })
+}
+
+/// Where a TOML syntax error is and what it is, without the line itself: toml's own text
+/// quotes the line, and the line may hold a password (`password = hunter2`, unquoted).
+fn syntax_message(e: &toml::de::Error, text: &str) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {}", e.message())
+        }
+        None => e.message().to_owned(),
+    }
+}
+
+/// Keys whose values are secrets: never quoted in an error, and always text when they come
+/// from `EDGE_*` (a password of digits only is still a password).
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    matches!(last, "password" | "secret" | "api_key")
+        || last.ends_with("_secret")
+        || last.ends_with("_password")
+}
+
+/// serde's message without the value it quotes (`invalid type: string "hunter2", expected
+/// u64` → `invalid type: string, expected u64`), for a secret key.
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: ", "invalid length: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let (found, expected) = rest.split_once(", expected").unwrap_or((rest, ""));
+            let kind = found.split_whitespace().next().unwrap_or("value");
+            let expected = if expected.is_empty() {
+                String::new()
+            } else {
+                format!(", expected{expected}")
+            };
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    "invalid value (not shown: the key holds a secret)".to_owned()
 }
 
 /// Deep merge: tables merge key by key, anything else is replaced.
@@ -1485,7 +1531,11 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
             continue;
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        let parsed = parse_env_value(value);
+        let parsed = if path.last().is_some_and(|k| is_secret_key(k)) {
+            toml::Value::String(value.clone())
+        } else {
+            parse_env_value(value)
+        };
         if path == ["lanes", "password"] || path == ["lanes", "username"] {
             let lanes = table
                 .entry("lanes")
@@ -1554,6 +1604,53 @@ mod tests {
         username = "pos"
         password = "secret"
     "#;
+
+    #[test]
+    fn config_errors_never_quote_a_secret() {
+        // An unquoted password is a syntax error: its line is not quoted back.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge-coupon.toml");
+        std::fs::write(
+            &path,
+            "[store]\nsites = [\"STO1\"]\n[admin]\npassword = hunter2\n",
+        )
+        .unwrap();
+        let e = read_table(&path).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+        // A secret of the wrong type: the value is not quoted either.
+        let e = Config::from_toml_str(&format!("{MINIMAL}\n[admin]\npassword = 918273645\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("918273645"), "{e}");
+        assert!(e.contains("admin.password"), "{e}");
+        // Not a secret: the value helps and is kept.
+        let e = Config::from_toml_str(&format!("{MINIMAL}\n[server]\nworkers = \"many\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("many"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_of_digits_from_the_environment_stays_text() {
+        let mut table: toml::Table = MINIMAL.parse().unwrap();
+        apply_env(
+            &mut table,
+            &[("EDGE_ADMIN__PASSWORD".to_owned(), "918273645".to_owned())],
+        )
+        .unwrap();
+        assert_eq!(
+            table["admin"]["password"],
+            toml::Value::String("918273645".into())
+        );
+        let mut table: toml::Table = MINIMAL.parse().unwrap();
+        apply_env(
+            &mut table,
+            &[("EDGE_SERVER__WORKERS".to_owned(), "3".to_owned())],
+        )
+        .unwrap();
+        assert_eq!(table["server"]["workers"], toml::Value::Integer(3));
+    }
 
     #[test]
     fn embedded_default_config_is_valid() {
