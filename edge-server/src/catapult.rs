@@ -4,6 +4,7 @@
 
 use crate::error::ApiError;
 use crate::lane::{self, AppliedCoupon, CommitInput, UpdateInput, UpdateOutcome};
+use crate::read_through::CardFound;
 use crate::{json_money, State};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -453,12 +454,41 @@ pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResp
         })
     };
     let (mut body, unseen) = answer()?;
-    if unseen && state.read_through_card(customer.as_str()).await {
-        body = answer()?.0;
+    if unseen {
+        match state.read_through_card(customer.as_str()).await {
+            Some(CardFound::Stored) => body = answer()?.0,
+            Some(found @ (CardFound::Late | CardFound::Unavailable)) => {
+                body = with_errors(&body, &[card_unavailable(found)]);
+            }
+            Some(CardFound::Unknown) | None => {}
+        }
     }
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
+}
+
+/// CATAPULT §5.15 `PROVIDER_UNAVAILABLE`: "A read-through to an upstream provider was
+/// needed and not possible within budget". The lane is still answered from the store (a
+/// card it never saw has no coupons here yet); the error says why they may be missing.
+fn card_unavailable(found: CardFound) -> Value {
+    let details = if found == CardFound::Late {
+        "this card is not known here yet and Convercus did not answer within providers.convercus.read_through_ms; its coupons are listed once it does"
+    } else {
+        "this card is not known here yet and Convercus cannot be asked now; its coupons are listed once Convercus answers (or the next pull brings them)"
+    };
+    json!({"id": "PROVIDER_UNAVAILABLE", "details": details})
+}
+
+/// A JSON object answer with `errors` added.
+fn with_errors(body: &[u8], errors: &[Value]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut o)) => {
+            o.insert("errors".into(), Value::Array(errors.to_vec()));
+            serde_json::to_vec(&o).unwrap_or_else(|_| body.to_vec())
+        }
+        _ => body.to_vec(),
+    }
 }
 
 // ---------------------------------------------------------------- clip
@@ -734,8 +764,15 @@ pub async fn update(
     };
     let mut evaluated = evaluate()?;
     // Typically the transient update sent when the card is scanned.
-    if evaluated.unseen && state.read_through_card(customer.as_str()).await {
-        evaluated = evaluate()?;
+    let mut errors = Vec::new();
+    if evaluated.unseen {
+        match state.read_through_card(customer.as_str()).await {
+            Some(CardFound::Stored) => evaluated = evaluate()?,
+            Some(found @ (CardFound::Late | CardFound::Unavailable)) => {
+                errors.push(card_unavailable(found));
+            }
+            Some(CardFound::Unknown) | None => {}
+        }
     }
     let outcome = if body.transient_request {
         // Transient updates never create or move holds: the preview is the answer.
@@ -758,7 +795,9 @@ pub async fn update(
             .await?
     };
     let policy = state.policy();
-    Ok(json_ok(&update_answer(&policy, &outcome)))
+    let mut answer = update_answer(&policy, &outcome);
+    answer.errors = (!errors.is_empty()).then_some(errors);
+    Ok(json_ok(&answer))
 }
 
 /// An amount serialised as an exact JSON number with two decimals.
@@ -779,6 +818,8 @@ struct UpdateAnswer<'a> {
     customer: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     loyalty_balances: Option<[LoyaltyBalance<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<Value>>,
 }
 
 #[derive(serde::Serialize)]
@@ -853,6 +894,7 @@ fn update_answer<'a>(policy: &'a lane::Policy, out: &'a UpdateOutcome) -> Update
                 balance: l.balance,
             }]
         }),
+        errors: None,
     }
 }
 

@@ -85,21 +85,17 @@ impl AppState {
     }
 
     /// Looks a card never seen here up at Convercus, when the read-through is on
-    /// (`providers.convercus.read_through_ms`): whether it is stored now, so that the
-    /// lane's request should read again.
-    pub async fn read_through_card(&self, card: &str) -> bool {
+    /// (`providers.convercus.read_through_ms`; `None` when off): `Stored` means the lane's
+    /// request should read again; `Late` or `Unavailable` that the answer goes without it
+    /// and says so (`PROVIDER_UNAVAILABLE`).
+    pub async fn read_through_card(&self, card: &str) -> Option<read_through::CardFound> {
         let rt = self
             .read_throughs
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .card
-            .clone();
-        match rt {
-            Some(rt) => {
-                rt.find(card, &self.db, self.config()).await == read_through::CardFound::Stored
-            }
-            None => false,
-        }
+            .clone()?;
+        Some(rt.find(card, &self.db, self.config()).await)
     }
 
     /// The configuration in force.

@@ -320,6 +320,10 @@ async fn an_unseen_card_is_read_through_at_convercus_and_never_while_unreachable
     // The simulator's account, by its app code: not in the store's sample data.
     let (status, m) = store.get(&customer_coupons("A1B2C3D4E5")).await.unwrap();
     assert_eq!((status, &m["clipped"]), (200, &json!([])), "{m}");
+    assert!(
+        m.get("errors").is_none(),
+        "read-through off: nothing was needed: {m}"
+    );
     assert_eq!(card_requests(&providers, "A1B2C3D4E5").await, 0);
     // Turned on by a config edit, without a restart.
     let config = std::fs::read_to_string(&store.config_path).unwrap();
@@ -337,6 +341,7 @@ async fn an_unseen_card_is_read_through_at_convercus_and_never_while_unreachable
     assert_eq!(status, 200, "{m}");
     // Its activated coffee coupon, under the id the sample data gave that coupon.
     assert_eq!(m["clipped"], json!(["CVX1"]), "{m}");
+    assert!(m.get("errors").is_none(), "{m}");
     let conn = rusqlite::Connection::open(store.db_path()).unwrap();
     let jane = shared::repo::customer(&conn, "A1B2C3D4E5")
         .unwrap()
@@ -357,6 +362,7 @@ async fn an_unseen_card_is_read_through_at_convercus_and_never_while_unreachable
     let (status, m) = store.get(&customer_coupons(stranger)).await.unwrap();
     assert_eq!(status, 200, "{m}");
     assert_eq!(m["clipped"], json!([]), "{m}");
+    assert!(m.get("errors").is_none(), "Convercus answered: {m}");
     let asked = card_requests(&providers, stranger).await;
     assert!(asked > 0);
     store.get(&customer_coupons(stranger)).await.unwrap();
@@ -368,14 +374,32 @@ async fn an_unseen_card_is_read_through_at_convercus_and_never_while_unreachable
         .faults("convercus", json!({"down": true}))
         .await
         .unwrap();
+    // CATAPULT §5.15: PROVIDER_UNAVAILABLE, "a read-through to an upstream provider was
+    // needed and not possible within budget".
     let (status, m) = store.get(&customer_coupons("4000000000778")).await.unwrap();
     assert_eq!((status, &m["clipped"]), (200, &json!([])), "{m}");
+    assert_eq!(m["errors"][0]["id"], "PROVIDER_UNAVAILABLE", "{m}");
     providers
         .faults("convercus", json!({"down": false}))
         .await
         .unwrap();
     let (status, m) = store.get(&customer_coupons("4000000000779")).await.unwrap();
     assert_eq!((status, &m["clipped"]), (200, &json!([])), "{m}");
+    assert_eq!(m["errors"][0]["id"], "PROVIDER_UNAVAILABLE", "paused: {m}");
+    // The same in an update for such a card: the sale goes on without its coupons.
+    let (status, r) = store
+        .post(
+            "/transaction",
+            &json!({"site": SITE, "customer": "4000000000779", "transaction": "RTU1",
+                    "transientRequest": true, "items": []}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, &r["errors"][0]["id"]),
+        (200, &json!("PROVIDER_UNAVAILABLE")),
+        "{r}"
+    );
     assert_eq!(
         card_requests(&providers, "4000000000779").await,
         0,
@@ -399,6 +423,7 @@ async fn a_slow_convercus_costs_the_lane_the_budget_and_the_card_arrives_later()
     // Answered from the store when the budget is over, without the card.
     let (status, m) = store.get(&customer_coupons("A1B2C3D4E5")).await.unwrap();
     assert_eq!((status, &m["clipped"]), (200, &json!([])), "{m}");
+    assert_eq!(m["errors"][0]["id"], "PROVIDER_UNAVAILABLE", "{m}");
     // Meanwhile no other card waits for Convercus: it is not even asked.
     let other = "4000000000780";
     let (status, _) = store.get(&customer_coupons(other)).await.unwrap();
@@ -444,6 +469,7 @@ async fn an_unseen_card_scanned_into_a_sale_is_read_through_by_its_update() {
     assert_eq!(r["applied"][0]["couponId"], "CVX1", "{r}");
     assert_eq!(r["applied"][0]["totalDiscount"].as_f64(), Some(0.6), "{r}");
     assert_eq!(r["customer"]["firstName"], "Jane", "{r}");
+    assert!(r.get("errors").is_none(), "{r}");
     // The sale goes on from the store.
     let asked = card_requests(&providers, "A1B2C3D4E5").await;
     let (status, r) = store.post("/transaction", &sale(false)).await.unwrap();
