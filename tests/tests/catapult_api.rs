@@ -50,6 +50,40 @@ fn list(m: &Value, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The ids of an answer's `errors`, in order (none when it has none).
+fn error_ids(r: &Value) -> Vec<String> {
+    r["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the catalog lists `id` (the server reloads it within a second of an
+/// import) and returns its entry.
+async fn wait_for_catalog(store: &Store, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
+        if let Some(c) = body["coupons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+        {
+            return c.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never listed: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn applied<'a>(answer: &'a Value, id: &str) -> Option<&'a Value> {
     answer["applied"]
         .as_array()
@@ -452,27 +486,8 @@ async fn an_image_is_advertised_only_while_its_file_is_there() {
     )
     .unwrap();
     store.import(&snapshot).unwrap();
-    let image_of = |body: &Value| {
-        body["coupons"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == "LATERIMG")
-            .map(|c| c["imageUrl"].as_str().unwrap().to_owned())
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, body) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
-        if let Some(url) = image_of(&body) {
-            assert_eq!(url, "", "no file yet: not advertised");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the offer never reached the catalog"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let listed = wait_for_catalog(&store, "LATERIMG").await;
+    assert_eq!(listed["imageUrl"], "", "no file yet: not advertised");
     let (status, _) = store.get("/images/later.gif").await.unwrap();
     assert_eq!(status, 404);
     std::fs::copy(
@@ -480,12 +495,12 @@ async fn an_image_is_advertised_only_while_its_file_is_there() {
         store.dir.join("images/later.gif"),
     )
     .unwrap();
-    loop {
-        let (_, body) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
-        if image_of(&body).as_deref() == Some("/images/later.gif") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while wait_for_catalog(&store, "LATERIMG").await["imageUrl"] != "/images/later.gif" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the image put there is never advertised"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let r = store
@@ -847,16 +862,6 @@ async fn a_disabled_offer_leaves_the_usable_lists_but_not_the_redeemed_history()
 #[tokio::test]
 async fn a_commit_cannot_take_a_coupon_another_open_sale_holds_or_one_that_ended() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
-    let error_ids = |r: &Value| -> Vec<String> {
-        r["errors"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| e["id"].as_str().unwrap().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     // Lane 1 holds BOGO1 on its open sale.
     let (status, r) = store
         .post(
@@ -974,21 +979,8 @@ async fn a_coupon_usable_more_than_once_is_listed_redeemed_and_still_applies() {
     )
     .unwrap();
     store.import(&snapshot).unwrap();
-    // The server reloads its catalog (where clip-free offers are found) within a second.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, body) = store.get(&format!("/coupons?site={SITE}")).await.unwrap();
-        if body["coupons"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["id"] == "ALWAYS")
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{body}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    // Clip-free offers are found in the catalog, reloaded within a second of the import.
+    wait_for_catalog(&store, "ALWAYS").await;
     let basket = json!([
         {"id": 1, "quantity": 1, "upc": 555000111u64, "price": 3.00, "discountPrice": 3.00, "dept": 1},
         {"id": 2, "quantity": 1, "upc": 555000222u64, "price": 3.00, "discountPrice": 3.00, "dept": 1}
@@ -1139,16 +1131,6 @@ async fn uses_the_provider_counted_elsewhere_count_against_the_limit() {
 #[tokio::test]
 async fn a_commit_names_the_listed_coupons_it_cannot_redeem_and_is_still_recorded() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
-    let error_ids = |r: &Value| -> Vec<String> {
-        r["errors"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| e["id"].as_str().unwrap().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     // A sale this store saw: an unknown id is named (COUPON_NOT_FOUND), the rest redeemed.
     store
         .post(
