@@ -261,7 +261,7 @@ pub fn clip(
             continue;
         };
         let state = view.state(id, now);
-        let live = offer.enabled && offer.start_date <= today && today <= offer.end_date;
+        let live = offer.usable_on(today);
         match state {
             // A clipped coupon past its end date is expired (CATAPULT §6): not clipped now.
             Some(CouponState::Clipped) if offer.end_date < today => {
@@ -756,8 +756,7 @@ pub fn commit(
         // commit whose hold lapsed). The shopper had the discount.
         let given_here = holding == Holding::PendingHere
             || (updated_for_customer && stored.applied.contains_key(id));
-        let live =
-            offer.enabled && offer.start_date <= input.today && input.today <= offer.end_date;
+        let live = offer.usable_on(input.today);
         let usable = match holding {
             Holding::Redeemed | Holding::Expired => false,
             // Given here but held by another open sale since (this one's hold lapsed): not

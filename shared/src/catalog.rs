@@ -108,7 +108,7 @@ impl Catalog {
         subset
             .iter()
             .map(|&i| &self.offers[i])
-            .filter(move |o| o.enabled && o.start_date <= today && today <= o.end_date)
+            .filter(move |o| o.usable_on(today))
     }
 }
 

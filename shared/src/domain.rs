@@ -346,6 +346,13 @@ fn yes() -> bool {
     true
 }
 
+impl Offer {
+    /// Enabled and within its validity window (whole days, inclusive) on `today`.
+    pub fn usable_on(&self, today: NaiveDate) -> bool {
+        self.enabled && self.start_date <= today && today <= self.end_date
+    }
+}
+
 fn one() -> u32 {
     1
 }
