@@ -297,6 +297,20 @@ pub fn deliver_part(
     flag_refused_redemption(conn, &part)
 }
 
+/// Extends the leases of items this worker is still delivering, so that a delivery that
+/// outlasts `outbox.lease_secs` (a provider's `Retry-After` pause, a slow answer, the
+/// several calls of a verified retry) is never taken for a dead worker's and claimed a
+/// second time while it runs. Called just before `rescue_expired_leases`, in the same write.
+pub fn renew_leases(conn: &Connection, ids: &[i64], lease_until: i64) -> rusqlite::Result<()> {
+    let mut st = conn.prepare_cached(
+        "UPDATE outbox SET lease_until = ?2 WHERE id = ?1 AND state = 'inflight'",
+    )?;
+    for id in ids {
+        st.execute(params![id, lease_until])?;
+    }
+    Ok(())
+}
+
 /// Returns in-flight items whose lease ran out (their worker died) to `pending`.
 pub fn rescue_expired_leases(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
     conn.prepare_cached(

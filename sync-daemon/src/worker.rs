@@ -428,10 +428,15 @@ pub async fn run(
                     });
                 }
             }
+            // Items still being delivered here keep their lease however long they take;
+            // only a stopped worker's items run out.
+            let running: Vec<i64> = claimed.keys().copied().collect();
+            let lease = i64::try_from(o.lease_secs).unwrap_or(120);
             let r = db
                 .writer
                 .write(move |conn| -> rusqlite::Result<(usize, usize)> {
                     let now = now_secs();
+                    outbox::renew_leases(conn, &running, now + lease)?;
                     let rescued = outbox::rescue_expired_leases(conn, now)?;
                     let pruned = if prune {
                         outbox::prune_delivered(conn, now - retention)?

@@ -1512,6 +1512,76 @@ async fn an_unreadable_answer_to_a_barcode_redeem_is_dead_lettered_not_resent() 
     daemon.kill9();
 }
 
+/// A delivery that outlasts its lease (here a Koupon answer slower than `outbox.lease_secs`;
+/// in a store a `Retry-After` pause or a verified retry's several calls) is the worker's
+/// own, not a stopped worker's: it is not claimed and sent a second time while it runs
+/// (koupon.md §6: "A retry after a lost response can double-count").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_slower_than_its_lease_is_not_sent_a_second_time() {
+    let providers = Providers::start().unwrap();
+    // Koupon's section is the last: its timeout longer than the slow answer below.
+    let toml = providers.config_toml("0 0 0 1 1 *");
+    let at = toml.rfind("timeout_ms = 3000").unwrap();
+    let toml = format!(
+        "{}timeout_ms = 20000{}",
+        &toml[..at],
+        &toml[at + "timeout_ms = 3000".len()..]
+    );
+    assert!(toml.contains("store_id = \"STO1\"\nschedule = \"0 0 0 1 1 *\"\npull_at_start = false\ntimeout_ms = 20000"));
+    let store = Store::start(StoreOptions {
+        extra_toml: format!(
+            "{toml}\n[outbox]\npoll_ms = 50\nlease_secs = 5\nbackoff_base_secs = 1\nbackoff_cap_secs = 2\n"
+        ),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    providers
+        .faults("koupon", json!({"slow_ms": 11000}))
+        .await
+        .unwrap();
+    let q = format!("?site={SITE}&customer=4000000000001&transaction=KL1");
+    let items = json!([{"id": 1, "quantity": 1, "upc": 12000001000u64, "price": 10.00, "discountPrice": 10.00, "dept": 1}]);
+    let (s, r) = store
+        .post(
+            &format!("/transaction{q}"),
+            &json!({"transientRequest": false, "items": items, "subTotal": 10.0, "grossTotal": 10.0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+    let vbody = json!({"site": SITE, "transaction": "KL1", "moneySpent": 10.0});
+    let (s, r) = store
+        .post("/vouchers/KP-BARCODE-0003/validate", &vbody)
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let (state, error) = outcome(&store, &daemon, "koupon", "validate").await;
+    assert_eq!(state, "delivered", "{error}");
+    // A second claim would now be waiting on the simulator's slow answer.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let attempts: i64 = conn
+        .query_row(
+            "SELECT attempts FROM outbox WHERE provider = 'koupon' AND operation = 'validate'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(attempts, 1, "claimed once\n{}", daemon.log());
+    let redeems = providers
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["provider"] == "koupon" && e["operation"] == "redeem")
+        .count();
+    assert_eq!(redeems, 1, "sent once\n{}", daemon.log());
+    assert!(!daemon.log().contains("left in flight"), "{}", daemon.log());
+    daemon.kill9();
+}
+
 /// convercus.md §2: on a 401, renew the token once. Parallel calls refused together (a
 /// pull asks for `pull_concurrency` customers at a time) log in once: a call whose token
 /// was already replaced by another uses the new one.
