@@ -71,7 +71,8 @@ pub fn classify(code: i64) -> CodeClass {
     match code {
         1000 | 101..=104 => CodeClass::Credentials,
         200 | 300..=349 => CodeClass::BadRequest,
-        500..=599 => CodeClass::NotFound,
+        // Only the listed codes: a 500, 501 or 504 in the envelope is not one of them.
+        502 | 503 | 505 | 507 | 509 | 510 | 513 | 515 => CodeClass::NotFound,
         _ => CodeClass::Unknown,
     }
 }
@@ -126,9 +127,12 @@ fn decide(path: &str, status: u16, text: &str) -> Result<Value, CallError> {
     let body = serde_json::from_str::<Value>(text);
     let transport_fault = status == 429 || status >= 500;
     let failure = body.as_ref().ok().and_then(failure_of);
-    let documented = failure
-        .as_ref()
-        .is_some_and(|f| classify(f.code) != CodeClass::Unknown);
+    // An envelope whose own status line is a server error (`HTTP/1.0 503 Service
+    // Unavailable`, §4: "`error_message` embeds an HTTP status line") is the server failing,
+    // whatever its code: 503 is also "teammate not found", which Coupontools states as a 4xx.
+    let documented = failure.as_ref().is_some_and(|f| {
+        classify(f.code) != CodeClass::Unknown && !states_server_error(&f.message)
+    });
     if transport_fault && !documented {
         return Err(CallError::Status {
             status,
@@ -197,6 +201,16 @@ fn refused_without_envelope(status: u16, text: &str) -> CallError {
 }
 
 /// The 4xx status an error message names in its `HTTP/1.x NNN` line, if any.
+/// Whether an error message begins with an HTTP status line of a server error (5xx).
+fn states_server_error(message: &str) -> bool {
+    message
+        .trim_start()
+        .strip_prefix("HTTP/")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .is_some_and(|code| (500..600).contains(&code))
+}
+
 fn stated_status(message: &str) -> Option<u16> {
     let rest = message.trim_start().strip_prefix("HTTP/")?;
     let code: u16 = rest.split_whitespace().nth(1)?.parse().ok()?;
@@ -911,6 +925,18 @@ mod tests {
                 envelope(json!(9999), "HTTP/1.0 500 Internal Server Error"),
             ),
             (500, json!({"status": {"status": "OK"}}).to_string()),
+            // A listed code whose message is a server error's status line (503 is also
+            // "teammate not found"), and codes of the 5xx range that are not listed.
+            (
+                503,
+                envelope(json!(503), "HTTP/1.0 503 Service Unavailable"),
+            ),
+            (
+                500,
+                envelope(json!([500]), "HTTP/1.0 500 Internal Server Error"),
+            ),
+            (504, envelope(json!(504), "Gateway Timeout")),
+            (502, envelope(json!(501), "Not Implemented")),
         ] {
             let e = decide("couponsession/update", status, &text).unwrap_err();
             assert!(e.is_transient(), "{status} {text}: {e}");
