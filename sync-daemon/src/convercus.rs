@@ -594,18 +594,31 @@ impl Client {
         let coupons = self
             .get_json(&format!("/v2/accounts/{acc}/accountcoupons"), Some(id_type))
             .await?;
-        let today = config.today();
-        let mut out = Vec::new();
-        for c in coupons.as_array().into_iter().flatten() {
-            if let Some(mapped) = map_coupon(c, &self.cfg, config, today, active) {
-                out.push(mapped);
-            }
-        }
-        Ok(Some(CustomerPull {
-            customer,
-            coupons: out,
-        }))
+        let coupons = map_coupons(&coupons, &self.cfg, config, config.today(), active)?;
+        Ok(Some(CustomerPull { customer, coupons }))
     }
+}
+
+/// An account's coupon list (§4.5: `AccountCoupon[]`), mapped. Anything but a list (a
+/// paged wrapper, `null`, an error object under a 200) is an unreadable answer: read as
+/// "no coupons", the pull would expire or delete every coupon the customer has.
+pub fn map_coupons(
+    list: &Value,
+    cfg: &ConvercusConfig,
+    config: &Config,
+    today: NaiveDate,
+    account_active: bool,
+) -> Result<Vec<(Offer, PulledCoupon)>, CallError> {
+    let Some(list) = list.as_array() else {
+        let shape: String = list.to_string().chars().take(120).collect();
+        return Err(CallError::Malformed(format!(
+            "the account coupon list is not a list (convercus.md §4.5 AccountCoupon[]): {shape}; the customer's coupons are left as they were"
+        )));
+    };
+    Ok(list
+        .iter()
+        .filter_map(|c| map_coupon(c, cfg, config, today, account_active))
+        .collect())
 }
 
 /// The baseline an earlier attempt of a redemption noted before its PATCH, if any.
@@ -1200,6 +1213,29 @@ mod tests {
         let config = config();
         let today = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
         map_coupon(c, &config.providers.convercus, &config, today, true)
+    }
+
+    /// convercus.md §4.5 answers `AccountCoupon[]`. Before, anything else read as an empty
+    /// list, and the pull then expired or deleted every coupon of the customer.
+    #[test]
+    fn an_account_coupon_list_that_is_not_a_list_is_refused_not_read_as_empty() {
+        let config = config();
+        let today = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+        let cfg = &config.providers.convercus;
+        let one = coupon("DISCOUNT", json!({}));
+        for answer in [
+            json!({"content": [one.clone()], "totalPages": 2}),
+            Value::Null,
+            json!({"errorCode": "INTERNAL"}),
+        ] {
+            let e = map_coupons(&answer, cfg, &config, today, true).unwrap_err();
+            assert!(matches!(e, CallError::Malformed(_)), "{answer}: {e:?}");
+        }
+        let mapped = map_coupons(&json!([one]), cfg, &config, today, true).unwrap();
+        assert_eq!(mapped.len(), 1);
+        assert!(map_coupons(&json!([]), cfg, &config, today, true)
+            .unwrap()
+            .is_empty());
     }
 
     /// convercus.md §4.5: `validTo` is a local date-time. One at midnight ends the day
