@@ -39,12 +39,13 @@ pub fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0007_lapsing_voucher_locks.sql")),
         M::up(include_str!("../migrations/0008_voucher_alias.sql")),
         M::up(include_str!("../migrations/0009_voucher_times_rfc3339.sql")),
+        M::up(include_str!("../migrations/0010_points_spent.sql")),
     ])
 }
 
 /// Number of the newest migration this build knows.
 pub fn schema_version() -> i64 {
-    9
+    10
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -786,7 +787,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version(), 9);
+        assert_eq!(schema_version(), 10);
     }
 
     /// Every table with a `state` check, and a row of it with `?1` as its state.

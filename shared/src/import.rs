@@ -152,6 +152,14 @@ pub fn validate(s: &Snapshot) -> Result<(), ImportError> {
                 o.id
             ))
         })?;
+        // A cost of 0 points or less would give the coupon away, or pay points for it
+        // (catapult-loyalty-redemption.md §3: "Cannot authorize 0-points").
+        if o.loyalty_cost.is_some_and(|cost| cost <= 0) {
+            return Err(ImportError::Invalid(format!(
+                "offer `{}`: loyaltyCost must be a positive number of points, or null for a coupon not bought with points",
+                o.id
+            )));
+        }
         if o.end_date < o.start_date {
             return Err(ImportError::Invalid(format!(
                 "offer `{}`: endDate is before startDate",
@@ -162,6 +170,12 @@ pub fn validate(s: &Snapshot) -> Result<(), ImportError> {
     for c in &s.customers {
         CustomerId::parse(&c.id)
             .map_err(|e| ImportError::Invalid(format!("customer `{}`: {e}", c.id)))?;
+        if c.points_balance < 0 {
+            return Err(ImportError::Invalid(format!(
+                "customer `{}`: pointsBalance cannot be negative",
+                c.id
+            )));
+        }
         if c.coupons.iter().any(|k| k.state == CouponState::Pending) {
             return Err(ImportError::Invalid(format!(
                 "customer `{}`: state `pending` cannot be imported (holds belong to live sales)",
@@ -272,7 +286,7 @@ pub fn import(
                     loyalty_id: ic.loyalty_id.clone(),
                     points_balance: ic.points_balance,
                 };
-                repo::upsert_customer(c, &customer, now)?;
+                repo::upsert_customer(c, &customer, repo::Points::FromSnapshot, now)?;
                 for k in &ic.coupons {
                     repo::import_coupon_state(
                         c,
@@ -366,6 +380,7 @@ mod tests {
                         provider: Some("convercus".into()),
                         ..Customer::default()
                     },
+                    repo::Points::FromSnapshot,
                     1,
                 )?;
                 repo::import_coupon_state(
@@ -379,6 +394,67 @@ mod tests {
             })
             .unwrap();
         (dir, db)
+    }
+
+    fn points_of(db: &Db, customer: &'static str) -> i64 {
+        db.writer
+            .write_blocking(move |c| repo::customer(c, customer))
+            .unwrap()
+            .unwrap()
+            .points_balance
+    }
+
+    /// Points spent here reach no provider, so no snapshot knows of them. Before, importing
+    /// the same file again gave a customer back every point they had spent at the store.
+    #[test]
+    fn importing_the_same_file_again_does_not_give_back_points_spent_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DatabaseConfig {
+            path: dir.path().join("edge.db"),
+            ..DatabaseConfig::default()
+        };
+        let db = Db::open(&cfg, false).unwrap();
+        let jane = "4000000000001";
+        let granted = sample()
+            .customers
+            .iter()
+            .find(|c| c.id == jane)
+            .unwrap()
+            .points_balance;
+        assert!(granted >= 500, "{granted}");
+        import(&db.writer, sample(), |_, _, _| {}).unwrap();
+        assert_eq!(points_of(&db, jane), granted);
+        db.writer
+            .write_blocking(move |c| repo::spend_points(c, jane, 500))
+            .unwrap();
+        import(&db.writer, sample(), |_, _, _| {}).unwrap();
+        assert_eq!(points_of(&db, jane), granted - 500);
+        // A new grant in a later snapshot counts, less what was spent here.
+        let mut more = sample();
+        for c in more.customers.iter_mut().filter(|c| c.id == jane) {
+            c.points_balance = granted + 1000;
+        }
+        import(&db.writer, more, |_, _, _| {}).unwrap();
+        assert_eq!(points_of(&db, jane), granted + 500);
+    }
+
+    #[test]
+    fn an_offer_priced_at_no_points_or_fewer_is_refused() {
+        for cost in [0, -1000] {
+            let mut s = sample();
+            let o = s
+                .offers
+                .iter_mut()
+                .find(|o| o.loyalty_cost.is_some())
+                .unwrap();
+            o.loyalty_cost = Some(cost);
+            let e = validate(&s).unwrap_err().to_string();
+            assert!(e.contains("loyaltyCost must be a positive number"), "{e}");
+        }
+        let mut s = sample();
+        s.customers[0].points_balance = -1;
+        let e = validate(&s).unwrap_err().to_string();
+        assert!(e.contains("pointsBalance cannot be negative"), "{e}");
     }
 
     #[test]

@@ -248,8 +248,20 @@ pub fn customer_by_email(conn: &Connection, email: &str) -> Result<Option<Custom
     st.query_row([email], customer_from_row).optional()
 }
 
-/// Inserts or updates a customer's profile (keeps the row when it exists).
-pub fn upsert_customer(conn: &Connection, c: &Customer, now: i64) -> Result<()> {
+/// What an update of an existing customer does to the points balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Points {
+    /// Keep the store's balance (a provider pull, which knows no points balance).
+    Keep,
+    /// Set it from a snapshot: `c.points_balance` less the points spent at this store
+    /// (`spend_points`). Those never reach a provider, so no snapshot knows of them, and
+    /// importing the same file again must not give them back.
+    FromSnapshot,
+}
+
+/// Inserts or updates a customer's profile (keeps the row when it exists); a new customer's
+/// points balance is `c.points_balance`, an existing one's as `points` says.
+pub fn upsert_customer(conn: &Connection, c: &Customer, points: Points, now: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO customers (id, first_name, last_name, email, phone, phone_digits, provider, provider_ref, loyalty_id, points_balance, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?11, ?6, ?7, ?8, ?9, ?10) \
@@ -257,7 +269,9 @@ pub fn upsert_customer(conn: &Connection, c: &Customer, now: i64) -> Result<()> 
            email = excluded.email, phone = excluded.phone, phone_digits = excluded.phone_digits, \
            provider = excluded.provider, \
            provider_ref = excluded.provider_ref, loyalty_id = excluded.loyalty_id, \
-           points_balance = excluded.points_balance, updated_at = excluded.updated_at",
+           points_balance = CASE WHEN ?12 THEN customers.points_balance \
+             ELSE max(excluded.points_balance - customers.points_spent, 0) END, \
+           updated_at = excluded.updated_at",
     )?
     .execute(params![
         c.id,
@@ -270,7 +284,8 @@ pub fn upsert_customer(conn: &Connection, c: &Customer, now: i64) -> Result<()> 
         c.loyalty_id,
         c.points_balance,
         now,
-        c.phone.as_deref().and_then(phone_digits)
+        c.phone.as_deref().and_then(phone_digits),
+        points == Points::Keep
     ])?;
     Ok(())
 }
@@ -284,7 +299,8 @@ pub fn ensure_customer(conn: &Connection, id: &str, now: i64) -> Result<()> {
 
 pub fn spend_points(conn: &Connection, customer_id: &str, points: i64) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE customers SET points_balance = max(points_balance - ?2, 0) WHERE id = ?1",
+        "UPDATE customers SET points_balance = max(points_balance - ?2, 0), points_spent = points_spent + ?2 \
+         WHERE id = ?1",
     )?
     .execute(params![customer_id, points])?;
     Ok(())
@@ -1197,21 +1213,40 @@ mod tests {
     #[test]
     fn a_formatted_phone_is_found_by_its_digits_through_the_index() {
         let (_dir, conn) = scratch_db();
-        upsert_customer(&conn, &customer_with_phone("C2", Some("(828)265-2907")), 1).unwrap();
         upsert_customer(
             &conn,
-            &customer_with_phone("C1", Some("+1 828 265 2907")),
+            &customer_with_phone("C2", Some("(828)265-2907")),
+            Points::FromSnapshot,
             1,
         )
         .unwrap();
-        upsert_customer(&conn, &customer_with_phone("C3", None), 1).unwrap();
+        upsert_customer(
+            &conn,
+            &customer_with_phone("C1", Some("+1 828 265 2907")),
+            Points::FromSnapshot,
+            1,
+        )
+        .unwrap();
+        upsert_customer(
+            &conn,
+            &customer_with_phone("C3", None),
+            Points::FromSnapshot,
+            1,
+        )
+        .unwrap();
         let found = customer_by_phone(&conn, "8282652907").unwrap().unwrap();
         assert_eq!(
             (found.id.as_str(), found.phone.as_deref()),
             ("C1", Some("+1 828 265 2907"))
         );
         // A changed phone moves its digits along; a removed one takes them away.
-        upsert_customer(&conn, &customer_with_phone("C1", Some("555-123-4567")), 2).unwrap();
+        upsert_customer(
+            &conn,
+            &customer_with_phone("C1", Some("555-123-4567")),
+            Points::FromSnapshot,
+            2,
+        )
+        .unwrap();
         assert_eq!(
             customer_by_phone(&conn, "8282652907").unwrap().unwrap().id,
             "C2"
@@ -1220,7 +1255,13 @@ mod tests {
             customer_by_phone(&conn, "5551234567").unwrap().unwrap().id,
             "C1"
         );
-        upsert_customer(&conn, &customer_with_phone("C2", None), 2).unwrap();
+        upsert_customer(
+            &conn,
+            &customer_with_phone("C2", None),
+            Points::FromSnapshot,
+            2,
+        )
+        .unwrap();
         assert!(customer_by_phone(&conn, "8282652907").unwrap().is_none());
         assert!(customer_by_phone(&conn, "").unwrap().is_none());
         let plan: Vec<String> = conn

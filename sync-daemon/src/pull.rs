@@ -400,10 +400,10 @@ async fn write_customers(
                     c.points_balance = old.points_balance;
                     c.loyalty_id = c.loyalty_id.or_else(|| old.loyalty_id.clone());
                     if old != c {
-                        repo::upsert_customer(conn, &c, now)?;
+                        repo::upsert_customer(conn, &c, repo::Points::Keep, now)?;
                     }
                 } else {
-                    repo::upsert_customer(conn, &c, now)?;
+                    repo::upsert_customer(conn, &c, repo::Points::Keep, now)?;
                 }
                 let coupons: Vec<PulledCoupon> = p
                     .coupons
