@@ -570,11 +570,32 @@ pub fn update(
             return Ok(outcome);
         }
     }
+    // A points coupon is held (its points reserved from the customer's other sales) only
+    // while the balance this sale sees covers it, in the order offered: the POS "prompts
+    // only if the balance is sufficient" (CATAPULT §5.10), and a hold on points the
+    // customer does not have would only hide their balance from their other lanes
+    // (catapult-loyalty-redemption.md §3 code 5). One the POS takes anyway is still
+    // redeemed at commit, flagged as a conflict (`commit`).
+    let mut points_left = outcome.loyalty.as_ref().map_or(0, |l| l.balance);
+    let mut unaffordable = BTreeSet::new();
+    for a in outcome
+        .applied
+        .iter()
+        .filter(|a| a.applied.optional.is_some())
+    {
+        let cost = a.offer.loyalty_cost.unwrap_or(0);
+        if cost <= points_left {
+            points_left -= cost;
+        } else {
+            unaffordable.insert(a.offer.id.as_str());
+        }
+    }
     let ids = |optional_only: bool| -> Vec<String> {
         outcome
             .applied
             .iter()
             .filter(|a| !optional_only || a.applied.optional.is_some())
+            .filter(|a| !unaffordable.contains(a.offer.id.as_str()))
             .map(|a| a.offer.id.clone())
             .collect()
     };
@@ -784,6 +805,10 @@ pub fn commit(
                 log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(), other = other.txn.as_str(); "commit redeems a coupon another open sale holds; that sale no longer holds it (its commit will be flagged as a conflict)");
             }
         }
+        // Points the customer does not have (any more): the sale is done and the shopper
+        // had the coupon, so it is redeemed, the balance goes to 0, and store IT sees a
+        // conflict (catapult-loyalty-redemption.md §3 code 5, "Insufficient Balance").
+        let points_short = usable && offer.loyalty_cost.is_some_and(|cost| points_left < cost);
         let discount = Cents(stored.applied.get(id).copied().unwrap_or(0));
         given += discount;
         repo::insert_redemption(
@@ -793,7 +818,7 @@ pub fn commit(
             &input.customer,
             id,
             discount,
-            !usable,
+            !usable || points_short,
             empty_list,
             now,
         )?;
@@ -812,7 +837,7 @@ pub fn commit(
             points_left = points_left.saturating_sub(cost).max(0);
             if balance < cost {
                 // The sale is done; the lane's own check came before another sale spent them.
-                log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "points coupon redeemed with {balance} points left of the {cost} it costs; balance set to 0, for store IT");
+                log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), coupon = id.as_str(); "points coupon redeemed with {balance} points left of the {cost} it costs; balance set to 0, recorded as a conflict for store IT");
             }
             repo::spend_points(conn, &input.customer, cost)?;
         }

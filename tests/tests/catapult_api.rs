@@ -1356,6 +1356,69 @@ async fn points_held_by_another_open_sale_are_not_offered_again() {
     assert_eq!(balance(&r), Some(800), "{r}");
 }
 
+/// John has 100 points; the 500-point coupon is still offered (the POS "prompts only if
+/// the balance is sufficient", §5.10), but his open sale does not reserve points he does
+/// not have: before, his other lane saw a balance of 0. A commit that takes it anyway is
+/// acknowledged and flagged for store IT (before: no conflict, the shortfall only logged).
+#[tokio::test]
+async fn a_points_coupon_the_balance_cannot_pay_is_neither_held_nor_redeemed_unflagged() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let balance = |r: &Value| r["loyaltyBalances"][0]["balance"].as_i64();
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JOHN, "J1")),
+            &update_body(JOHN, "J1", false, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        applied(&r, "PTS500").unwrap()["optional"]["loyaltyCost"],
+        500,
+        "{r}"
+    );
+    assert_eq!(balance(&r), Some(100), "{r}");
+    let m = meta(&store, JOHN).await;
+    assert!(!list(&m, "pending").contains(&"PTS500".to_owned()), "{m}");
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JOHN, "J2")),
+            &update_body(JOHN, "J2", true, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        balance(&r),
+        Some(100),
+        "nothing of it is reserved by J1: {r}"
+    );
+    // The cashier takes it anyway: recorded, the balance spent to 0, flagged.
+    let (status, _) = store
+        .post(
+            &format!("/transaction/commit{}", q(JOHN, "J1")),
+            &json!({"coupons": ["PTS500"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let conflict: i64 = conn
+        .query_row(
+            "SELECT conflict FROM redemptions WHERE txn_id = 'J1' AND offer_id = 'PTS500'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(conflict, 1, "the shortfall is flagged for store IT");
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JOHN, "J3")),
+            &update_body(JOHN, "J3", true, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(balance(&r), Some(0), "{r}");
+}
+
 #[tokio::test]
 async fn global_limit_holds_across_customers() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
