@@ -360,7 +360,8 @@ pub struct KouponConfig {
     pub storeconnect_url: String,
     /// Management host (offer list).
     pub management_url: String,
-    pub api_key: String,
+    /// The `identifier` of every signed URL: kept out of `Debug` like the secret.
+    pub api_key: Secret,
     pub secret: Secret,
     /// Koupon's id of this store: `storeId` in the query of redeem and report calls,
     /// `storeid` of the offer list; omitted when empty. URL-safe characters only.
@@ -772,7 +773,7 @@ impl Default for KouponConfig {
             enabled: false,
             storeconnect_url: "https://storeconnect.kouponmedia.com".to_owned(),
             management_url: "https://management.kouponmedia.com".to_owned(),
-            api_key: String::new(),
+            api_key: Secret::default(),
             secret: Secret::default(),
             store_id: String::new(),
             schedule: "0 0 * * * *".to_owned(),
@@ -1273,7 +1274,7 @@ impl Config {
             }
         }
         let k = &p.koupon;
-        if need_secrets && k.enabled && (k.api_key.is_empty() || k.secret.expose().is_empty()) {
+        if need_secrets && k.enabled && (k.api_key.expose().is_empty() || k.secret.expose().is_empty()) {
             return Err(invalid(
                 "providers.koupon.api_key",
                 "set api_key and secret",
@@ -1282,8 +1283,8 @@ impl Config {
         // Both go into the signed URL as they are (koupon.md §2): only characters that need
         // no percent-encoding, so the URL signed is the URL sent.
         for (key, value) in [
-            ("providers.koupon.api_key", &k.api_key),
-            ("providers.koupon.store_id", &k.store_id),
+            ("providers.koupon.api_key", k.api_key.expose()),
+            ("providers.koupon.store_id", k.store_id.as_str()),
         ] {
             if !value
                 .chars()
@@ -1906,6 +1907,10 @@ mod tests {
         .unwrap();
         let env = vec![
             ("EDGE_LANES__PASSWORD".to_owned(), "from-env".to_owned()),
+            (
+                "EDGE_PROVIDERS__KOUPON__API_KEY".to_owned(),
+                "key-from-env".to_owned(),
+            ),
             ("EDGE_DATABASE__READ_POOL_SIZE".to_owned(), "3".to_owned()),
             ("EDGE_DATABASE__PATH".to_owned(), "/tmp/x.db".to_owned()),
         ];
@@ -1914,6 +1919,7 @@ mod tests {
         assert_eq!(c.lanes.credentials[0].password.expose(), "from-env");
         assert_eq!(c.database.read_pool_size, 3);
         assert_eq!(c.database.path, PathBuf::from("/tmp/x.db"));
+        assert_eq!(c.providers.koupon.api_key.expose(), "key-from-env");
         assert!(
             !format!("{c:?}").contains("from-env"),
             "secrets are redacted in Debug"

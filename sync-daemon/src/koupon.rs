@@ -157,7 +157,7 @@ impl Client {
             base,
             path,
             query,
-            &self.cfg.api_key,
+            self.cfg.api_key.expose(),
             self.cfg.secret.expose(),
             Signing::of(&self.cfg),
             now_ms(),
