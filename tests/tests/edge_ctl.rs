@@ -246,6 +246,44 @@ fn retrying_an_unknown_item_says_there_is_none() {
     }
 }
 
+/// What would do nothing is refused, not reported as done: a pull of a provider the
+/// configuration does not enable (it said "starts it within a few seconds" and exited 0,
+/// while the daemon only logged that there was nothing to pull), and a list filtered by a
+/// state or provider that does not exist (it printed an empty list, read as "no dead items").
+#[test]
+fn commands_that_would_do_nothing_are_refused_not_reported_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = minimal_config(dir.path(), &dir.path().join("store.db"), "");
+    e2e::create_database(&config).unwrap();
+    let out = edge_ctl_with(&config, &["sync", "now", "koupon"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("koupon is not enabled") && stderr.contains("providers.koupon.enabled"),
+        "{stderr}"
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+    let asked: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sync_state WHERE requested_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(asked, 0, "nothing asked of the daemon");
+    for args in [
+        &["outbox", "list", "--state", "dead-lettered"][..],
+        &["outbox", "list", "--provider", "kupon"],
+    ] {
+        let out = edge_ctl_with(&config, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("possible values"), "{args:?}: {stderr}");
+    }
+    let out = edge_ctl_with(&config, &["outbox", "list", "--state", "dead"]);
+    assert!(out.status.success());
+}
+
 /// A configuration of one site and one lane user whose database is `db`, plus `extra`,
 /// written to `dir/edge-coupon.toml`.
 fn minimal_config(dir: &std::path::Path, db: &std::path::Path, extra: &str) -> std::path::PathBuf {

@@ -61,9 +61,10 @@ enum OutboxCommand {
     /// Items, newest first.
     List {
         /// pending, inflight, delivered, dead or discarded.
-        #[arg(long)]
+        #[arg(long, value_parser = ["pending", "inflight", "delivered", "dead", "discarded"])]
         state: Option<String>,
-        #[arg(long)]
+        /// convercus, coupontools or koupon.
+        #[arg(long, value_parser = sync_daemon::worker::PROVIDERS)]
         provider: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
@@ -274,6 +275,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!(
                     "unknown provider {provider}; use one of {}",
                     sync_daemon::worker::PROVIDERS.join(", ")
+                );
+            }
+            // The daemon would only log that it has nothing to pull: say so here, where
+            // the operator is looking.
+            if !config.providers.enabled(provider) {
+                anyhow::bail!(
+                    "{provider} is not enabled (providers.{provider}.enabled in {}): nothing would be pulled; enable it and reload the sync daemon first",
+                    cli.config.display()
                 );
             }
             shared::sync::request_sync(&conn, provider, now)?;
