@@ -251,6 +251,20 @@ done
 dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles | grep -x "$CONFIG" >/dev/null ||
     fail "$CONFIG is not a conffile"
 ok "binaries, units and conffile present"
+# On upgrade prerm stops sync-daemon (an old daemon must not write to the database the new
+# edge-server migrates) and leaves edge-server answering the lanes until postinst restarts it.
+prerm=$(dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./prerm)
+# (cargo-deb's fragments: an unconditional stop, or one under `[ "$1" = remove ]`.)
+guard_of() { # the line before the stop of unit $1
+    awk -v stop="deb-systemd-invoke stop $1" 'index($0, stop) { print prev; exit } { prev = $0 }' <<<"$prerm"
+}
+[ "$(guard_of sync-daemon.service)" = 'if [ -d /run/systemd/system ]; then' ] ||
+    fail "prerm does not stop sync-daemon before an upgrade"
+case "$(guard_of edge-server.service)" in
+*'"$1" = remove'*) ;;
+*) fail "prerm stops edge-server on upgrade (the lanes would lose it for the whole unpack)" ;;
+esac
+ok "prerm stops sync-daemon, not edge-server, before an upgrade"
 # lintian does not compare them: a version bump in Cargo.toml needs a changelog entry.
 version=$(dpkg-deb --field "$DEB" Version)
 changelog_version=$(sed -n '1s/^edge-coupon (\([^)]*\)).*/\1/p' packaging/debian/changelog)
