@@ -873,7 +873,10 @@ pub fn vouchers_locked_by(conn: &Connection, site: &str, txn: &str) -> Result<Ve
 }
 
 /// Inserts or refreshes a voucher from a provider or an import. A voucher with local changes
-/// not yet acknowledged upstream keeps its local state (local wins until acknowledged).
+/// not yet acknowledged upstream keeps its local state (local wins until acknowledged), and
+/// one a lane validated here stays validated: a pull's page read before the validation was
+/// delivered (and acknowledged) says "active", and would make a single-use voucher usable
+/// again until the next pull.
 pub fn upsert_voucher(conn: &Connection, v: &Voucher, now: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO vouchers (code, provider, provider_ref, description, value, min_spend, valid_from, valid_until, state, \
@@ -881,9 +884,9 @@ pub fn upsert_voucher(conn: &Connection, v: &Voucher, now: i64) -> Result<()> {
          ON CONFLICT (code) DO UPDATE SET provider = excluded.provider, provider_ref = excluded.provider_ref, \
            description = excluded.description, value = excluded.value, min_spend = excluded.min_spend, alias = excluded.alias, \
            valid_from = excluded.valid_from, valid_until = excluded.valid_until, updated_at = excluded.updated_at, \
-           state = CASE WHEN local_dirty = 1 THEN state ELSE excluded.state END, \
-           validated_at = CASE WHEN local_dirty = 1 THEN validated_at ELSE excluded.validated_at END, \
-           money_spent = CASE WHEN local_dirty = 1 THEN money_spent ELSE excluded.money_spent END",
+           state = CASE WHEN local_dirty = 1 OR validated_site IS NOT NULL THEN state ELSE excluded.state END, \
+           validated_at = CASE WHEN local_dirty = 1 OR validated_site IS NOT NULL THEN validated_at ELSE excluded.validated_at END, \
+           money_spent = CASE WHEN local_dirty = 1 OR validated_site IS NOT NULL THEN money_spent ELSE excluded.money_spent END",
     )?
     .execute(params![
         v.code,

@@ -475,7 +475,9 @@ pub fn apply_voucher(conn: &Connection, v: &repo::Voucher, now: i64) -> Result<b
             // A lane's own lock is not yet (or never) seen upstream: not a change. A lock
             // another system held upstream (no local owner) that is gone is one.
             && (old.state == v.state
-                || old.state == "locked" && old.lock_site.is_some() && v.state == "active")
+                || old.state == "locked" && old.lock_site.is_some() && v.state == "active"
+                // Validated by a lane here: stays so whatever a page says (`upsert_voucher`).
+                || old.state == "validated" && old.validated_site.is_some())
             && (v.validated_at.is_none() || old.validated_at.is_some());
         if same {
             return Ok(false);
@@ -514,6 +516,54 @@ mod tests {
         repo::lock_voucher(&c, "own1", "S", "T1", 1000, 30).unwrap();
         assert!(!apply_voucher(&c, &pulled("own1", "active"), 40).unwrap());
         assert_eq!(repo::voucher(&c, "own1").unwrap().unwrap().state, "locked");
+    }
+
+    /// A pull reads a page, a lane validates a voucher on it, the validation is delivered
+    /// and acknowledged (the row is no longer `local_dirty`), and only then does the pull
+    /// write its page, which still says "active". Before, the voucher was usable again.
+    #[test]
+    fn a_page_read_before_a_delivered_validation_does_not_undo_it() {
+        let (_dir, c) = crate::db::scratch_db();
+        let pulled = |state: &str| repo::Voucher {
+            code: "sess-9".into(),
+            provider: "coupontools".into(),
+            provider_ref: "sess-9".into(),
+            value: crate::money::Cents(500),
+            state: state.into(),
+            ..repo::Voucher::default()
+        };
+        assert!(apply_voucher(&c, &pulled("active"), 10).unwrap());
+        repo::validate_voucher(
+            &c,
+            "sess-9",
+            "S",
+            "T1",
+            "2026-12-01T10:00:00Z",
+            crate::money::Cents(2000),
+            20,
+        )
+        .unwrap();
+        c.execute(
+            "UPDATE vouchers SET local_dirty = 0 WHERE code = 'sess-9'",
+            [],
+        )
+        .unwrap();
+        assert!(!apply_voucher(&c, &pulled("active"), 30).unwrap());
+        let v = repo::voucher(&c, "sess-9").unwrap().unwrap();
+        assert_eq!(v.state, "validated");
+        assert_eq!(v.validated_at.as_deref(), Some("2026-12-01T10:00:00Z"));
+        // One validated elsewhere and reset upstream (no validation here) follows the provider.
+        let mut elsewhere = pulled("validated");
+        elsewhere.code = "sess-10".into();
+        elsewhere.validated_at = Some("2026-11-30T09:00:00Z".into());
+        apply_voucher(&c, &elsewhere, 40).unwrap();
+        elsewhere.state = "active".into();
+        elsewhere.validated_at = None;
+        apply_voucher(&c, &elsewhere, 50).unwrap();
+        assert_eq!(
+            repo::voucher(&c, "sess-10").unwrap().unwrap().state,
+            "active"
+        );
     }
 
     #[test]
