@@ -498,6 +498,10 @@ async fn pull_coupontools(
         let (campaign, list) = (campaign, *list);
         let title = titles.get(campaign).cloned().unwrap_or_default();
         let mut page = 1;
+        // The first record of the last page: a server that ignores or clamps `page` sends
+        // the same page again, and the pull would never end (the stop rule is an [ASSUME],
+        // coupontools.md §3.3).
+        let mut last_first: Option<String> = None;
         loop {
             let read = || client.sessions_page(list, campaign, page, since);
             let records = match retried(coupontools::NAME, "a page of sessions", read).await {
@@ -510,6 +514,15 @@ async fn pull_coupontools(
                 Err(e) => return Err(e.into()),
             };
             let n = records.len();
+            let first = records.first().map(serde_json::Value::to_string);
+            if first.is_some() && first == last_first {
+                return Err(CallError::Malformed(format!(
+                    "{list} of campaign {campaign}: page {page} is page {} again (Coupontools ignored the page number); the pull stopped there, check providers.coupontools.page_size and base_url",
+                    page - 1
+                ))
+                .into());
+            }
+            last_first = first;
             summary.seen += n;
             // A full pull lists every session ever claimed: those that ended before the
             // store's voucher retention are not stored again after it deleted them.

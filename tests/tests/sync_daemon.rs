@@ -1124,6 +1124,46 @@ async fn an_incremental_coupontools_pull_learns_of_an_old_session_used_elsewhere
     daemon.kill9();
 }
 
+/// A Coupontools that ignores the page number answers the same full page for ever; the
+/// pull noticed nothing and asked for the next page without end (the stop rule is an
+/// [ASSUME], coupontools.md §3.3). It now stops with an error naming what to check, and the
+/// next pull of a well-behaved server works.
+#[tokio::test]
+async fn a_session_list_that_ignores_the_page_number_ends_the_pull_with_an_error() {
+    let providers = Providers::start().unwrap();
+    providers.config(&json!({"page_size": 2})).await.unwrap();
+    let toml = providers.config_toml("0 0 0 1 1 *").replace(
+        "campaigns = [\"cam_100001\"]",
+        "campaigns = [\"cam_100001\"]\npage_size = 2",
+    );
+    assert!(toml.contains("page_size = 2"));
+    let store = Store::start(StoreOptions {
+        extra_toml: toml,
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    providers
+        .faults("coupontools", json!({"ignore_page": true}))
+        .await
+        .unwrap();
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let from = daemon.log().len();
+    store.sync_now("coupontools").unwrap();
+    daemon
+        .wait_for_log("coupontools pull failed", from, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let log = daemon.log()[from..].to_owned();
+    assert!(log.contains("page 2 is page 1 again"), "{log}");
+    providers
+        .faults("coupontools", json!({"ignore_page": false}))
+        .await
+        .unwrap();
+    pull_now(&daemon, &store, "coupontools").await;
+    daemon.kill9();
+}
+
 /// The Coupontools action values are configuration (coupontools.md §3.5 [GAP]); a value
 /// Coupontools does not allow (302) pauses delivery with an error naming the key, and the
 /// item waits rather than being dead-lettered.

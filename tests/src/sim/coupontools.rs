@@ -336,6 +336,7 @@ fn answer(
         );
     }
     let page_size = d.config.page_size;
+    let ignore_page = d.faults(Provider::Coupontools).ignore_page;
     let ct = &mut d.coupontools;
     match path {
         "coupon/list" => {
@@ -422,6 +423,7 @@ fn answer(
                     _ => return fail(301, "Invalid argument: page"),
                 },
             };
+            let page = if ignore_page { 1 } else { page };
             let Some(start) = date_bound(&get("start_date"), false) else {
                 return fail(
                     300,

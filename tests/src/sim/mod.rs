@@ -78,6 +78,9 @@ pub struct Faults {
     /// switched off, then go on in the order they came (reads answer meanwhile). For a
     /// write whose caller gave up waiting but which the provider applies later.
     pub hold_writes: bool,
+    /// List calls answer their first page whatever page is asked for (a server that ignores
+    /// or clamps the page parameter).
+    pub ignore_page: bool,
 }
 
 impl Faults {
@@ -93,6 +96,7 @@ impl Faults {
             "retry_after_secs": self.retry_after_secs,
             "retry_after_date": self.retry_after_date,
             "hold_writes": self.hold_writes,
+            "ignore_page": self.ignore_page,
         })
     }
 
@@ -834,7 +838,7 @@ async fn get_faults(st: web::Data<State>) -> HttpResponse {
 }
 
 /// `{"<provider>": {"down"?, "slow_ms"?, "error_5xx_rate"?, "malformed_bodies"?, "reject"?,
-/// "hold_writes"?, "expire_tokens"?}}`: fields present replace the current value; `expire_tokens: true`
+/// "hold_writes"?, "ignore_page"?, "expire_tokens"?}}`: fields present replace the current value; `expire_tokens: true`
 /// (Convercus) is an action, not a state.
 async fn set_faults(st: web::Data<State>, body: web::Bytes) -> HttpResponse {
     let Some(Value::Object(map)) = json_body(&body) else {
@@ -873,6 +877,7 @@ async fn set_faults(st: web::Data<State>, body: web::Bytes) -> HttpResponse {
                 }
                 ("retry_after_date", Value::Bool(b)) => faults.retry_after_date = *b,
                 ("hold_writes", Value::Bool(b)) => faults.hold_writes = *b,
+                ("ignore_page", Value::Bool(b)) => faults.ignore_page = *b,
                 ("reject", Value::Array(a)) if a.iter().all(Value::is_string) => {
                     faults.reject = a
                         .iter()
