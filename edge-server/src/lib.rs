@@ -136,7 +136,7 @@ impl AppState {
                 }
             }
         }
-        if old.database.path != new.database.path {
+        if old.database != new.database {
             restart.push("database");
         }
         if old.lanes.route_aliases != new.lanes.route_aliases {

@@ -470,7 +470,7 @@ pub struct OfferRuleConfig {
     pub per_customer_limit: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// Site ids the lanes send as `site`; any other site gets INVALID_SITE.
@@ -480,7 +480,7 @@ pub struct StoreConfig {
     pub time_zone: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub path: PathBuf,
@@ -541,7 +541,7 @@ pub struct TlsConfig {
     pub self_signed_local_names: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LanesConfig {
     /// Basic-auth credentials the lanes use (`com.ecrsoft.tserver.genericcoup.username` /
@@ -625,14 +625,14 @@ pub struct RouteAliases {
     pub commit: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
     pub username: String,
     pub password: Secret,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     /// `error`, `warn`, `info`, `debug` or `trace`.
