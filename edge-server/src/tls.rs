@@ -84,14 +84,53 @@ pub fn ensure_certificate(
         (&cfg.cert, certified.cert.pem()),
         (&cfg.key, certified.signing_key.serialize_pem()),
     ] {
+        let owner = owner_of_nearest_dir(path);
+        let mut made: Vec<&Path> = path
+            .ancestors()
+            .skip(1)
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .collect();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| TlsError::Generate(format!("{}: {e}", dir.display())))?;
         }
         write_private(path, pem.as_bytes())
             .map_err(|e| TlsError::Generate(format!("{}: {e}", path.display())))?;
+        made.push(path);
+        if let Some(owner) = owner {
+            hand_over(&made, owner)
+                .map_err(|e| TlsError::Generate(format!("{}: {e}", path.display())))?;
+        }
     }
     Ok(Some(names))
+}
+
+/// The owner (uid, gid) of the nearest directory above `path` that exists.
+fn owner_of_nearest_dir(path: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors()
+        .skip(1)
+        .filter(|d| !d.as_os_str().is_empty())
+        .find_map(|d| std::fs::metadata(d).ok().filter(std::fs::Metadata::is_dir))
+        .map(|m| (m.uid(), m.gid()))
+}
+
+/// `edge-server tls-init` run as root (`sudo`, as an operator renewing the certificate
+/// would) made the files root's, mode 0640: the service, running as its own user, could
+/// not read the key, refused it at the next reload and did not start at the next restart.
+/// What root writes here goes to the owner of the directory it is written in (the service
+/// user's state directory), as the service itself would have written it.
+fn hand_over(paths: &[&Path], (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if uid == 0 {
+        return Ok(());
+    }
+    for p in paths {
+        if std::fs::metadata(p)?.uid() == 0 {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -192,6 +192,61 @@ fn two_pairs(dir: &Path) -> [(PathBuf, PathBuf); 2] {
     })
 }
 
+/// `sudo edge-server tls-init` (renewing the certificate as docs/packaging.md says) made
+/// root's files, mode 0640: the service, running as its own user, could not read the key
+/// and did not start at its next restart. What root writes goes to the owner of the
+/// directory it is written in (here `nobody`, standing for the service user).
+#[test]
+fn tls_init_run_as_root_leaves_the_files_to_the_owner_of_their_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let as_root = root(tmp.path());
+    let service_uid = if as_root {
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+        65534
+    } else {
+        std::fs::metadata(&state).unwrap().uid()
+    };
+    let (cert, key) = (state.join("tls/cert.pem"), state.join("tls/key.pem"));
+    let (_d, config) = store(
+        &format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nself_signed_local_names = false\n",
+            cert.display(),
+            key.display()
+        ),
+        Some(&state.join("edge.db")),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("plain_http = true", "");
+    std::fs::write(&config, text).unwrap();
+    let out = ends(edge_server(&config, &["tls-init"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for p in [&state.join("tls"), &cert, &key] {
+        let m = std::fs::metadata(p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid() == m.uid() || !as_root),
+            (service_uid, true),
+            "{}",
+            p.display()
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().mode() & 0o777,
+        0o640,
+        "the key stays private"
+    );
+    if as_root {
+        // The service user can use them.
+        let mut check = edge_server(&config, &["check-config"]);
+        check.uid(65534).gid(65534);
+        let out = ends(check);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
 #[test]
 fn check_config_finds_what_serve_would_refuse_about_tls() {
     let tmp = tempfile::tempdir().unwrap();
