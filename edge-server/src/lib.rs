@@ -377,6 +377,16 @@ fn start_watchdog(writer: shared::db::Writer) {
 /// The shared state type handlers extract.
 pub type State = web::Data<AppState>;
 
+/// What to do when a port below 1024 (443 for a lane URL without a port) is refused: the
+/// packaged unit drops every capability.
+fn privileged_port_hint(addr: std::net::SocketAddr, e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+        "; ports below 1024 need CAP_NET_BIND_SERVICE: add `AmbientCapabilities=CAP_NET_BIND_SERVICE` and `CapabilityBoundingSet=CAP_NET_BIND_SERVICE` with `systemctl edit edge-server`, or use a port from 1024 up in server.listen and in the lanes' URL"
+    } else {
+        ""
+    }
+}
+
 /// Starts the server on the configured address and runs until SIGTERM/SIGINT.
 pub fn serve(config: Config, config_path: &std::path::Path) -> anyhow::Result<()> {
     for w in config
@@ -389,8 +399,9 @@ pub fn serve(config: Config, config_path: &std::path::Path) -> anyhow::Result<()
     let (db, tls) = prepare(&config)?;
     let listener = TcpListener::bind(config.server.listen).map_err(|e| {
         anyhow::anyhow!(
-            "cannot listen on {} (server.listen): {e}",
-            config.server.listen
+            "cannot listen on {} (server.listen): {e}{}",
+            config.server.listen,
+            privileged_port_hint(config.server.listen, &e)
         )
     })?;
     log::info!(addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default().as_str(), tls = tls.is_some(); "edge-server listening");

@@ -146,8 +146,9 @@ pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
             // The directory could not be made: that, not the lock file, is the cause.
             let e = dir_error.unwrap_or(e);
             DbError::Unusable(format!(
-                "cannot create or lock {} beside the database: {e}; the directory must exist and be writable by the user this service runs as (chown it to that user, or fix database.path)",
-                lock_path.display()
+                "cannot create or lock {} beside the database: {e}; {}",
+                lock_path.display(),
+                what_to_do_when_not_writable(&e)
             ))
         })?;
     let mut conn = open_writable(cfg)?;
@@ -166,6 +167,18 @@ pub fn open_and_migrate(cfg: &DatabaseConfig) -> Result<Connection, DbError> {
         conn = open_writable(cfg)?;
     }
     Ok(conn)
+}
+
+/// What to do about a directory the service cannot write, by the reason. A read-only file
+/// system is, under the packaged units, their sandbox (`ProtectSystem=strict`): only
+/// `/var/lib/edge-coupon` is writable, and no chown helps.
+fn what_to_do_when_not_writable(e: &std::io::Error) -> &'static str {
+    const EROFS: i32 = 30;
+    if e.raw_os_error() == Some(EROFS) {
+        "the file system is read-only to this service: under systemd the packaged units may write only below /var/lib/edge-coupon (ProtectSystem=strict); to keep the database elsewhere add `ReadWritePaths=<its directory>` with `systemctl edit edge-server sync-daemon`, or fix database.path"
+    } else {
+        "the directory must exist and be writable by the user this service runs as (chown it to that user, or fix database.path)"
+    }
 }
 
 /// A read-write connection with every setting the writer needs (WAL, its size limit).
@@ -776,6 +789,20 @@ pub fn now_secs() -> i64 {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    /// A database moved out of /var/lib/edge-coupon under the packaged units' sandbox
+    /// fails with EROFS; the advice was "chown it", which cannot help.
+    #[test]
+    fn a_read_only_file_system_is_said_with_the_sandbox_s_way_out() {
+        let erofs = std::io::Error::from_raw_os_error(30);
+        let said = what_to_do_when_not_writable(&erofs);
+        assert!(
+            said.contains("ReadWritePaths=") && !said.contains("chown"),
+            "{said}"
+        );
+        let eacces = std::io::Error::from_raw_os_error(13);
+        assert!(what_to_do_when_not_writable(&eacces).contains("chown"));
+    }
 
     fn cfg(dir: &tempfile::TempDir) -> DatabaseConfig {
         DatabaseConfig {

@@ -247,6 +247,47 @@ fn tls_init_run_as_root_leaves_the_files_to_the_owner_of_their_directory() {
     }
 }
 
+/// A lane URL without a port means 443; the packaged unit drops every capability, and the
+/// server said only "Permission denied".
+#[test]
+fn a_privileged_port_refused_says_how_to_allow_it() {
+    let unprivileged_from: u16 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+    assert!(
+        unprivileged_from > 999,
+        "this machine lets any user listen on port 999 (ip_unprivileged_port_start = {unprivileged_from}): the test cannot see a refusal"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let as_root = root(tmp.path());
+    if as_root {
+        std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+    }
+    let (_d, config) = store("", Some(&data.join("edge.db")));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:0", "127.0.0.1:999");
+    std::fs::write(&config, text).unwrap();
+    let mut cmd = edge_server(&config, &["serve"]);
+    if as_root {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = ends(cmd);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot listen on 127.0.0.1:999")
+            && err.contains("CAP_NET_BIND_SERVICE")
+            && err.contains("systemctl edit edge-server"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_config_finds_what_serve_would_refuse_about_tls() {
     let tmp = tempfile::tempdir().unwrap();
