@@ -443,6 +443,11 @@ struct StoredUpdate {
     applied: BTreeMap<String, i64>,
     #[serde(default)]
     sale: Value,
+    /// The points-priced coupons among `applied`, with the cost the lane prompted: what a
+    /// commit charges, however the offer is priced by then (a pre-authorisation is "on N
+    /// points", catapult-loyalty-redemption.md §2), and never redeemed by an empty list.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    points: BTreeMap<String, i64>,
 }
 
 /// Evaluates the sale for the customer. Reads only: the whole answer of a transient update,
@@ -626,6 +631,12 @@ pub fn update(
         } else {
             Value::Null
         },
+        points: outcome
+            .applied
+            .iter()
+            .filter(|a| a.applied.optional.is_some())
+            .filter_map(|a| a.offer.loyalty_cost.map(|cost| (a.offer.id.clone(), cost)))
+            .collect(),
     };
     let stored = serde_json::to_string(&stored).unwrap_or_default();
     repo::upsert_open_transaction(
@@ -734,7 +745,11 @@ pub fn commit(
                 .is_some_and(|t| t.state == "open" && t.customer_id == input.customer) =>
         {
             let mut given = Vec::new();
-            for id in stored.applied.keys() {
+            for id in stored
+                .applied
+                .keys()
+                .filter(|id| !stored.points.contains_key(*id))
+            {
                 if find_offer(conn, catalog, id)?.is_some_and(|o| o.loyalty_cost.is_none()) {
                     given.push(id.clone());
                 }
@@ -808,7 +823,14 @@ pub fn commit(
         // Points the customer does not have (any more): the sale is done and the shopper
         // had the coupon, so it is redeemed, the balance goes to 0, and store IT sees a
         // conflict (catapult-loyalty-redemption.md §3 code 5, "Insufficient Balance").
-        let points_short = usable && offer.loyalty_cost.is_some_and(|cost| points_left < cost);
+        // The cost the lane prompted for this sale, else (never prompted here) today's.
+        let points_cost = stored
+            .points
+            .get(id)
+            .copied()
+            .filter(|_| updated_for_customer)
+            .or(offer.loyalty_cost);
+        let points_short = usable && points_cost.is_some_and(|cost| points_left < cost);
         let discount = Cents(stored.applied.get(id).copied().unwrap_or(0));
         given += discount;
         repo::insert_redemption(
@@ -832,7 +854,7 @@ pub fn commit(
         if offer.global_limit.is_some() {
             repo::bump_offer_redeemed(conn, id)?;
         }
-        if let Some(cost) = offer.loyalty_cost {
+        if let Some(cost) = points_cost {
             let balance = points_left;
             points_left = points_left.saturating_sub(cost).max(0);
             if balance < cost {

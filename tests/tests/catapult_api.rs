@@ -1419,6 +1419,69 @@ async fn a_points_coupon_the_balance_cannot_pay_is_neither_held_nor_redeemed_unf
     assert_eq!(balance(&r), Some(0), "{r}");
 }
 
+/// The lane prompted "500 points"; the offer is repriced at 700 before the commit. The
+/// commit charges what was prompted (a pre-authorisation is "on N points", loyalty §2);
+/// before, it charged 700.
+#[tokio::test]
+async fn a_points_coupon_costs_what_the_lane_prompted_even_if_repriced_before_the_commit() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    unclip_basket_coupon(&store).await;
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "R1")),
+            &update_body(JANE, "R1", false, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        applied(&r, "PTS500").unwrap()["optional"]["loyaltyCost"],
+        500,
+        "{r}"
+    );
+    let mut sample: Value =
+        serde_json::from_str(include_str!("../../packaging/sample-data.json")).unwrap();
+    for o in sample["offers"].as_array_mut().unwrap() {
+        if o["id"] == "PTS500" {
+            o["loyaltyCost"] = json!(700);
+        }
+    }
+    let snapshot = store.dir.join("repriced.json");
+    std::fs::write(&snapshot, sample.to_string()).unwrap();
+    store.import(&snapshot).unwrap();
+    // The catalog picks up the new price (John's sale is prompted 700).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, r) = store
+            .post(
+                &format!("/transaction{}", q(JOHN, "R2")),
+                &update_body(JOHN, "R2", true, items()),
+            )
+            .await
+            .unwrap();
+        if applied(&r, "PTS500").unwrap()["optional"]["loyaltyCost"] == 700 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never repriced: {r}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, _) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "R1")),
+            &json!({"coupons": ["PTS500"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (_, r) = store
+        .post(
+            &format!("/transaction{}", q(JANE, "R3")),
+            &update_body(JANE, "R3", true, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["loyaltyBalances"][0]["balance"], 300, "800 - 500: {r}");
+}
+
 #[tokio::test]
 async fn global_limit_holds_across_customers() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
