@@ -19,12 +19,32 @@ use shared::engine::BasketLine;
 use shared::money::{Cents, MilliQty};
 use shared::repo::Customer;
 
-/// The request's query parameters (later duplicates win), decoded leniently.
+/// The request's query parameters (later duplicates win).
 pub struct Query(pub Vec<(String, String)>);
 
 impl Query {
-    pub fn of(req: &HttpRequest) -> Query {
-        Query(serde_urlencoded::from_str(req.query_string()).unwrap_or_default())
+    /// Percent-decodes every name and value (`+` is a space). Bytes that are not UTF-8 are
+    /// a bad request: decoded leniently, `%FF%FE` became the customer id "\u{FFFD}\u{FFFD}", which
+    /// another malformed id would share.
+    pub fn of(req: &HttpRequest) -> Result<Query, ApiError> {
+        let decode = |s: &str| -> Result<String, ApiError> {
+            let spaced = s.replace('+', " ");
+            percent_encoding::percent_decode_str(&spaced)
+                .decode_utf8()
+                .map(std::borrow::Cow::into_owned)
+                .map_err(|_| {
+                    ApiError::InvalidRequest(
+                        "the query string is not UTF-8 once percent-decoded; send site, customer and transaction ids as UTF-8"
+                            .to_owned(),
+                    )
+                })
+        };
+        let mut pairs = Vec::new();
+        for pair in req.query_string().split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            pairs.push((decode(name)?, decode(value)?));
+        }
+        Ok(Query(pairs))
     }
 
     fn get(&self, name: &str) -> Option<&str> {
@@ -318,7 +338,7 @@ fn rfc3339_now() -> String {
 // ---------------------------------------------------------------- catalog
 
 pub async fn catalog(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
-    let query = Query::of(&req);
+    let query = Query::of(&req)?;
     site(&state, param(&query, None, "site"))?;
     let today = state.config().today();
     // Served from the in-memory catalog: no database read at all.
@@ -438,7 +458,7 @@ fn coupon_json(
 // ---------------------------------------------------------------- customer coupons
 
 pub async fn customer_coupons(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
-    let query = Query::of(&req);
+    let query = Query::of(&req)?;
     site(&state, param(&query, None, "site"))?;
     let customer = customer(param(&query, None, "customer"))?;
     let today = state.config().today();
@@ -512,7 +532,7 @@ pub async fn clip(
     state: State,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let query = Query::of(&req);
+    let query = Query::of(&req)?;
     let bytes = read_body(&state, payload).await?;
     let mut body: ClipBody = parse_json(&bytes)?;
     state
@@ -558,7 +578,7 @@ pub async fn demographics(
     state: State,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let query = Query::of(&req);
+    let query = Query::of(&req)?;
     let bytes = read_body(&state, payload).await?;
     let mut body: DemographicsBody = parse_json(&bytes)?;
     state
@@ -727,7 +747,7 @@ pub async fn update(
     state: State,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let query = Query::of(&req);
+    let query = Query::of(&req)?;
     let bytes = read_body(&state, payload).await?;
     // Parsed straight into types, in one pass: this is the busiest write path.
     let mut body: UpdateBody = parse_required_json(&bytes)?;
@@ -944,7 +964,7 @@ pub async fn cancel(
     state: State,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let query = Query::of(&req);
+    let query = Query::of(&req)?;
     let bytes = read_body(&state, payload).await?;
     // The POST body is not documented: any JSON object (or none) is accepted and only its
     // parameters are read.
@@ -1011,7 +1031,7 @@ pub async fn commit(
     state: State,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let query = Query::of(&req);
+    let query = Query::of(&req)?;
     let bytes = read_body(&state, payload).await?;
     let mut body: CommitBody = parse_required_json(&bytes)?;
     state

@@ -37,7 +37,7 @@ pub async fn lookup(
     state: State,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = Query::of(&req);
+    let query = Query::of(&req)?;
     site(&state, query_param(&query, "site"))?;
     let code = code(path.into_inner())?;
     let db = state.db.clone();
@@ -112,7 +112,7 @@ async fn body(
     state: &State,
     payload: web::Payload,
 ) -> Result<(String, String, VoucherBody), ApiError> {
-    let query = Query::of(req);
+    let query = Query::of(req)?;
     let bytes = read_body(state, payload).await?;
     let b: VoucherBody = parse_json(&bytes)?;
     let site = site(

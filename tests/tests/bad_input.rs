@@ -309,8 +309,16 @@ async fn bad_requests_get_4xx_error_objects() {
             "GET",
             format!("/coupons/customer?site={SITE}&customer=%FF%FE"),
             "",
-            200,
-            "",
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
+            "invalid UTF-8 in a commit's transaction id",
+            "POST",
+            format!("/transaction/commit?site={SITE}&customer=4000000000001&transaction=T%C3%28"),
+            r#"{"coupons":[]}"#,
+            400,
+            "INVALID_REQUEST",
         ),
         case(
             "voucher money spent negative",
