@@ -737,6 +737,58 @@ async fn cancel_by_get_or_post_releases_and_the_sale_can_resume() {
     assert!(list(&meta(&store, JANE).await, "pending").is_empty());
 }
 
+/// A commit is idempotent per site and transaction (issue: "per site and transaction"):
+/// the same transaction id at the store's two sites is two sales, each redeemed once and
+/// each repeat answered with its own first answer.
+#[tokio::test]
+async fn one_transaction_id_at_two_sites_is_two_sales() {
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let mut firsts = Vec::new();
+    for (site, customer) in [(SITE, JANE), ("STO2", JOHN)] {
+        let q = format!("?site={site}&customer={customer}&transaction=SAME1");
+        let mut body = update_body(customer, "SAME1", false, items());
+        body["site"] = json!(site);
+        let (status, r) = store
+            .post(&format!("/transaction{q}"), &body)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{r}");
+        assert!(applied(&r, "BOGO1").is_some(), "{site}: {r}");
+        let (status, first) = store
+            .post(
+                &format!("/transaction/commit{q}"),
+                &json!({"coupons": ["BOGO1"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{first}");
+        firsts.push((q, first));
+    }
+    for customer in [JANE, JOHN] {
+        let m = meta(&store, customer).await;
+        assert_eq!(list(&m, "redeemed"), ["BOGO1"], "{customer}: {m}");
+    }
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let sites: Vec<String> = conn
+        .prepare("SELECT site FROM redemptions WHERE txn_id = 'SAME1' AND offer_id = 'BOGO1' ORDER BY site")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sites, [SITE, "STO2"]);
+    for (q, first) in &firsts {
+        let (status, again) = store
+            .post(
+                &format!("/transaction/commit{q}"),
+                &json!({"coupons": ["BOGO1"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!((status, &again), (200, first), "{q}");
+    }
+}
+
 #[tokio::test]
 async fn commit_redeems_listed_returns_the_rest_and_replays() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
