@@ -169,8 +169,11 @@ pub fn redact(item: &Item, text: &str) -> String {
         "couponCode",
     ] {
         if let Some(v) = item.payload.get(k).and_then(serde_json::Value::as_str) {
-            if v.len() > 4 {
-                out = out.replace(v, &format!("{}…", &v[..4]));
+            // Characters, not bytes: a lane's code may be any UTF-8 (a byte slice inside a
+            // character panicked the delivery task).
+            let head: String = v.chars().take(4).collect();
+            if head.len() < v.len() {
+                out = out.replace(v, &format!("{head}…"));
             }
         }
     }
@@ -645,6 +648,15 @@ mod tests {
         assert_eq!(
             r,
             "300: The coupon or voucher ac6s… was already used at 2026-11-01"
+        );
+        // A code with characters of several bytes is cut between characters.
+        let accented = Item {
+            payload: serde_json::json!({"code": "ab\u{e9}\u{e9}\u{e9}-KLM"}),
+            ..item
+        };
+        assert_eq!(
+            redact(&accented, "refused ab\u{e9}\u{e9}\u{e9}-KLM"),
+            "refused ab\u{e9}\u{e9}…"
         );
     }
 
