@@ -16,12 +16,17 @@ pub async fn basic_auth(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let path = req.path();
-    // Images: `/images/…` and any other image path an offer may advertise (GET only).
+    // Images: `/images/…` and any other image path an offer may advertise (GET only), but
+    // never a path of the lane API itself: `GET /vouchers/X1.jpg` is a voucher look-up
+    // (and may call Coupontools), and went through without credentials.
     let open = path == "/healthz"
         || path == "/readyz"
         || path.starts_with("/images/")
         || (req.method() == actix_web::http::Method::GET
-            && crate::catapult::image_type(path).is_some());
+            && crate::catapult::image_type(path).is_some()
+            && req
+                .app_data::<State>()
+                .is_some_and(|state| !crate::routes::is_api_path(&state.config(), path)));
     if !open {
         let ok = req.app_data::<State>().is_some_and(|state| {
             authorised(

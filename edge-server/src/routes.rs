@@ -138,6 +138,15 @@ pub fn paths(config: &Config) -> BTreeMap<String, Vec<(Method, Operation)>> {
     map
 }
 
+/// Whether `path` is routed to an operation of the lane API other than an image (the
+/// credentials check asks, for GET paths ending in an image type).
+pub fn is_api_path(config: &Config, path: &str) -> bool {
+    paths(config).iter().any(|(pattern, handlers)| {
+        handlers.iter().any(|(_, op)| *op != Operation::Image)
+            && actix_web::dev::ResourceDef::new(pattern.as_str()).is_match(path)
+    })
+}
+
 /// A path as requests are routed after `NormalizePath::trim()`: repeated slashes merged
 /// into one, a trailing slash trimmed (`/` stays `/`). A configured alias written
 /// `/transaction/update/` would otherwise never match.

@@ -350,6 +350,19 @@ async fn bad_requests_get_4xx_error_objects() {
                 "UNAUTHORIZED",
             )
         },
+        // Image paths are served without credentials, but a lane API path ending in an
+        // image type is not an image: it was looked up (and read through) without them.
+        Case {
+            auth: None,
+            ..case(
+                "voucher look-up named like an image, without credentials",
+                "GET",
+                format!("/vouchers/X1.jpg?site={SITE}"),
+                "",
+                401,
+                "UNAUTHORIZED",
+            )
+        },
         Case {
             auth: Some(("nobody", PASSWORD)),
             ..case(
