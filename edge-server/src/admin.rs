@@ -86,7 +86,17 @@ pub async fn record(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let state = req.app_data::<State>().cloned();
-    let method = req.method().to_string();
+    // A bounded set of labels: any other method (a client may send any token) is `other`.
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "other",
+    };
     let res = next.call(req).await?;
     if let Some(state) = state {
         let endpoint = res
@@ -95,7 +105,7 @@ pub async fn record(
             .unwrap_or_else(|| "unmatched".to_owned());
         state.metrics.observe(
             &endpoint,
-            &method,
+            method,
             res.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );
@@ -400,14 +410,19 @@ async fn admin_auth(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    // A password cleared by a reload turns the listener off (it closes at the next
+    // restart): until then it refuses everyone, where `admin:` with an empty password
+    // matched the empty one.
     let ok = req.app_data::<State>().is_some_and(|s| {
-        crate::auth::credentials_match(
-            req.headers(),
-            &[(
-                s.config().admin.username.as_str(),
-                s.config().admin.password.expose(),
-            )],
-        )
+        let config = s.config();
+        config.admin.enabled()
+            && crate::auth::credentials_match(
+                req.headers(),
+                &[(
+                    config.admin.username.as_str(),
+                    config.admin.password.expose(),
+                )],
+            )
     });
     if ok {
         return next

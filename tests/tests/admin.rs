@@ -48,6 +48,66 @@ async fn a_redemption_conflict(store: &Store) {
     }
 }
 
+/// Clearing admin.password is how store IT turns the listener off; it closes at the next
+/// restart. Until then it refuses everyone: before, `it:` with an empty password matched
+/// the cleared one and showed the store's status.
+#[tokio::test]
+async fn a_cleared_admin_password_lets_no_one_in_until_the_restart() {
+    let (store, port) = store_with_admin().await;
+    let status_as = |password: &'static str| {
+        let req = store
+            .client
+            .get(format!("https://127.0.0.1:{port}/status.json"))
+            .basic_auth("it", Some(password));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status_as(ADMIN_PASSWORD).await, 200);
+    let text = std::fs::read_to_string(&store.config_path).unwrap();
+    std::fs::write(
+        &store.config_path,
+        text.replace(
+            &format!("password = \"{ADMIN_PASSWORD}\""),
+            "password = \"\"",
+        ),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.log_tail().contains("admin.listen") {
+        assert!(std::time::Instant::now() < deadline, "{}", store.log_tail());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status_as("").await, 401);
+    assert_eq!(status_as(ADMIN_PASSWORD).await, 401);
+}
+
+/// The request counter's method label is one of a fixed set: a client sending a new
+/// method token each time grew `/metrics` (and memory) without bound.
+#[tokio::test]
+async fn unknown_methods_share_one_metrics_label() {
+    let (store, port) = store_with_admin().await;
+    for i in 0..5 {
+        let method = reqwest::Method::from_bytes(format!("ZZ{i}QQ").as_bytes()).unwrap();
+        let _ = store
+            .client
+            .request(method, store.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = store
+        .client
+        .get(format!("https://127.0.0.1:{port}/metrics"))
+        .basic_auth("it", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("ZZ0QQ"), "{metrics}");
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+}
+
 #[tokio::test]
 async fn redemption_conflicts_are_shown_to_store_it() {
     let (store, port) = store_with_admin().await;
