@@ -199,6 +199,7 @@ impl UnknownFieldLog {
 /// CATAPULT's limits on phones (at most 10 characters each; in a demographics request
 /// also digits only), naming the offending entry.
 fn check_phones(phones: &[String], digits_only: bool) -> Result<(), ApiError> {
+    at_most(phones, MAX_IDS, "phones")?;
     for (i, p) in phones.iter().enumerate() {
         if p.chars().count() > 10 {
             return Err(ApiError::InvalidRequest(format!(
@@ -216,6 +217,7 @@ fn check_phones(phones: &[String], digits_only: bool) -> Result<(), ApiError> {
 
 /// CATAPULT's limit on e-mails: 1..254 characters each, naming the offending entry.
 fn check_emails(emails: &[String]) -> Result<(), ApiError> {
+    at_most(emails, MAX_IDS, "emails")?;
     match emails
         .iter()
         .position(|e| e.is_empty() || e.chars().count() > 254)
@@ -270,7 +272,29 @@ pub fn transaction(raw: Option<String>) -> Result<TransactionId, ApiError> {
     TransactionId::parse(&raw).map_err(|e| ApiError::InvalidTransaction(e.to_string()))
 }
 
+/// Most items one update may carry, and most coupon ids (or phones, e-mails) one request
+/// may list. CATAPULT states none; a real basket or clip is far smaller, and without a cap
+/// one request of tens of thousands of ids held the single writer (a look-up and a log
+/// line per id) while every lane waited.
+pub const MAX_ITEMS: usize = 1_000;
+pub const MAX_IDS: usize = 500;
+
+fn at_most<T>(list: &[T], max: usize, field: &str) -> Result<(), ApiError> {
+    if list.len() > max {
+        return Err(ApiError::InvalidRequest(format!(
+            "`{field}` lists {} entries; at most {max} are accepted in one request",
+            list.len()
+        )));
+    }
+    Ok(())
+}
+
 fn coupon_ids(list: &[String], commit: bool) -> Result<Vec<String>, ApiError> {
+    at_most(
+        list,
+        MAX_IDS,
+        if commit { "coupons" } else { "add`/`remove" },
+    )?;
     list.iter()
         .map(|id| {
             let parsed = if commit {
@@ -716,6 +740,7 @@ fn money(d: Decimal, field: &str) -> Result<Cents, ApiError> {
 }
 
 fn basket(items: &[ItemBody]) -> Result<Vec<BasketLine>, ApiError> {
+    at_most(items, MAX_ITEMS, "items")?;
     items
         .iter()
         .map(|i| {

@@ -350,6 +350,22 @@ async fn bad_requests_get_4xx_error_objects() {
                 "UNAUTHORIZED",
             )
         },
+        case(
+            "an update of more than 1,000 items",
+            "POST",
+            format!("/transaction{txn_q}"),
+            serde_json::json!({"transientRequest": true, "items": (0..1001).map(|i| serde_json::json!({"id": i, "quantity": 1, "upc": 1, "price": 1.0})).collect::<Vec<_>>()}).to_string(),
+            400,
+            "INVALID_REQUEST",
+        ),
+        case(
+            "a commit listing more than 500 coupon ids",
+            "POST",
+            format!("/transaction/commit{txn_q}"),
+            serde_json::json!({"coupons": (0..501).map(|i| format!("C{i}")).collect::<Vec<_>>()}).to_string(),
+            400,
+            "INVALID_REQUEST",
+        ),
         // Image paths are served without credentials, but a lane API path ending in an
         // image type is not an image: it was looked up (and read through) without them.
         Case {
