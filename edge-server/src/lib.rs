@@ -309,6 +309,10 @@ pub fn run_with_admin(
     // algorithm hold a partial segment for the lane's delayed ACK.
     .tcp_nodelay(true)
     .backlog(1024)
+    // Connections each worker keeps open at most (a store has tens of lanes): beyond it new
+    // ones wait in the backlog. With the unit's LimitNOFILE=65536 idle or trickling
+    // connections can never take every file descriptor and leave none for SQLite.
+    .max_connections(MAX_CONNECTIONS_PER_WORKER)
     .shutdown_timeout(10);
     let server = match tls {
         Some(tls) => server.listen_rustls_0_23(listener, tls)?,
@@ -376,6 +380,9 @@ fn start_watchdog(writer: shared::db::Writer) {
 
 /// The shared state type handlers extract.
 pub type State = web::Data<AppState>;
+
+/// Connections one HTTP worker keeps open at most (see `serve`).
+pub const MAX_CONNECTIONS_PER_WORKER: usize = 4096;
 
 /// What to do when a port below 1024 (443 for a lane URL without a port) is refused: the
 /// packaged unit drops every capability.
