@@ -166,3 +166,53 @@ async fn tls_init_prints_the_fingerprint_and_a_replaced_certificate_is_served_wi
     let log = store.log_tail();
     assert!(log.contains("TLS certificate replaced"), "{log}");
 }
+
+/// The lanes run CATAPULT on Java (OpenJDK 11): a client that speaks only TLS 1.2 with the
+/// ECDHE AES-GCM suites (CATAPULT reference §1) is served, and so is one that speaks only
+/// TLS 1.3. The server offers both and nothing older.
+#[tokio::test]
+async fn a_lane_speaking_only_tls_1_2_or_only_tls_1_3_is_served() {
+    use rustls::crypto::ring as provider;
+    use rustls::pki_types::pem::PemObject;
+    let store = Store::start(StoreOptions::default()).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls::pki_types::CertificateDer::pem_file_iter(store.dir.join("tls/cert.pem")).unwrap()
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls12_suites = vec![
+        provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        provider::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        provider::cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ];
+    for (version, suites) in [
+        (&rustls::version::TLS12, tls12_suites),
+        (
+            &rustls::version::TLS13,
+            provider::default_provider().cipher_suites,
+        ),
+    ] {
+        let crypto = rustls::crypto::CryptoProvider {
+            cipher_suites: suites,
+            ..provider::default_provider()
+        };
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(crypto))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .build()
+            .unwrap();
+        let r = client
+            .get(store.url(&format!("/coupons?site={}", e2e::SITE)))
+            .basic_auth(e2e::USER, Some(e2e::PASSWORD))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{version:?}: {e:?}"));
+        assert_eq!(r.status(), 200, "{version:?}");
+    }
+}
