@@ -1605,14 +1605,17 @@ async fn updates_until_applied(
 
 #[tokio::test]
 async fn an_abandoned_transactions_hold_expires() {
-    // Expiry times are whole seconds: a 1 s hold placed at x.999 s lapses at once, so the
-    // check that it holds right after the update needs 2 s (at least 1 s of life).
+    // Expiry times are whole seconds: a hold of `ttl` seconds lives between ttl - 1 and
+    // ttl seconds. Measured from before the update to when another lane first gets the
+    // coupon: not before ttl - 1 s (it held meanwhile), not long after ttl s.
+    let ttl = 4;
     let store = Store::start(StoreOptions {
-        hold_ttl_secs: 2,
+        hold_ttl_secs: ttl,
         ..StoreOptions::default()
     })
     .await
     .unwrap();
+    let placed = std::time::Instant::now();
     let (_, r) = store
         .post(
             &format!("/transaction{}", q(JOHN, "A1")),
@@ -1622,9 +1625,19 @@ async fn an_abandoned_transactions_hold_expires() {
         .unwrap();
     assert!(applied(&r, "BOGO1").is_some());
     // Polling, not a fixed sleep: another lane gets the coupon once the hold has lapsed.
+    let tries = updates_until_bogo_applies(&store, "A2", false).await;
+    let lived = placed.elapsed();
     assert!(
-        updates_until_bogo_applies(&store, "A2", false).await > 1,
+        tries > 1,
         "the hold must have been in force right after the first update"
+    );
+    assert!(
+        lived >= std::time::Duration::from_secs(ttl - 1),
+        "the hold lapsed after {lived:?}, before its {ttl} s"
+    );
+    assert!(
+        lived <= std::time::Duration::from_secs(ttl + 3),
+        "the hold still held after {lived:?} ({ttl} s configured)"
     );
     // The late commit of the abandoned sale still redeems it: A2 only holds it, nobody
     // used it (§4.7); A2 loses it (see the test below for A2's own commit).

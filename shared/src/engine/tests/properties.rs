@@ -348,3 +348,41 @@ proptest! {
         }
     }
 }
+
+/// The generated cases exercise what the invariants are about: the checks above loop over
+/// `evaluation.applied`, so a generator (or an engine) that applied nothing would pass them
+/// all. Over a fixed sample, a fair share of cases applies something, and among them are
+/// buy-X-get-Y, points-priced and multi-coupon answers.
+#[test]
+fn the_generated_cases_apply_coupons_of_every_kind() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = arb_case();
+    let (mut applying, mut bogo, mut optional, mut several) = (0, 0, 0, 0);
+    let cases = 512;
+    for _ in 0..cases {
+        let case = strategy.new_tree(&mut runner).unwrap().current();
+        let evaluation = case.evaluate(false);
+        if evaluation.applied.is_empty() {
+            continue;
+        }
+        applying += 1;
+        several += usize::from(evaluation.applied.len() > 1);
+        for a in &evaluation.applied {
+            optional += usize::from(a.optional.is_some());
+            let held = case.offers.iter().find(|h| h.offer.id == a.coupon_id);
+            bogo += usize::from(
+                held.is_some_and(|h| matches!(h.offer.rule.mechanic, Mechanic::BuyXGetY { .. })),
+            );
+        }
+    }
+    assert!(
+        applying * 4 >= cases,
+        "{applying} of {cases} cases apply a coupon"
+    );
+    assert!(
+        bogo > 0 && optional > 0 && several > 0,
+        "bogo {bogo}, optional {optional}, several {several}"
+    );
+}
