@@ -480,3 +480,91 @@ async fn an_unseen_card_scanned_into_a_sale_is_read_through_by_its_update() {
     );
     assert_eq!(card_requests(&providers, "A1B2C3D4E5").await, asked);
 }
+
+/// The invariant around the two read-throughs: a lane request about what the store knows
+/// (a known card, a known voucher) talks to no provider, even with every provider up and
+/// configured. Counted by the simulator: every request it received, reads included.
+#[tokio::test]
+async fn lane_requests_about_what_the_store_knows_reach_no_provider() {
+    let providers = Providers::start().unwrap();
+    let store = Store::start(StoreOptions {
+        extra_toml: providers.config_toml("0 0 0 1 1 *"),
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    let counts = || async {
+        let mut out = Vec::new();
+        for p in ["convercus", "coupontools", "koupon"] {
+            out.push(providers.requests(p).await.unwrap().len());
+        }
+        out
+    };
+    let before = counts().await;
+    let jane = "4000000000001";
+    let q = format!("?site={SITE}&customer={jane}&transaction=KN1");
+    let items =
+        json!([{"id": 1, "quantity": 2, "upc": 894773001193u64, "price": 12.99, "dept": 2}]);
+    let calls: Vec<(&str, String, serde_json::Value)> = vec![
+        ("GET", format!("/coupons?site={SITE}"), json!(null)),
+        ("GET", customer_coupons(jane), json!(null)),
+        (
+            "POST",
+            format!("/coupons/customer?site={SITE}&customer={jane}"),
+            json!({"add": ["PCT10"], "remove": []}),
+        ),
+        (
+            "POST",
+            format!("/demographics?site={SITE}"),
+            json!({"phones": ["5551234567"]}),
+        ),
+        (
+            "POST",
+            format!("/transaction{q}"),
+            json!({"transientRequest": true, "items": items}),
+        ),
+        (
+            "POST",
+            format!("/transaction{q}"),
+            json!({"transientRequest": false, "items": items}),
+        ),
+        (
+            "GET",
+            format!("/vouchers/CT-SESSION-0001?site={SITE}"),
+            json!(null),
+        ),
+        (
+            "POST",
+            "/vouchers/CT-SESSION-0001/lock".to_owned(),
+            json!({"site": SITE, "transaction": "KN1"}),
+        ),
+        (
+            "POST",
+            "/vouchers/CT-SESSION-0001/validate".to_owned(),
+            json!({"site": SITE, "transaction": "KN1", "moneySpent": 25.0}),
+        ),
+        (
+            "POST",
+            format!("/transaction/commit{q}"),
+            json!({"coupons": []}),
+        ),
+        (
+            "GET",
+            format!("/transaction/cancel?site={SITE}&customer={jane}&transaction=KN2"),
+            json!(null),
+        ),
+    ];
+    for (method, path, body) in &calls {
+        let (status, r) = if *method == "GET" {
+            store.get(path).await.unwrap()
+        } else {
+            store.post(path, body).await.unwrap()
+        };
+        assert_eq!(status, 200, "{method} {path}: {r}");
+    }
+    assert_eq!(
+        counts().await,
+        before,
+        "convercus, coupontools, koupon requests"
+    );
+}
