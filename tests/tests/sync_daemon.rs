@@ -2200,3 +2200,54 @@ async fn a_pull_asked_for_while_the_provider_is_paused_runs_when_it_answers_agai
     );
     daemon.kill9();
 }
+
+/// Points spent here reach no provider, and a Convercus pull knows no points balance: the
+/// pull leaves the store's balance as it is (800 - 500 after Jane's 500-point coupon), for
+/// a customer it rewrites (the pulled profile differs) as for any other.
+#[tokio::test]
+async fn a_pull_leaves_the_points_spent_here_spent() {
+    let providers = Providers::start().unwrap();
+    let store = store_pulling_by_hand(&providers).await;
+    let balance = || async {
+        let q = format!("?site={SITE}&customer={JANE}&transaction=PB2");
+        let items =
+            json!([{"id": 1, "quantity": 1, "upc": 12000001000u64, "price": 12.00, "dept": 1}]);
+        let (s, r) = store
+            .post(
+                &format!("/transaction{q}"),
+                &json!({"transientRequest": true, "items": items}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{r}");
+        r["loyaltyBalances"][0]["balance"].as_i64()
+    };
+    assert_eq!(balance().await, Some(800));
+    let q = format!("?site={SITE}&customer={JANE}&transaction=PB1");
+    let (s, r) = store
+        .post(
+            &format!("/transaction/commit{q}"),
+            &json!({"coupons": ["PTS500"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(balance().await, Some(300));
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    pull_now(&daemon, &store, "convercus").await;
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let provider: Option<String> = conn
+        .query_row(
+            "SELECT provider FROM customers WHERE id = ?1",
+            [JANE],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        provider.as_deref(),
+        Some("convercus"),
+        "the pull wrote Jane"
+    );
+    assert_eq!(balance().await, Some(300));
+    daemon.kill9();
+}
