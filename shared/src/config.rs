@@ -1274,7 +1274,10 @@ impl Config {
             }
         }
         let k = &p.koupon;
-        if need_secrets && k.enabled && (k.api_key.expose().is_empty() || k.secret.expose().is_empty()) {
+        if need_secrets
+            && k.enabled
+            && (k.api_key.expose().is_empty() || k.secret.expose().is_empty())
+        {
             return Err(invalid(
                 "providers.koupon.api_key",
                 "set api_key and secret",
@@ -1393,9 +1396,12 @@ impl Config {
 
     /// Today's date in the store's time zone (validity windows are whole local days).
     pub fn today(&self) -> chrono::NaiveDate {
-        chrono::Utc::now()
-            .with_timezone(&self.time_zone())
-            .date_naive()
+        self.date_at(chrono::Utc::now())
+    }
+
+    /// The store's local date at the instant `now`.
+    pub fn date_at(&self, now: chrono::DateTime<chrono::Utc>) -> chrono::NaiveDate {
+        now.with_timezone(&self.time_zone()).date_naive()
     }
 
     /// The first valid-until date (`YYYY-MM-DD`) of the vouchers this store keeps: today
@@ -1924,5 +1930,29 @@ mod tests {
             !format!("{c:?}").contains("from-env"),
             "secrets are redacted in Debug"
         );
+    }
+
+    /// Validity windows are whole days in the store's time zone: at 03:00 UTC it is still
+    /// the day before in Chicago, and already the same day in Berlin.
+    #[test]
+    fn today_is_the_store_s_local_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge-coupon.toml");
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-01T03:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        for (zone, date) in [
+            ("America/Chicago", "2026-11-30"),
+            ("UTC", "2026-12-01"),
+            ("Europe/Berlin", "2026-12-01"),
+        ] {
+            std::fs::write(
+                &path,
+                MINIMAL.replace("[store]", &format!("[store]\ntime_zone = \"{zone}\"")),
+            )
+            .unwrap();
+            let c = Config::load_with_env(&path, &[]).unwrap();
+            assert_eq!(c.date_at(at).to_string(), date, "{zone}");
+        }
     }
 }
