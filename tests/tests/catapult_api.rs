@@ -84,6 +84,24 @@ async fn wait_for_catalog(store: &Store, id: &str) -> Value {
     }
 }
 
+/// `customer`'s update of `txn` with the standard basket; the answer.
+async fn update(store: &Store, customer: &str, txn: &str, transient: bool) -> Value {
+    let (status, r) = store
+        .post(
+            &format!("/transaction{}", q(customer, txn)),
+            &update_body(customer, txn, transient, items()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    r
+}
+
+/// The loyalty balance an update answer shows.
+fn points(answer: &Value) -> Option<i64> {
+    answer["loyaltyBalances"][0]["balance"].as_i64()
+}
+
 fn applied<'a>(answer: &'a Value, id: &str) -> Option<&'a Value> {
     answer["applied"]
         .as_array()
@@ -1415,31 +1433,18 @@ async fn points_held_by_another_open_sale_are_not_offered_again() {
 #[tokio::test]
 async fn a_points_coupon_the_balance_cannot_pay_is_neither_held_nor_redeemed_unflagged() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
-    let balance = |r: &Value| r["loyaltyBalances"][0]["balance"].as_i64();
-    let (_, r) = store
-        .post(
-            &format!("/transaction{}", q(JOHN, "J1")),
-            &update_body(JOHN, "J1", false, items()),
-        )
-        .await
-        .unwrap();
+    let r = update(&store, JOHN, "J1", false).await;
     assert_eq!(
         applied(&r, "PTS500").unwrap()["optional"]["loyaltyCost"],
         500,
         "{r}"
     );
-    assert_eq!(balance(&r), Some(100), "{r}");
+    assert_eq!(points(&r), Some(100), "{r}");
     let m = meta(&store, JOHN).await;
     assert!(!list(&m, "pending").contains(&"PTS500".to_owned()), "{m}");
-    let (_, r) = store
-        .post(
-            &format!("/transaction{}", q(JOHN, "J2")),
-            &update_body(JOHN, "J2", true, items()),
-        )
-        .await
-        .unwrap();
+    let r = update(&store, JOHN, "J2", true).await;
     assert_eq!(
-        balance(&r),
+        points(&r),
         Some(100),
         "nothing of it is reserved by J1: {r}"
     );
@@ -1461,14 +1466,8 @@ async fn a_points_coupon_the_balance_cannot_pay_is_neither_held_nor_redeemed_unf
         )
         .unwrap();
     assert_eq!(conflict, 1, "the shortfall is flagged for store IT");
-    let (_, r) = store
-        .post(
-            &format!("/transaction{}", q(JOHN, "J3")),
-            &update_body(JOHN, "J3", true, items()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(balance(&r), Some(0), "{r}");
+    let r = update(&store, JOHN, "J3", true).await;
+    assert_eq!(points(&r), Some(0), "{r}");
 }
 
 /// The lane prompted "500 points"; the offer is repriced at 700 before the commit. The
@@ -1478,13 +1477,7 @@ async fn a_points_coupon_the_balance_cannot_pay_is_neither_held_nor_redeemed_unf
 async fn a_points_coupon_costs_what_the_lane_prompted_even_if_repriced_before_the_commit() {
     let store = Store::start(StoreOptions::default()).await.unwrap();
     unclip_basket_coupon(&store).await;
-    let (_, r) = store
-        .post(
-            &format!("/transaction{}", q(JANE, "R1")),
-            &update_body(JANE, "R1", false, items()),
-        )
-        .await
-        .unwrap();
+    let r = update(&store, JANE, "R1", false).await;
     assert_eq!(
         applied(&r, "PTS500").unwrap()["optional"]["loyaltyCost"],
         500,
@@ -1503,13 +1496,7 @@ async fn a_points_coupon_costs_what_the_lane_prompted_even_if_repriced_before_th
     // The catalog picks up the new price (John's sale is prompted 700).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let (_, r) = store
-            .post(
-                &format!("/transaction{}", q(JOHN, "R2")),
-                &update_body(JOHN, "R2", true, items()),
-            )
-            .await
-            .unwrap();
+        let r = update(&store, JOHN, "R2", true).await;
         if applied(&r, "PTS500").unwrap()["optional"]["loyaltyCost"] == 700 {
             break;
         }
@@ -1524,13 +1511,7 @@ async fn a_points_coupon_costs_what_the_lane_prompted_even_if_repriced_before_th
         .await
         .unwrap();
     assert_eq!(status, 200);
-    let (_, r) = store
-        .post(
-            &format!("/transaction{}", q(JANE, "R3")),
-            &update_body(JANE, "R3", true, items()),
-        )
-        .await
-        .unwrap();
+    let r = update(&store, JANE, "R3", true).await;
     assert_eq!(r["loyaltyBalances"][0]["balance"], 300, "800 - 500: {r}");
 }
 

@@ -174,22 +174,29 @@ fn two_pairs(dir: &Path) -> [(PathBuf, PathBuf); 2] {
     ["a", "b"].map(|name| {
         let cert = dir.join(format!("{name}/cert.pem"));
         let key = dir.join(format!("{name}/key.pem"));
-        let (_d, config) = store(
-            &format!(
-                "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nself_signed_local_names = false\n",
-                cert.display(),
-                key.display()
-            ),
-            Some(&dir.join("unused.db")),
-        );
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("plain_http = true", "");
-        std::fs::write(&config, text).unwrap();
+        let (_d, config) = tls_store(&cert, &key, &dir.join("unused.db"));
         let out = ends(edge_server(&config, &["tls-init"]));
         assert!(out.status.success(), "{}", stderr(&out));
         (cert, key)
     })
+}
+
+/// [`store`] serving HTTPS with the certificate `cert` and key `key` (made by `tls-init`
+/// or at start when missing), its database `db`.
+fn tls_store(cert: &Path, key: &Path, db: &Path) -> (tempfile::TempDir, PathBuf) {
+    let (d, config) = store(
+        &format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nself_signed_local_names = false\n",
+            cert.display(),
+            key.display()
+        ),
+        Some(db),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("plain_http = true", "");
+    std::fs::write(&config, text).unwrap();
+    (d, config)
 }
 
 /// `sudo edge-server tls-init` (renewing the certificate as docs/packaging.md says) made
@@ -210,18 +217,7 @@ fn tls_init_run_as_root_leaves_the_files_to_the_owner_of_their_directory() {
         std::fs::metadata(&state).unwrap().uid()
     };
     let (cert, key) = (state.join("tls/cert.pem"), state.join("tls/key.pem"));
-    let (_d, config) = store(
-        &format!(
-            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nself_signed_local_names = false\n",
-            cert.display(),
-            key.display()
-        ),
-        Some(&state.join("edge.db")),
-    );
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("plain_http = true", "");
-    std::fs::write(&config, text).unwrap();
+    let (_d, config) = tls_store(&cert, &key, &state.join("edge.db"));
     let out = ends(edge_server(&config, &["tls-init"]));
     assert!(out.status.success(), "{}", stderr(&out));
     for p in [&state.join("tls"), &cert, &key] {

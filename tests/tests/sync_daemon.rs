@@ -1507,6 +1507,27 @@ async fn list_contains(store: &Store, list: &str, id: &str) -> bool {
     m[list].as_array().unwrap().iter().any(|v| v == id)
 }
 
+/// Jane's sale `txn` (one item, non-transient) paying with the Koupon barcode voucher
+/// KP-BARCODE-0003, validated at the lane: one Koupon `validate` item in the outbox.
+async fn koupon_voucher_sale(store: &Store, txn: &str) {
+    let q = format!("?site={SITE}&customer=4000000000001&transaction={txn}");
+    let items = json!([{"id": 1, "quantity": 1, "upc": 12000001000u64, "price": 10.00, "discountPrice": 10.00, "dept": 1}]);
+    let (s, r) = store
+        .post(
+            &format!("/transaction{q}"),
+            &json!({"transientRequest": false, "items": items, "subTotal": 10.0, "grossTotal": 10.0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+    let vbody = json!({"site": SITE, "transaction": txn, "moneySpent": 10.0});
+    let (s, r) = store
+        .post("/vouchers/KP-BARCODE-0003/validate", &vbody)
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+}
+
 /// koupon.md §6: no idempotency key, so retries only after transport failures or 5xx. A
 /// single-use barcode's redeem call that Koupon answers 2xx with an unreadable body was
 /// processed: it is dead-lettered for store IT, never sent again (before, it was retried
@@ -1519,22 +1540,7 @@ async fn an_unreadable_answer_to_a_barcode_redeem_is_dead_lettered_not_resent() 
         .faults("koupon", json!({"malformed_bodies": true}))
         .await
         .unwrap();
-    let q = format!("?site={SITE}&customer=4000000000001&transaction=KB1");
-    let items = json!([{"id": 1, "quantity": 1, "upc": 12000001000u64, "price": 10.00, "discountPrice": 10.00, "dept": 1}]);
-    let (s, r) = store
-        .post(
-            &format!("/transaction{q}"),
-            &json!({"transientRequest": false, "items": items, "subTotal": 10.0, "grossTotal": 10.0}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(s, 200, "{r}");
-    let vbody = json!({"site": SITE, "transaction": "KB1", "moneySpent": 10.0});
-    let (s, r) = store
-        .post("/vouchers/KP-BARCODE-0003/validate", &vbody)
-        .await
-        .unwrap();
-    assert_eq!(s, 200, "{r}");
+    koupon_voucher_sale(&store, "KB1").await;
     let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
     let (state, error) = outcome(&store, &daemon, "koupon", "validate").await;
     // Time for a retry, had there been one (backoff 1-2 s).
@@ -1580,22 +1586,7 @@ async fn a_delivery_slower_than_its_lease_is_not_sent_a_second_time() {
         .faults("koupon", json!({"slow_ms": 11000}))
         .await
         .unwrap();
-    let q = format!("?site={SITE}&customer=4000000000001&transaction=KL1");
-    let items = json!([{"id": 1, "quantity": 1, "upc": 12000001000u64, "price": 10.00, "discountPrice": 10.00, "dept": 1}]);
-    let (s, r) = store
-        .post(
-            &format!("/transaction{q}"),
-            &json!({"transientRequest": false, "items": items, "subTotal": 10.0, "grossTotal": 10.0}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(s, 200, "{r}");
-    let vbody = json!({"site": SITE, "transaction": "KL1", "moneySpent": 10.0});
-    let (s, r) = store
-        .post("/vouchers/KP-BARCODE-0003/validate", &vbody)
-        .await
-        .unwrap();
-    assert_eq!(s, 200, "{r}");
+    koupon_voucher_sale(&store, "KL1").await;
     let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
     let (state, error) = outcome(&store, &daemon, "koupon", "validate").await;
     assert_eq!(state, "delivered", "{error}");
