@@ -863,7 +863,9 @@ impl Config {
     }
 
     /// Validates a `conf.d/` fragment (e.g. a regional config package) the way the daemons
-    /// will see it: merged over the default configuration, then the full validation.
+    /// will see it: merged over the default configuration, then the full validation, but
+    /// without the provider secrets, which each store should get from its own environment
+    /// or a local file rather than from a package copied from store to store.
     pub fn check_fragment(text: &str) -> Result<Config, ConfigError> {
         let over: toml::Table = text
             .parse()
@@ -879,7 +881,40 @@ impl Config {
                     message: e.to_string(),
                 })?;
         merge(&mut base, over);
-        Self::from_table(base)
+        Self::from_table_checked(base, Secrets::NotNeeded)
+    }
+
+    /// The keys of a fragment that hold a secret with a value (`providers.koupon.secret`),
+    /// so a tool can warn before it packages them.
+    pub fn secret_keys(text: &str) -> Vec<String> {
+        fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in table {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    toml::Value::Table(t) => walk(&key, t, out),
+                    toml::Value::Array(a) => {
+                        for (i, x) in a.iter().enumerate() {
+                            if let toml::Value::Table(t) = x {
+                                walk(&format!("{key}[{i}]"), t, out);
+                            }
+                        }
+                    }
+                    toml::Value::String(s) if !s.is_empty() && is_secret_key(&key) => {
+                        out.push(key);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if let Ok(table) = text.parse::<toml::Table>() {
+            walk("", &table, &mut out);
+        }
+        out
     }
 
     /// Parses one TOML document (no conf.d, no environment): used by validators and tests.

@@ -25,8 +25,15 @@ fn valid_version(v: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || ".+~-".contains(c))
 }
 
-/// Validates `file` and builds the package in `output`; returns the .deb's path.
-pub fn build(region: &str, version: &str, file: &Path, output: &Path) -> anyhow::Result<PathBuf> {
+/// A package built, and the keys of secrets it carries (a warning for regional IT).
+pub struct Built {
+    pub deb: PathBuf,
+    pub secrets: Vec<String>,
+}
+
+/// Validates `file` and builds the package in `output`. One that carries secrets is made
+/// readable by its owner only (the file is copied around before it reaches a store).
+pub fn build(region: &str, version: &str, file: &Path, output: &Path) -> anyhow::Result<Built> {
     if !valid_region(region) {
         bail!("--region `{region}`: use lower-case letters, digits and '-' (e.g. midwest-2)");
     }
@@ -37,9 +44,15 @@ pub fn build(region: &str, version: &str, file: &Path, output: &Path) -> anyhow:
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     shared::config::Config::check_fragment(&text)
         .map_err(|e| anyhow::anyhow!("{} is refused, no package built: {e}", file.display()))?;
+    let secrets = shared::config::Config::secret_keys(&text);
     let name = format!("edge-coupon-config-{region}");
-    let stage = staging_dir()?;
-    let root = stage.join("root");
+    // A fresh directory only this user may enter, removed when done (a fixed name under
+    // /tmp could be made beforehand by someone else, with links in it).
+    let stage = tempfile::Builder::new()
+        .prefix("edge-ctl-package-")
+        .tempdir()
+        .context("cannot make a staging directory")?;
+    let root = stage.path().join("root");
     let conf_d = root.join("etc/edge-coupon/conf.d");
     let debian = root.join("DEBIAN");
     std::fs::create_dir_all(&conf_d)?;
@@ -96,14 +109,17 @@ pub fn build(region: &str, version: &str, file: &Path, output: &Path) -> anyhow:
         .arg(&deb)
         .output()
         .context("cannot run dpkg-deb (install the dpkg package)")?;
-    let _ = std::fs::remove_dir_all(&stage);
+    drop(stage);
     if !status.status.success() {
         bail!(
             "dpkg-deb failed: {}",
             String::from_utf8_lossy(&status.stderr).trim()
         );
     }
-    Ok(deb)
+    if !secrets.is_empty() {
+        set_mode(&deb, 0o600)?;
+    }
+    Ok(Built { deb, secrets })
 }
 
 /// Who the regional package says it is from (Debian wants a real-looking address).
@@ -132,16 +148,6 @@ fn gzip_to(text: &str, path: &Path) -> anyhow::Result<()> {
 fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-}
-
-fn staging_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "edge-ctl-package-{}-{}",
-        std::process::id(),
-        shared::db::now_secs()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 #[cfg(test)]

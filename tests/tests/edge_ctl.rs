@@ -115,6 +115,64 @@ fn config_packages_are_validated_then_built_as_debs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("concurency"));
 }
 
+/// A regional fragment need not carry the provider secrets (each store gets them locally):
+/// it was refused without them ("set it here or in EDGE_…", which cannot apply to a
+/// package). One that carries them is built with a warning naming the keys, and the .deb
+/// is readable by its owner only (it was 0644, and is copied from store to store).
+#[test]
+fn a_config_package_needs_no_secrets_and_one_carrying_them_is_kept_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let package = |region: &str, text: &str| {
+        let file = dir.path().join(format!("{region}.toml"));
+        std::fs::write(&file, text).unwrap();
+        edge_ctl(&[
+            "config-package",
+            "--region",
+            region,
+            "--version",
+            "1.0",
+            file.to_str().unwrap(),
+            "--output",
+            out_dir.to_str().unwrap(),
+        ])
+    };
+    let out = package(
+        "east",
+        "[providers.koupon]\nenabled = true\nstore_id = \"S1\"\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).is_empty());
+    assert!(out_dir
+        .join("edge-coupon-config-east_1.0_all.deb")
+        .is_file());
+    let out = package(
+        "west",
+        "[providers.koupon]\nenabled = true\nstore_id = \"S1\"\napi_key = \"k\"\nsecret = \"s3cr3t\"\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warning.contains("providers.koupon.api_key, providers.koupon.secret")
+            && !warning.contains("s3cr3t"),
+        "{warning}"
+    );
+    let deb = out_dir.join("edge-coupon-config-west_1.0_all.deb");
+    assert_eq!(
+        std::fs::metadata(&deb).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
 /// `edge-ctl outbox list | head`: a reader that stops reading ends edge-ctl quietly (exit
 /// 0, nothing on stderr), as it did not: println! panicked on the broken pipe.
 #[test]

@@ -132,11 +132,22 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         output,
     } = &cli.command
     {
-        let deb = sync_daemon::package::build(region, version, file, output)?;
+        let built = sync_daemon::package::build(region, version, file, output)?;
+        if !built.secrets.is_empty() {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "edge-ctl: warning: {} carries secrets ({}); the package is made readable by you only (0600) and installs them 0640 root:edge-coupon. Whoever gets the .deb can read them: prefer giving each store its secrets locally (EDGE_* variables in a systemd drop-in, or a file in its conf.d/)",
+                file.display(),
+                built.secrets.join(", ")
+            );
+        }
         if cli.json {
-            out!("{}", json!({"package": deb}));
+            out!(
+                "{}",
+                json!({"package": built.deb, "secrets": built.secrets})
+            );
         } else {
-            out!("built {}", deb.display());
+            out!("built {}", built.deb.display());
         }
         return Ok(ExitCode::SUCCESS);
     }
