@@ -117,6 +117,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The progress note of a redeem call being sent: `{"attempt": n, "at": secs}`.
+const SENT: &str = "redeemSent";
+
 impl Client {
     /// A client with a pacer of its own (see [`Client::with_pacer`]).
     pub fn new(cfg: &KouponConfig) -> Client {
@@ -231,17 +234,70 @@ impl Client {
 
     // ------------------------------------------------------------ delivery
 
-    pub async fn deliver(&self, item: &Item) -> Delivery {
+    /// `record` writes the item's progress note (see [`Client::at_most_once`]).
+    pub async fn deliver<F, Fut>(&self, item: &Item, record: F) -> Delivery
+    where
+        F: Fn(Value) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
         match item.operation.as_str() {
             "redemption" if item.payload.get("redemptions").is_some() => {
-                self.redeem_sale(item).await
+                self.at_most_once(item, &record, self.redeem_sale(item))
+                    .await
             }
             // One coupon per item, as queued by earlier versions.
-            "redemption" => self.redeem(item).await,
+            "redemption" | "validate" => self.at_most_once(item, &record, self.redeem(item)).await,
             "transaction" => self.report(item).await,
-            "validate" => self.redeem(item).await,
             other => Delivery::Dead(format!("unknown Koupon operation {other}")),
         }
+    }
+
+    /// A redeem call is sent at most once blind (koupon.md §6: no idempotency key, "a retry
+    /// after a lost response can double-count"). A note is written before it is sent and
+    /// taken away when the attempt ends in a failure §6 allows to resend (a transport
+    /// failure, a 5xx, a refused signature). A note still there at the next attempt means the last one never
+    /// ended (the daemon was killed, or stopped before the answer came): its outcome is
+    /// unknown, so the item is dead-lettered for store IT instead of sent again. A retry by
+    /// store IT (`edge-ctl outbox retry`) is sent: the note belongs to an older attempt.
+    async fn at_most_once<F, Fut>(
+        &self,
+        item: &Item,
+        record: &F,
+        send: impl std::future::Future<Output = Delivery>,
+    ) -> Delivery
+    where
+        F: Fn(Value) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let note = item.progress.as_ref().and_then(|p| p.get(SENT));
+        let sent_attempt = note.and_then(|n| n.get("attempt")).and_then(Value::as_i64);
+        if sent_attempt == Some(item.attempts - 1) {
+            let at = note
+                .and_then(|n| n.get("at"))
+                .and_then(Value::as_i64)
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .map_or_else(String::new, |t| {
+                    format!(" at {}", t.format("%Y-%m-%d %H:%M:%S UTC"))
+                });
+            return Delivery::Dead(format!(
+                "outcome unknown: the redeem call sent to Koupon{at} never got its answer here (the sync daemon stopped or was killed meanwhile); Koupon has no idempotency key, so it is not sent again blind: check Koupon's records for this sale, then `edge-ctl outbox retry` or `discard` it"
+            ));
+        }
+        let note = json!({SENT: {"attempt": item.attempts, "at": shared::db::now_secs()}});
+        if let Err(e) = record(note).await {
+            return Delivery::Retry(format!(
+                "cannot record progress before the redeem call: {e}"
+            ));
+        }
+        let outcome = send.await;
+        // Sent again later, as §6 allows: a transport failure or 5xx (Retry), or a
+        // signature Koupon refused (AuthFailed, nothing applied).
+        if matches!(outcome, Delivery::Retry(_) | Delivery::AuthFailed(_)) {
+            if let Err(e) = record(json!({})).await {
+                log::warn!(provider = NAME; "cannot clear the progress note of outbox item {} ({e}); its next attempt will be dead-lettered as of unknown outcome", item.id);
+            }
+        }
+        outcome
     }
 
     async fn redeem(&self, item: &Item) -> Delivery {

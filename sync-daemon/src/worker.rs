@@ -126,7 +126,7 @@ async fn deliver(clients: &Clients, db: &Db, item: &Item) -> Delivery {
             None => Delivery::Retry("coupontools is disabled".into()),
         },
         koupon::NAME => match &clients.koupon {
-            Some(c) => c.deliver(item).await,
+            Some(c) => c.deliver(item, record).await,
             None => Delivery::Retry("koupon is disabled".into()),
         },
         other => Delivery::Dead(format!("no client for provider {other}")),

@@ -1558,14 +1558,10 @@ async fn an_unreadable_answer_to_a_barcode_redeem_is_dead_lettered_not_resent() 
     daemon.kill9();
 }
 
-/// A delivery that outlasts its lease (here a Koupon answer slower than `outbox.lease_secs`;
-/// in a store a `Retry-After` pause or a verified retry's several calls) is the worker's
-/// own, not a stopped worker's: it is not claimed and sent a second time while it runs
-/// (koupon.md §6: "A retry after a lost response can double-count").
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_slower_than_its_lease_is_not_sent_a_second_time() {
-    let providers = Providers::start().unwrap();
-    // Koupon's section is the last: its timeout longer than the slow answer below.
+/// A store whose Koupon calls may take up to 20 s (longer than the slow answers the tests
+/// below ask of the simulator) and whose outbox leases last 5 s.
+async fn store_with_patient_koupon(providers: &Providers) -> Store {
+    // Koupon's section is the last.
     let toml = providers.config_toml("0 0 0 1 1 *");
     let at = toml.rfind("timeout_ms = 3000").unwrap();
     let toml = format!(
@@ -1574,14 +1570,94 @@ async fn a_delivery_slower_than_its_lease_is_not_sent_a_second_time() {
         &toml[at + "timeout_ms = 3000".len()..]
     );
     assert!(toml.contains("store_id = \"STO1\"\nschedule = \"0 0 0 1 1 *\"\npull_at_start = false\ntimeout_ms = 20000"));
-    let store = Store::start(StoreOptions {
+    Store::start(StoreOptions {
         extra_toml: format!(
             "{toml}\n[outbox]\npoll_ms = 50\nlease_secs = 5\nbackoff_base_secs = 1\nbackoff_cap_secs = 2\n"
         ),
         ..StoreOptions::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Redeem calls the simulator's Koupon received.
+async fn koupon_redeem_calls(providers: &Providers) -> usize {
+    providers
+        .requests("koupon")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"] == "/v1/transaction/redeem")
+        .count()
+}
+
+/// koupon.md §6: no idempotency key, "a retry after a lost response can double-count". The
+/// daemon killed while a redeem call waits for its answer: after the restart the call is
+/// not sent again blind (before, the rescued item was posted a second time); the item is
+/// dead-lettered as of unknown outcome for store IT, who may retry it by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeem_whose_answer_was_lost_in_a_crash_is_not_sent_again_blind() {
+    let providers = Providers::start().unwrap();
+    let store = store_with_patient_koupon(&providers).await;
+    providers
+        .faults("koupon", json!({"slow_ms": 6000}))
+        .await
+        .unwrap();
+    koupon_voucher_sale(&store, "KC1").await;
+    let mut daemon = Daemon::start(&store.config_path, &store.dir.join("sync-daemon.log")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while koupon_redeem_calls(&providers).await == 0 {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.kill9();
+    providers
+        .faults("koupon", json!({"slow_ms": 0}))
+        .await
+        .unwrap();
+    let mut daemon =
+        Daemon::start(&store.config_path, &store.dir.join("sync-daemon-2.log")).unwrap();
+    let (state, error) = outcome(&store, &daemon, "koupon", "validate").await;
+    assert_eq!(state, "dead", "{error}\n{}", daemon.log());
+    assert!(error.contains("outcome unknown"), "{error}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(koupon_redeem_calls(&providers).await, 1, "sent once");
+    // Store IT checked Koupon and sends it again: that attempt goes out.
+    let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+    let id: i64 = conn
+        .query_row(
+            "SELECT id FROM outbox WHERE provider = 'koupon' AND operation = 'validate'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let out = std::process::Command::new(e2e::binary("edge-ctl").unwrap())
+        .arg("--config")
+        .arg(&store.config_path)
+        .args(["outbox", "retry", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while koupon_redeem_calls(&providers).await < 2 {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.kill9();
+}
+
+/// A delivery that outlasts its lease (here a Koupon answer slower than `outbox.lease_secs`;
+/// in a store a `Retry-After` pause or a verified retry's several calls) is the worker's
+/// own, not a stopped worker's: it is not claimed and sent a second time while it runs
+/// (koupon.md §6: "A retry after a lost response can double-count").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_slower_than_its_lease_is_not_sent_a_second_time() {
+    let providers = Providers::start().unwrap();
+    let store = store_with_patient_koupon(&providers).await;
     providers
         .faults("koupon", json!({"slow_ms": 11000}))
         .await
