@@ -257,8 +257,9 @@ impl Client {
     /// taken away when the attempt ends in a failure §6 allows to resend (a transport
     /// failure, a 5xx, a refused signature). A note still there at the next attempt means the last one never
     /// ended (the daemon was killed, or stopped before the answer came): its outcome is
-    /// unknown, so the item is dead-lettered for store IT instead of sent again. A retry by
-    /// store IT (`edge-ctl outbox retry`) is sent: the note belongs to an older attempt.
+    /// unknown, so the item is dead-lettered for store IT instead of sent again, unless
+    /// `providers.koupon.retry_redeemed_code` is set. A retry by store IT (`edge-ctl outbox
+    /// retry`) is sent: the note belongs to an older attempt.
     async fn at_most_once<F, Fut>(
         &self,
         item: &Item,
@@ -271,7 +272,9 @@ impl Client {
     {
         let note = item.progress.as_ref().and_then(|p| p.get(SENT));
         let sent_attempt = note.and_then(|n| n.get("attempt")).and_then(Value::as_i64);
-        if sent_attempt == Some(item.attempts - 1) {
+        // With `retry_redeemed_code` set, store IT chose to resend and take that code as
+        // our earlier attempt recorded (`judge`): the call goes out again.
+        if sent_attempt == Some(item.attempts - 1) && self.cfg.retry_redeemed_code.is_empty() {
             let at = note
                 .and_then(|n| n.get("at"))
                 .and_then(Value::as_i64)
