@@ -711,6 +711,7 @@ pub fn commit(
 ) -> Result<String, LaneError> {
     let existing = repo::transaction(conn, &input.site, &input.txn)?;
     if let Some(TxnCommitted(response)) = existing.as_ref().and_then(committed) {
+        warn_if_other_coupons(conn, input)?;
         return Ok(response);
     }
     let stored: StoredUpdate = existing
@@ -928,6 +929,36 @@ pub fn commit(
 }
 
 struct TxnCommitted(String);
+
+/// A repeated commit is answered with the first answer whatever it lists (the issue:
+/// "replays the first answer"); one that lists other coupons than the first did changes
+/// nothing either, but says so, since the POS and the store now disagree on the sale
+/// (catapult-loyalty-redemption.md §3 code 8: "Completion Identifier Duplicated with
+/// Differing Values").
+fn warn_if_other_coupons(conn: &Connection, input: &CommitInput) -> Result<(), LaneError> {
+    let coupons = |text: &str| -> Option<BTreeSet<String>> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        Some(
+            v.get("coupons")?
+                .as_array()?
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect(),
+        )
+    };
+    let Some(first) = repo::commit_request(conn, &input.site, &input.txn)?
+        .as_deref()
+        .and_then(coupons)
+    else {
+        return Ok(());
+    };
+    let now: BTreeSet<String> = input.coupons.iter().cloned().collect();
+    if first != now {
+        let list = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
+        log::warn!(site = input.site.as_str(), transaction = input.txn.as_str(), first = list(&first).as_str(), now = list(&now).as_str(); "a repeated commit lists other coupons than the first; the first answer is replayed and nothing changes: check the sale at the POS");
+    }
+    Ok(())
+}
 
 fn committed(t: &repo::TxnRow) -> Option<TxnCommitted> {
     (t.state == "committed")

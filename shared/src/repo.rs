@@ -605,6 +605,16 @@ pub fn commit_transaction(
     Ok(())
 }
 
+/// The request body a committed sale's first commit carried, as received.
+pub fn commit_request(conn: &Connection, site: &str, txn: &str) -> Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT commit_request FROM transactions WHERE site = ?1 AND txn_id = ?2 AND state = 'committed'",
+    )?
+    .query_row([site, txn], |r| r.get(0))
+    .optional()
+    .map(Option::flatten)
+}
+
 // ---------------------------------------------------------------- redemptions
 
 #[allow(clippy::too_many_arguments)]

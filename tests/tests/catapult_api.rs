@@ -858,6 +858,29 @@ async fn commit_redeems_listed_returns_the_rest_and_replays() {
         .unwrap();
     assert_eq!((status, &again), (200, &first));
     assert_eq!(outbox_rows(&store).len(), rows_before.len());
+    assert!(!store
+        .log_tail()
+        .contains("a repeated commit lists other coupons"));
+    // One that lists other coupons is answered the same and changes nothing, but is logged.
+    let (status, other) = store
+        .post(
+            &format!("/transaction/commit{}", q(JANE, "T3")),
+            &json!({"coupons": ["BOGO1", "PCT10"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, &other), (200, &first));
+    assert_eq!(outbox_rows(&store).len(), rows_before.len());
+    assert!(
+        list(&meta(&store, JANE).await, "clipped").contains(&"PCT10".to_owned()),
+        "not redeemed by the repeat"
+    );
+    let log = store.log_tail();
+    assert!(
+        log.contains("a repeated commit lists other coupons than the first")
+            && log.contains("BOGO1,CVX1,KPN1"),
+        "{log}"
+    );
     // Coupon ids in a commit are limited to 15 characters.
     let (status, r) = store
         .post(
