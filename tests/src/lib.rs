@@ -335,8 +335,14 @@ level = "info"
         }
     }
 
+    /// The server's log, all of it.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("edge-server.log")).unwrap_or_default()
+    }
+
+    /// The last 30 lines of the server's log.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("edge-server.log")).unwrap_or_default();
+        let text = self.log();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }

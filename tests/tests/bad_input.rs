@@ -437,7 +437,7 @@ async fn bad_requests_get_4xx_error_objects() {
     assert_eq!(status, 200);
     assert!(m["clipped"].as_array().is_some_and(|l| !l.is_empty()));
     assert!(
-        !store.log_tail().contains("panicked"),
+        !store.log().contains("panicked"),
         "no panic in the server log"
     );
 }

@@ -1979,10 +1979,20 @@ async fn health_readiness_and_unmatched_paths() {
         "GET, POST",
         "405 names the allowed methods"
     );
-    assert!(
-        store.log_tail().contains("unmatched request path"),
-        "unmatched paths are logged for path discovery"
-    );
+    // Each unmatched path and method is logged with both, for path discovery.
+    let log = store.log();
+    for (line, method, path) in [
+        ("unmatched request path", "GET", "/coupons/unknown/path"),
+        ("unmatched request method", "POST", "/coupons"),
+        ("unmatched request method", "DELETE", "/transaction/cancel"),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(line)
+                && l.contains(&format!("method={method}"))
+                && l.contains(&format!("path={path}"))),
+            "{line} {method} {path}:\n{log}"
+        );
+    }
 }
 
 /// Jane's basket-wide $2 coupon would take every line left by item coupons (and so leave
