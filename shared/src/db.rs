@@ -1083,18 +1083,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&cfg(&dir), true).unwrap();
         take_slowest_queue_wait();
-        // A long job (an import chunk, say) is running when a short one is handed over...
-        let long = db.writer.submit(|_| {
+        // A long job (an import chunk, say) is running when a short one is handed over:
+        // the long one starts, the short one is queued, and only then does the long one
+        // take its 150 ms (channels, not sleeps, order them).
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let long = db.writer.submit(move |_| {
+            let _ = started_tx.send(());
+            let _ = go_rx.recv();
             std::thread::sleep(Duration::from_millis(150));
             Ok::<_, rusqlite::Error>(())
         });
-        std::thread::sleep(Duration::from_millis(30));
-        let short: Result<(), WriteError<rusqlite::Error>> = db.writer.write_blocking(|_| Ok(()));
-        short.unwrap();
+        started.recv().unwrap();
+        let short = db.writer.submit(|_| Ok::<_, rusqlite::Error>(()));
+        go.send(()).unwrap();
+        short.unwrap().blocking_recv().unwrap().unwrap();
         long.unwrap().blocking_recv().unwrap().unwrap();
-        // ...so the short one waited in the queue for most of the long one's 150 ms.
+        // ...so the short one waited in the queue for at least the long one's 150 ms.
         let waited = take_slowest_queue_wait();
-        assert!(waited >= Duration::from_millis(90), "waited {waited:?}");
+        assert!(waited >= Duration::from_millis(140), "waited {waited:?}");
     }
 
     #[test]
