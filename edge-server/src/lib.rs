@@ -419,7 +419,11 @@ pub fn serve(config: Config, config_path: &std::path::Path) -> anyhow::Result<()
                 config.admin.listen
             )
         })?;
-        log::info!(addr = config.admin.listen.to_string().as_str(); "store health (admin) listening: /status, /metrics");
+        // The address bound (a configured port 0 is the kernel's choice).
+        let addr = l
+            .local_addr()
+            .map_or_else(|_| config.admin.listen.to_string(), |a| a.to_string());
+        log::info!(addr = addr.as_str(); "store health (admin) listening: /status, /metrics");
         Some(l)
     } else {
         log::info!("no admin listener: admin.password is not set");

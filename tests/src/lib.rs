@@ -335,6 +335,22 @@ level = "info"
         }
     }
 
+    /// The admin listener's port, as the server logged it when it bound (tests configure
+    /// `admin.listen = "127.0.0.1:0"`: no port picked beforehand that another test could
+    /// take meanwhile).
+    pub fn admin_port(&self) -> Result<u16> {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("store health (admin) listening"))
+            .context("the server logged no admin listener")?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .context("the admin listener's line names no addr")?;
+        Ok(addr.parse::<std::net::SocketAddr>()?.port())
+    }
+
     /// The server's log, all of it.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("edge-server.log")).unwrap_or_default()

@@ -10,15 +10,15 @@ use serde_json::{json, Value};
 const ADMIN_PASSWORD: &str = "health-secret";
 
 async fn store_with_admin() -> (Store, u16) {
-    let port = e2e::free_port().unwrap();
     let store = Store::start(StoreOptions {
         extra_toml: format!(
-            "[admin]\nlisten = \"127.0.0.1:{port}\"\nusername = \"it\"\npassword = \"{ADMIN_PASSWORD}\"\n"
+            "[admin]\nlisten = \"127.0.0.1:0\"\nusername = \"it\"\npassword = \"{ADMIN_PASSWORD}\"\n"
         ),
         ..StoreOptions::default()
     })
     .await
     .unwrap();
+    let port = store.admin_port().unwrap();
     (store, port)
 }
 

@@ -20,16 +20,16 @@ struct Ops {
 
 async fn ops() -> Ops {
     let providers = Providers::start().unwrap();
-    let admin_port = e2e::free_port().unwrap();
     let store = Store::start(StoreOptions {
         extra_toml: format!(
-            "{}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusername = \"it\"\npassword = \"{ADMIN_PASSWORD}\"\n",
+            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\nusername = \"it\"\npassword = \"{ADMIN_PASSWORD}\"\n",
             providers.config_toml("0 0 0 1 1 *")
         ),
         ..StoreOptions::default()
     })
     .await
     .unwrap();
+    let admin_port = store.admin_port().unwrap();
     Ops {
         store,
         providers,
