@@ -10,8 +10,43 @@ use crate::repo::{self, Customer, Voucher};
 use serde::Deserialize;
 use std::path::Path;
 
-/// Rows written per transaction: small enough that a lane commit never waits long.
+/// Rows written per transaction (a customer and each of its coupon states are a row each):
+/// small enough that a lane commit never waits long behind one.
 pub const CHUNK: usize = 1000;
+
+/// The providers a snapshot may name (offers, vouchers, customers): anything else would
+/// never reach a provider, silently (the outbox has nothing to send for it).
+pub const PROVIDERS: [&str; 4] = ["convercus", "coupontools", "koupon", "local"];
+
+fn known_provider(what: &str, provider: &str) -> Result<(), ImportError> {
+    if PROVIDERS.contains(&provider) {
+        Ok(())
+    } else {
+        Err(ImportError::Invalid(format!(
+            "{what}: provider `{provider}` is not one of {}",
+            PROVIDERS.join(", ")
+        )))
+    }
+}
+
+/// Customers in runs of at most [`CHUNK`] rows (one customer with more coupons is a run
+/// of its own).
+fn row_chunks(customers: &[ImportCustomer]) -> Vec<&[ImportCustomer]> {
+    let mut out = Vec::new();
+    let (mut start, mut rows) = (0, 0);
+    for (i, c) in customers.iter().enumerate() {
+        let r = 1 + c.coupons.len();
+        if rows > 0 && rows + r > CHUNK {
+            out.push(&customers[start..i]);
+            (start, rows) = (i, 0);
+        }
+        rows += r;
+    }
+    if start < customers.len() {
+        out.push(&customers[start..]);
+    }
+    out
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -160,6 +195,7 @@ pub fn validate(s: &Snapshot) -> Result<(), ImportError> {
                 o.id
             )));
         }
+        known_provider(&format!("offer `{}`", o.id), &o.provider)?;
         if o.end_date < o.start_date {
             return Err(ImportError::Invalid(format!(
                 "offer `{}`: endDate is before startDate",
@@ -170,6 +206,9 @@ pub fn validate(s: &Snapshot) -> Result<(), ImportError> {
     for c in &s.customers {
         CustomerId::parse(&c.id)
             .map_err(|e| ImportError::Invalid(format!("customer `{}`: {e}", c.id)))?;
+        if let Some(p) = &c.provider {
+            known_provider(&format!("customer `{}`", c.id), p)?;
+        }
         if c.points_balance < 0 {
             return Err(ImportError::Invalid(format!(
                 "customer `{}`: pointsBalance cannot be negative",
@@ -184,6 +223,17 @@ pub fn validate(s: &Snapshot) -> Result<(), ImportError> {
         }
     }
     for v in &s.vouchers {
+        known_provider(&format!("voucher `{}`", v.code), &v.provider)?;
+        for (field, date) in [("validFrom", &v.valid_from), ("validUntil", &v.valid_until)] {
+            if let Some(d) = date {
+                chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| {
+                    ImportError::Invalid(format!(
+                        "voucher `{}`: {field} `{d}` is not a date written YYYY-MM-DD",
+                        v.code
+                    ))
+                })?;
+            }
+        }
         for code in std::iter::once(&v.code).chain(v.alias.iter().filter(|a| !a.is_empty())) {
             VoucherCode::parse(code)
                 .map_err(|e| ImportError::Invalid(format!("voucher `{}`: {e}", v.code)))?;
@@ -219,21 +269,49 @@ pub fn import(
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Counts, ImportError> {
     validate(&s)?;
-    // Before anything is written: offers the store already knows under another id.
+    // Before anything is written: offers the store already knows under another id, and
+    // coupon states of offers neither the snapshot nor the store has (the database would
+    // refuse them halfway through the customers).
     let keys: Vec<(String, String, String)> = s
         .offers
         .iter()
         .map(|o| (o.id.clone(), o.provider.clone(), o.provider_ref.clone()))
         .collect();
-    let known = writer.write_blocking(move |c| {
+    let in_snapshot: std::collections::HashSet<&str> =
+        s.offers.iter().map(|o| o.id.as_str()).collect();
+    let mut elsewhere: Vec<(String, String)> = s
+        .customers
+        .iter()
+        .flat_map(|c| {
+            c.coupons
+                .iter()
+                .map(move |k| (c.id.clone(), k.offer_id.clone()))
+        })
+        .filter(|(_, offer)| !in_snapshot.contains(offer.as_str()))
+        .collect();
+    elsewhere.sort_by(|a, b| a.1.cmp(&b.1));
+    elsewhere.dedup_by(|a, b| a.1 == b.1);
+    let (known, unknown_offers) = writer.write_blocking(move |c| {
         let mut out = Vec::new();
         for (id, provider, provider_ref) in &keys {
             if let Some(message) = known_elsewhere(c, id, provider, provider_ref)? {
                 out.push(message);
             }
         }
-        Ok::<_, rusqlite::Error>(out)
+        let mut unknown = Vec::new();
+        for (customer, offer) in elsewhere {
+            if repo::offer(c, &offer)?.is_none() {
+                unknown.push(format!("`{offer}` (customer `{customer}`)"));
+            }
+        }
+        Ok::<_, rusqlite::Error>((out, unknown))
     })?;
+    if !unknown_offers.is_empty() {
+        return Err(ImportError::Invalid(format!(
+            "customers' coupons name offers neither the snapshot nor this store has: {}; add them to `offers` and import again (nothing was imported)",
+            unknown_offers.join(", ")
+        )));
+    }
     if !known.is_empty() {
         return Err(ImportError::Conflict(format!(
             "{} of the snapshot's offers already {} here under another id; nothing was imported: {}",
@@ -268,7 +346,7 @@ pub fn import(
         progress("offers", counts.offers, total);
     }
     let total = s.customers.len();
-    for chunk in s.customers.chunks(CHUNK) {
+    for chunk in row_chunks(&s.customers) {
         let rows = chunk.to_vec();
         counts.customers += rows.len();
         counts.coupon_states += rows.iter().map(|c| c.coupons.len()).sum::<usize>();
@@ -436,6 +514,90 @@ mod tests {
         }
         import(&db.writer, more, |_, _, _| {}).unwrap();
         assert_eq!(points_of(&db, jane), granted + 500);
+    }
+
+    /// The file is checked whole before anything is written (docs/import-format.md): a
+    /// provider that is not one of the four, a voucher date not written YYYY-MM-DD and a
+    /// coupon state of an offer nobody has were each accepted (or failed halfway, as a
+    /// database constraint, after the offers were written).
+    #[test]
+    fn a_snapshot_naming_what_cannot_be_used_is_refused_before_anything_is_written() {
+        let mut s = sample();
+        s.offers[0].provider = "Convercus".into();
+        assert!(validate(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("provider `Convercus`"));
+        let mut s = sample();
+        s.vouchers[0].provider = "coupon-tools".into();
+        assert!(validate(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("provider `coupon-tools`"));
+        let mut s = sample();
+        s.vouchers[0].valid_until = Some("12/31/2026".into());
+        assert!(validate(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("validUntil `12/31/2026`"));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DatabaseConfig {
+            path: dir.path().join("edge.db"),
+            ..DatabaseConfig::default()
+        };
+        let db = Db::open(&cfg, false).unwrap();
+        let mut s = sample();
+        s.customers[0].coupons.push(ImportCoupon {
+            offer_id: "NOSUCH".into(),
+            state: CouponState::Clipped,
+            provider_ref: None,
+        });
+        let e = import(&db.writer, s, |_, _, _| {}).unwrap_err().to_string();
+        assert!(
+            e.contains("`NOSUCH`") && e.contains("nothing was imported"),
+            "{e}"
+        );
+        assert_eq!(count(&db, "offers"), 0);
+        assert_eq!(count(&db, "customers"), 0);
+        // An offer the store already has may be named without being in the snapshot.
+        import(&db.writer, sample(), |_, _, _| {}).unwrap();
+        let mut s = sample();
+        let first = s.offers.remove(0);
+        for c in &mut s.customers {
+            c.coupons.retain(|k| k.offer_id == first.id);
+        }
+        import(&db.writer, s, |_, _, _| {}).unwrap();
+    }
+
+    #[test]
+    fn customers_are_written_in_runs_of_at_most_a_thousand_rows() {
+        let customer = |coupons: usize| ImportCustomer {
+            id: "C".into(),
+            first_name: None,
+            last_name: None,
+            email: None,
+            phone: None,
+            provider: None,
+            provider_ref: None,
+            loyalty_id: None,
+            points_balance: 0,
+            coupons: (0..coupons)
+                .map(|_| ImportCoupon {
+                    offer_id: "O".into(),
+                    state: CouponState::Clipped,
+                    provider_ref: None,
+                })
+                .collect(),
+        };
+        // 100 customers of 20 coupon states: 21 rows each, 47 to a run (987 rows).
+        let many: Vec<ImportCustomer> = (0..100).map(|_| customer(20)).collect();
+        let runs: Vec<usize> = row_chunks(&many).iter().map(|r| r.len()).collect();
+        assert_eq!(runs, [47, 47, 6]);
+        // One customer over the limit on its own is still written.
+        let big = vec![customer(1), customer(2000), customer(1)];
+        let runs: Vec<usize> = row_chunks(&big).iter().map(|r| r.len()).collect();
+        assert_eq!(runs, [1, 1, 1]);
+        assert!(row_chunks(&[]).is_empty());
     }
 
     #[test]
