@@ -2,7 +2,7 @@
 //! directory in name order (regional overrides), then `EDGE_SECTION__KEY` environment
 //! variables (for secrets). Parsed into types once, validated, and passed explicitly.
 //! Every key and its default is documented in `packaging/edge-coupon.toml`, which is
-//! embedded here and printed by `--print-default-config`.
+//! embedded here and printed by `edge-server print-default-config`.
 
 use serde::Deserialize;
 use std::fmt;
