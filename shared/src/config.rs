@@ -1414,6 +1414,12 @@ impl Config {
             if r.reference.is_empty() {
                 return Err(invalid("offer_rules.reference", "must not be empty"));
             }
+            if let Some(problem) = r.rule.problem() {
+                return Err(invalid(
+                    "offer_rules.rule",
+                    format!("({} {}): {problem}", r.provider, r.reference),
+                ));
+            }
         }
         Ok(())
     }
@@ -1989,5 +1995,25 @@ mod tests {
             let c = Config::load_with_env(&path, &[]).unwrap();
             assert_eq!(c.date_at(at).to_string(), date, "{zone}");
         }
+    }
+
+    /// A configured rule that could never apply (or would take more than the price) is
+    /// refused with its reason, like an imported one.
+    #[test]
+    fn an_offer_rule_that_cannot_apply_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge-coupon.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{MINIMAL}\n[[offer_rules]]\nprovider = \"convercus\"\nreference = \"EXT-1\"\nrule = {{ mechanic = {{ type = \"percentOff\", basisPoints = 0 }} }}\n"
+            ),
+        )
+        .unwrap();
+        let e = Config::load_with_env(&path, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("offer_rules.rule") && e.contains("basisPoints 0"),
+            "{e}"
+        );
     }
 }

@@ -338,6 +338,33 @@ pub struct Rule {
     pub max_applications: Option<u32>,
 }
 
+impl Rule {
+    /// What makes this rule one that can never apply, or would price wrongly, if anything:
+    /// checked where rules come from people (an import, `offer_rules` in the config), so a
+    /// typo is refused with its reason instead of quietly giving nothing or everything.
+    pub fn problem(&self) -> Option<String> {
+        match self.mechanic {
+            Mechanic::PercentOff { basis_points } if !(1..=10_000).contains(&basis_points) => {
+                Some(format!("percentOff basisPoints {basis_points} is not 1..10000 (10000 = 100 %)"))
+            }
+            Mechanic::AmountOff { cents } if cents <= Cents::ZERO => {
+                Some(format!("amountOff cents {} must be at least 1", cents.0))
+            }
+            Mechanic::FixedPrice { cents } if cents < Cents::ZERO => {
+                Some(format!("fixedPrice cents {} must not be negative", cents.0))
+            }
+            Mechanic::BuyXGetY { buy, get, reward_basis_points }
+                if buy == 0 || get == 0 || !(1..=10_000).contains(&reward_basis_points) =>
+            {
+                Some(format!(
+                    "buyXGetY needs buy and get of at least 1 and rewardBasisPoints 1..10000 (got buy {buy}, get {get}, rewardBasisPoints {reward_basis_points})"
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
 fn single_use() -> Option<u32> {
     Some(1)
 }

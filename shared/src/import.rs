@@ -196,6 +196,9 @@ pub fn validate(s: &Snapshot) -> Result<(), ImportError> {
             )));
         }
         known_provider(&format!("offer `{}`", o.id), &o.provider)?;
+        if let Some(problem) = o.rule.problem() {
+            return Err(ImportError::Invalid(format!("offer `{}`: {problem}", o.id)));
+        }
         if o.end_date < o.start_date {
             return Err(ImportError::Invalid(format!(
                 "offer `{}`: endDate is before startDate",
@@ -534,6 +537,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("provider `coupon-tools`"));
+        for mechanic in [
+            crate::domain::Mechanic::PercentOff {
+                basis_points: 15_000,
+            },
+            crate::domain::Mechanic::AmountOff { cents: Cents(0) },
+            crate::domain::Mechanic::BuyXGetY {
+                buy: 1,
+                get: 0,
+                reward_basis_points: 10_000,
+            },
+        ] {
+            let mut s = sample();
+            s.offers[0].rule.mechanic = mechanic;
+            let e = validate(&s).unwrap_err().to_string();
+            assert!(e.contains(&format!("offer `{}`", s.offers[0].id)), "{e}");
+        }
         let mut s = sample();
         s.vouchers[0].valid_until = Some("12/31/2026".into());
         assert!(validate(&s)
