@@ -117,7 +117,7 @@ pub async fn record(
 fn snapshot(state: &crate::AppState) -> Result<Value, shared::db::DbError> {
     let conn = state.db.read()?;
     let now = now_secs();
-    let providers = shared::sync::status(&conn, &["convercus", "coupontools", "koupon"], now)?;
+    let providers = shared::sync::status(&conn, &shared::domain::UPSTREAM_PROVIDERS, now)?;
     let dead = shared::outbox::list_recent(&conn, Some("dead"), None, 100)?;
     let (conflicts, recent_conflicts) =
         shared::repo::conflicts_since(&conn, now - shared::repo::CONFLICT_WINDOW_SECS, 20)?;

@@ -28,7 +28,11 @@ impl Query {
     /// another malformed id would share.
     pub fn of(req: &HttpRequest) -> Result<Query, ApiError> {
         let decode = |s: &str| -> Result<String, ApiError> {
-            let spaced = s.replace('+', " ");
+            let spaced = if s.contains('+') {
+                std::borrow::Cow::Owned(s.replace('+', " "))
+            } else {
+                std::borrow::Cow::Borrowed(s)
+            };
             percent_encoding::percent_decode_str(&spaced)
                 .decode_utf8()
                 .map(std::borrow::Cow::into_owned)
@@ -1174,9 +1178,6 @@ pub async fn healthz() -> HttpResponse {
     json_ok(&json!({"status": "ok"}))
 }
 
-/// The providers `/readyz` and the status pages list even before their first sync.
-const PROVIDERS: [&str; 3] = ["convercus", "coupontools", "koupon"];
-
 /// One provider as `/readyz` shows it: sync age, the error since the last success (an
 /// error a later successful pull superseded is not shown), and the items not delivered.
 fn readyz_provider(p: &shared::sync::ProviderStatus, enabled: bool, now: i64) -> Value {
@@ -1200,7 +1201,8 @@ pub async fn readyz(state: State) -> HttpResponse {
         let conn = db.read()?;
         let version = shared::db::current_version(&conn)?;
         let now = now_secs();
-        let enabled: Vec<&str> = PROVIDERS
+        // Every provider is listed, even before its first sync.
+        let enabled: Vec<&str> = shared::domain::UPSTREAM_PROVIDERS
             .into_iter()
             .filter(|p| config.providers.enabled(p))
             .collect();

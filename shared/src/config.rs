@@ -1405,7 +1405,7 @@ impl Config {
             ));
         }
         for r in &self.offer_rules {
-            if !["convercus", "coupontools", "koupon"].contains(&r.provider.as_str()) {
+            if !crate::domain::UPSTREAM_PROVIDERS.contains(&r.provider.as_str()) {
                 return Err(invalid(
                     "offer_rules.provider",
                     format!("`{}` is not convercus, coupontools or koupon", r.provider),

@@ -6,6 +6,14 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// The upstream coupon providers, by the names offers, customers, vouchers and outbox rows
+/// carry (the sync daemon has a client module of each name).
+pub const UPSTREAM_PROVIDERS: [&str; 3] = ["convercus", "coupontools", "koupon"];
+
+/// What the store's own offers, customers and vouchers name as their provider: nothing is
+/// delivered upstream for them.
+pub const LOCAL_PROVIDER: &str = "local";
+
 /// Why an identifier from outside was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {

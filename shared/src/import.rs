@@ -4,7 +4,9 @@
 //! transactions through the writer so lanes are never stalled, and reports progress.
 
 use crate::db::{now_secs, WriteError, Writer};
-use crate::domain::{CouponId, CouponState, CustomerId, Offer, VoucherCode};
+use crate::domain::{
+    CouponId, CouponState, CustomerId, Offer, VoucherCode, LOCAL_PROVIDER, UPSTREAM_PROVIDERS,
+};
 use crate::money::Cents;
 use crate::repo::{self, Customer, Voucher};
 use serde::Deserialize;
@@ -14,17 +16,15 @@ use std::path::Path;
 /// small enough that a lane commit never waits long behind one.
 pub const CHUNK: usize = 1000;
 
-/// The providers a snapshot may name (offers, vouchers, customers): anything else would
-/// never reach a provider, silently (the outbox has nothing to send for it).
-pub const PROVIDERS: [&str; 4] = ["convercus", "coupontools", "koupon", "local"];
-
+/// A snapshot may name an upstream provider or `local` (offers, vouchers, customers):
+/// anything else would never reach a provider, silently (the outbox has nothing to send).
 fn known_provider(what: &str, provider: &str) -> Result<(), ImportError> {
-    if PROVIDERS.contains(&provider) {
+    if provider == LOCAL_PROVIDER || UPSTREAM_PROVIDERS.contains(&provider) {
         Ok(())
     } else {
         Err(ImportError::Invalid(format!(
-            "{what}: provider `{provider}` is not one of {}",
-            PROVIDERS.join(", ")
+            "{what}: provider `{provider}` is not one of {}, {LOCAL_PROVIDER}",
+            UPSTREAM_PROVIDERS.join(", ")
         )))
     }
 }
@@ -288,9 +288,9 @@ pub fn import(
         .flat_map(|c| {
             c.coupons
                 .iter()
+                .filter(|k| !in_snapshot.contains(k.offer_id.as_str()))
                 .map(move |k| (c.id.clone(), k.offer_id.clone()))
         })
-        .filter(|(_, offer)| !in_snapshot.contains(offer.as_str()))
         .collect();
     elsewhere.sort_by(|a, b| a.1.cmp(&b.1));
     elsewhere.dedup_by(|a, b| a.1 == b.1);
@@ -427,6 +427,17 @@ mod tests {
         serde_json::from_str(SAMPLE).unwrap()
     }
 
+    /// An empty store database in a temporary directory.
+    fn fresh_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DatabaseConfig {
+            path: dir.path().join("edge.db"),
+            ..DatabaseConfig::default()
+        };
+        let db = Db::open(&cfg, false).unwrap();
+        (dir, db)
+    }
+
     fn count(db: &Db, table: &'static str) -> i64 {
         db.writer
             .write_blocking(move |c| {
@@ -438,12 +449,7 @@ mod tests {
     /// The store as a Convercus pull leaves it before any import: CVX1's couponId is
     /// offer `PULLED`, clipped by the sample customer.
     fn pulled_store() -> (tempfile::TempDir, Db) {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = DatabaseConfig {
-            path: dir.path().join("edge.db"),
-            ..DatabaseConfig::default()
-        };
-        let db = Db::open(&cfg, false).unwrap();
+        let (dir, db) = fresh_db();
         let mut pulled = sample()
             .offers
             .into_iter()
@@ -489,12 +495,7 @@ mod tests {
     /// the same file again gave a customer back every point they had spent at the store.
     #[test]
     fn importing_the_same_file_again_does_not_give_back_points_spent_here() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = DatabaseConfig {
-            path: dir.path().join("edge.db"),
-            ..DatabaseConfig::default()
-        };
-        let db = Db::open(&cfg, false).unwrap();
+        let (_dir, db) = fresh_db();
         let jane = "4000000000001";
         let granted = sample()
             .customers
@@ -559,12 +560,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("validUntil `12/31/2026`"));
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = DatabaseConfig {
-            path: dir.path().join("edge.db"),
-            ..DatabaseConfig::default()
-        };
-        let db = Db::open(&cfg, false).unwrap();
+        let (_dir, db) = fresh_db();
         let mut s = sample();
         s.customers[0].coupons.push(ImportCoupon {
             offer_id: "NOSUCH".into(),

@@ -255,11 +255,11 @@ impl Client {
     /// A redeem call is sent at most once blind (koupon.md §6: no idempotency key, "a retry
     /// after a lost response can double-count"). A note is written before it is sent and
     /// taken away when the attempt ends in a failure §6 allows to resend (a transport
-    /// failure, a 5xx, a refused signature). A note still there at the next attempt means the last one never
-    /// ended (the daemon was killed, or stopped before the answer came): its outcome is
-    /// unknown, so the item is dead-lettered for store IT instead of sent again, unless
-    /// `providers.koupon.retry_redeemed_code` is set. A retry by store IT (`edge-ctl outbox
-    /// retry`) is sent: the note belongs to an older attempt.
+    /// failure, a 5xx, a refused signature). A note still there at the next attempt means
+    /// the last one never ended (the daemon was killed, or stopped before the answer came):
+    /// its outcome is unknown, so the item is dead-lettered for store IT instead of sent
+    /// again, unless `providers.koupon.retry_redeemed_code` is set. A retry by store IT
+    /// (`edge-ctl outbox retry`) is sent: the note belongs to an older attempt.
     async fn at_most_once<F, Fut>(
         &self,
         item: &Item,

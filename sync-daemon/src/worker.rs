@@ -395,6 +395,7 @@ pub async fn run(
         watchdog.ping();
         let snap = snapshots.borrow().clone();
         let o = &snap.config.outbox;
+        let lease = i64::try_from(o.lease_secs).unwrap_or(120);
         // Expired leases (a crashed worker's items) come back, and old deliveries go.
         if last_rescue.elapsed() >= Duration::from_secs(5) {
             last_rescue = Instant::now();
@@ -434,7 +435,6 @@ pub async fn run(
             // Items still being delivered here keep their lease however long they take;
             // only a stopped worker's items run out.
             let running: Vec<i64> = claimed.keys().copied().collect();
-            let lease = i64::try_from(o.lease_secs).unwrap_or(120);
             let r = db
                 .writer
                 .write(move |conn| -> rusqlite::Result<(usize, usize)> {
@@ -510,7 +510,6 @@ pub async fn run(
         };
         if free > 0 && !allowed.is_empty() {
             rr = rr.wrapping_add(1);
-            let lease = i64::try_from(o.lease_secs).unwrap_or(120);
             let start = rr % allowed.len();
             let order: Vec<&'static str> = allowed[start..]
                 .iter()
